@@ -1,0 +1,66 @@
+"""The shop's pages: products, login, the account page with the opt-in widget."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import login_required, login_user, logout_user
+from werkzeug.security import check_password_hash
+
+from flask_webpush_targeted.csrf import check_csrf
+from flask_webpush_targeted.exceptions import CSRFError
+
+from . import db
+from .models import Customer, Product
+
+bp = Blueprint("shop", __name__)
+
+
+@bp.route("/")
+def index() -> ResponseReturnValue:
+    products = db.session.scalars(sa.select(Product).order_by(Product.id)).all()
+    return render_template("index.html", products=products)
+
+
+@bp.route("/products/<int:product_id>")
+def product(product_id: int) -> ResponseReturnValue:
+    item = db.session.get(Product, product_id) or abort(404)
+    return render_template("product.html", product=item)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    error = None
+    if request.method == "POST":
+        try:
+            check_csrf()
+        except CSRFError:
+            abort(400, "The login form expired; reload it.")
+        email = request.form.get("email", "").strip().lower()
+        user = db.session.scalar(sa.select(Customer).where(Customer.email == email))
+        if user and check_password_hash(user.password_hash, request.form.get("password", "")):
+            login_user(user)
+            target = request.args.get("next", "")
+            # Only local paths: an open redirect would be a phishing aid.
+            if not target.startswith("/") or target.startswith("//"):
+                target = url_for("shop.account")
+            return redirect(target)
+        error = "Wrong email or password."
+    return render_template("login.html", error=error)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> ResponseReturnValue:
+    try:
+        check_csrf()
+    except CSRFError:
+        abort(400, "The form expired; reload the page.")
+    logout_user()
+    return redirect(url_for("shop.index"))
+
+
+@bp.route("/account")
+@login_required
+def account() -> ResponseReturnValue:
+    return render_template("account.html")

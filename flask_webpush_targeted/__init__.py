@@ -1,0 +1,36 @@
+"""Targeted Web Push for Flask: consented, per-user, per-device notifications."""
+
+from __future__ import annotations
+
+from . import signals
+from .exceptions import (
+    APIError,
+    BadRequestError,
+    ConfigurationError,
+    ConsentRequired,
+    CSRFError,
+    InvalidSubscription,
+    LoginRequired,
+    RequestTooLarge,
+    SubscriptionNotFound,
+    WebPushError,
+)
+from .extension import WebPush
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "BadRequestError",
+    "CSRFError",
+    "ConfigurationError",
+    "ConsentRequired",
+    "InvalidSubscription",
+    "LoginRequired",
+    "RequestTooLarge",
+    "SubscriptionNotFound",
+    "WebPush",
+    "WebPushError",
+    "__version__",
+    "signals",
+]

@@ -1,0 +1,189 @@
+"""The WEBPUSH_* settings: every default in one dict, and their validation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .exceptions import ConfigurationError
+
+DEFAULT_CONSENT_TEXT = (
+    "I agree to receive notifications from this shop in this browser, and I agree "
+    "that this browser is linked to my customer account so that messages meant for "
+    "me (orders, deliveries, service) reach me here. I can withdraw this consent at "
+    "any time on my devices page; the link is then removed."
+)
+
+DEFAULTS: dict[str, Any] = {
+    #: base64url of the raw 32-byte P-256 private scalar, or a path to a PEM file.
+    #: Required. ``flask webpush generate-vapid-keys`` prints a pair.
+    "WEBPUSH_VAPID_PRIVATE_KEY": None,
+    #: base64url of the 65-byte uncompressed public point matching the private key.
+    "WEBPUSH_VAPID_PUBLIC_KEY": None,
+    #: ``mailto:`` or ``https:`` URI the push services may contact (RFC 8292).
+    "WEBPUSH_VAPID_SUBJECT": None,
+    #: Redis URL of the queue. Unset only in development (the demo embeds a Redis).
+    "WEBPUSH_REDIS_URL": None,
+    #: RQ queue name.
+    "WEBPUSH_QUEUE": "webpush",
+    #: Prefix of the blueprint's routes.
+    "WEBPUSH_URL_PREFIX": "/webpush",
+    #: Register the blueprint in init_app; False for hosts that route by hand.
+    "WEBPUSH_REGISTER_BLUEPRINT": True,
+    #: Scope of the service worker. Defaults to the prefix, so it never replaces a
+    #: service worker of the host's own at ``/``.
+    "WEBPUSH_SW_SCOPE": None,
+    #: Validity period of a notification in seconds when a call gives none (never 0).
+    "WEBPUSH_DEFAULT_TTL": 86400,
+    #: What the customer agrees to, shown by the opt-in widget.
+    "WEBPUSH_CONSENT_TEXT": DEFAULT_CONSENT_TEXT,
+    #: Version of that text; a consent given for another version is refused.
+    "WEBPUSH_CONSENT_VERSION": "1",
+    #: Check the CSRF token on state-changing browser requests.
+    "WEBPUSH_CSRF_ENABLED": True,
+    #: Origins accepted as push services besides the browsers' own, e.g.
+    #: ``["http://127.0.0.1:8765"]``: the only way to admit a local push service.
+    "WEBPUSH_EXTRA_PUSH_SERVICES": [],
+    #: Revoke the subscriptions made in a session when its user logs out.
+    "WEBPUSH_UNBIND_ON_LOGOUT": False,
+    #: A template of the host's that the extension's pages extend (it must define a
+    #: ``content`` block), so the devices and statistics pages wear the host's look.
+    "WEBPUSH_BASE_TEMPLATE": None,
+    #: Largest request body, in bytes, accepted by the subscription endpoints.
+    "WEBPUSH_MAX_REQUEST_BYTES": 4096,
+}
+
+#: Hosts of the browsers' push services. A host matches when it equals an entry
+#: or ends with "." + an entry that starts with "*.".
+KNOWN_PUSH_SERVICE_HOSTS: tuple[str, ...] = (
+    "fcm.googleapis.com",  # Chrome, Edge on Android, Opera, Samsung Internet
+    "android.googleapis.com",  # older Chrome subscriptions
+    "updates.push.services.mozilla.com",  # Firefox
+    "push.services.mozilla.com",
+    "*.push.apple.com",  # Safari (web.push.apple.com)
+    "*.notify.windows.com",  # Edge on Windows (WNS)
+)
+
+
+def b64url_decode(value: str) -> bytes:
+    """Decode base64url with or without padding; raise ValueError when invalid."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a base64url string")
+    stripped = value.rstrip("=")
+    if not all(c.isalnum() or c in "-_" for c in stripped):
+        raise ValueError("not a base64url string")
+    try:
+        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a base64url string") from exc
+
+
+def b64url_encode(raw: bytes) -> str:
+    """Encode as base64url without padding, as browsers and web-push tools do."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def generate_vapid_keys() -> tuple[str, str]:
+    """Return a new (private, public) VAPID key pair in the configured formats."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_numbers().private_value.to_bytes(32, "big")
+    public = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return b64url_encode(private), b64url_encode(public)
+
+
+def load_vapid_private_key(value: str) -> ec.EllipticCurvePrivateKey:
+    """Parse WEBPUSH_VAPID_PRIVATE_KEY: raw base64url scalar or a PEM file path."""
+    if os.path.isfile(value):
+        with open(value, "rb") as fh:
+            key = serialization.load_pem_private_key(fh.read(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError("the PEM file does not hold a P-256 private key")
+        return key
+    raw = b64url_decode(value)
+    if len(raw) != 32:
+        raise ValueError(f"a raw P-256 private key is 32 bytes, this one is {len(raw)}")
+    return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(url)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Check the settings once, at init_app, with errors that say how to fix them."""
+    hint = "Run `flask webpush generate-vapid-keys` and paste its output into your config."
+    private = config.get("WEBPUSH_VAPID_PRIVATE_KEY")
+    public = config.get("WEBPUSH_VAPID_PUBLIC_KEY")
+    subject = config.get("WEBPUSH_VAPID_SUBJECT")
+    if not private or not public:
+        raise ConfigurationError(
+            "WEBPUSH_VAPID_PRIVATE_KEY and WEBPUSH_VAPID_PUBLIC_KEY must be set. " + hint
+        )
+    try:
+        key = load_vapid_private_key(private)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"WEBPUSH_VAPID_PRIVATE_KEY is not valid ({exc}). {hint}") from exc
+    try:
+        public_raw = b64url_decode(public)
+    except ValueError as exc:
+        raise ConfigurationError(f"WEBPUSH_VAPID_PUBLIC_KEY is not base64url. {hint}") from exc
+    expected = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    if public_raw != expected:
+        raise ConfigurationError(
+            "WEBPUSH_VAPID_PUBLIC_KEY does not match WEBPUSH_VAPID_PRIVATE_KEY "
+            "(expected the 65-byte uncompressed point of that key). " + hint
+        )
+    if not isinstance(subject, str) or not (
+        subject.startswith("mailto:") and "@" in subject
+        or subject.startswith("https://") and len(subject) > len("https://")
+    ):
+        raise ConfigurationError(
+            "WEBPUSH_VAPID_SUBJECT must be a mailto: or https: URI that push services "
+            "can use to contact you, e.g. 'mailto:ops@shop.example'."
+        )
+    ttl = config.get("WEBPUSH_DEFAULT_TTL")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= 28 * 86400:
+        raise ConfigurationError(
+            "WEBPUSH_DEFAULT_TTL must be a whole number of seconds between 1 and 2419200 (28 days)."
+        )
+    if not str(config.get("WEBPUSH_CONSENT_VERSION") or "").strip():
+        raise ConfigurationError("WEBPUSH_CONSENT_VERSION must be a non-empty string.")
+    if not str(config.get("WEBPUSH_CONSENT_TEXT") or "").strip():
+        raise ConfigurationError("WEBPUSH_CONSENT_TEXT must be a non-empty string.")
+    prefix = config.get("WEBPUSH_URL_PREFIX")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigurationError("WEBPUSH_URL_PREFIX must start with '/' and not end with '/'.")
+    extra = config.get("WEBPUSH_EXTRA_PUSH_SERVICES")
+    if isinstance(extra, str) or not isinstance(extra, (list, tuple)):
+        raise ConfigurationError(
+            "WEBPUSH_EXTRA_PUSH_SERVICES must be a list of origins, e.g. ['http://127.0.0.1:8765']."
+        )
+    for origin in extra:
+        try:
+            _origin_of(origin)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"WEBPUSH_EXTRA_PUSH_SERVICES entry {origin!r} is not an origin "
+                "(scheme://host[:port], nothing after it)."
+            ) from exc
+
+
+def extra_push_origins(config: dict[str, Any]) -> frozenset[str]:
+    """The normalised origins of WEBPUSH_EXTRA_PUSH_SERVICES."""
+    return frozenset(_origin_of(o) for o in config["WEBPUSH_EXTRA_PUSH_SERVICES"])

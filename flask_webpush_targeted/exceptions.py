@@ -1,0 +1,104 @@
+"""Errors raised by the extension.
+
+Errors that can reach a browser subclass both ``WebPushError`` and werkzeug's
+HTTP exception of the right status, and render as the JSON error shape of the
+API: ``{"error": "<code>", "message": "<for a person>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    NotFound,
+    RequestEntityTooLarge,
+    Unauthorized,
+    UnprocessableEntity,
+)
+from werkzeug.wrappers import Response
+
+
+class WebPushError(Exception):
+    """Base class of every error this extension raises."""
+
+
+class ConfigurationError(WebPushError, RuntimeError):
+    """A WEBPUSH_* setting is missing or invalid."""
+
+
+class APIError(WebPushError, HTTPException):
+    """An error answered to a client as JSON."""
+
+    error = "error"
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        super().__init__(description=message)
+        if error:
+            self.error = error
+
+    @property
+    def message(self) -> str:
+        """What is wrong, for a person."""
+        return self.description or ""
+
+    def get_body(self, environ: Any = None, scope: Any = None) -> str:
+        """The JSON error body."""
+        return json.dumps({"error": self.error, "message": self.message})
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        """JSON, never cached."""
+        return [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
+        """A JSON response with this error's status."""
+        return Response(self.get_body(), self.code, self.get_headers())
+
+
+class BadRequestError(APIError, BadRequest):
+    """The request is malformed: not JSON, wrong types, missing keys."""
+
+    error = "bad_request"
+
+
+class CSRFError(APIError, BadRequest):
+    """The CSRF token is missing or wrong."""
+
+    error = "csrf_failed"
+
+
+class LoginRequired(APIError, Unauthorized):
+    """The endpoint needs a logged-in user."""
+
+    error = "login_required"
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        """No WWW-Authenticate: the session cookie is the only credential."""
+        return super().get_headers(environ, scope)
+
+
+class ConsentRequired(APIError, Forbidden):
+    """Consent is missing, refused, or was given for another text version."""
+
+    error = "consent_required"
+
+
+class RequestTooLarge(APIError, RequestEntityTooLarge):
+    """The request body is larger than WEBPUSH_MAX_REQUEST_BYTES."""
+
+    error = "too_large"
+
+
+class InvalidSubscription(APIError, UnprocessableEntity):
+    """The push endpoint or keys are not acceptable."""
+
+    error = "invalid_subscription"
+
+
+class SubscriptionNotFound(APIError, NotFound):
+    """No such subscription belongs to the current user."""
+
+    error = "not_found"

@@ -1,0 +1,152 @@
+"""The ``WebPush`` extension object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app, render_template, session, url_for
+from flask_login import user_logged_out
+from markupsafe import Markup
+
+from . import privacy
+from .config import DEFAULTS, extra_push_origins, validate_config
+from .csrf import csrf_token
+from .exceptions import ConfigurationError
+from .models import Models, get_models
+from .subscriptions import SubscriptionStore
+
+#: session key of the subscription ids made in this session (for unbinding at logout)
+SESSION_SUBSCRIPTIONS = "_webpush_subscriptions"
+
+
+def user_id_of(user: Any) -> str:
+    """The id string of a Flask-Login user object, or of an id given directly."""
+    if hasattr(user, "get_id"):
+        user = user.get_id()
+    if user is None or isinstance(user, bool) or not isinstance(user, (str, int)):
+        raise TypeError("expected a Flask-Login user (with get_id()) or a user id (str or int)")
+    user_id = str(user)
+    if not user_id or len(user_id) > 255:
+        raise ValueError("a user id is 1 to 255 characters")
+    return user_id
+
+
+class WebPush:
+    """Targeted Web Push for a Flask app: ``WebPush(app, db=db)`` or ``init_app``."""
+
+    def __init__(self, app: Flask | None = None, *, db: Any = None) -> None:
+        self.db = db
+        self._models: Models | None = None
+        self._stats_access: Callable[[Any], bool] | None = None
+        if app is not None:
+            self.init_app(app, db=db)
+
+    def init_app(self, app: Flask, *, db: Any = None) -> None:
+        """Register the extension on ``app``: config, models, blueprint, CLI, template global."""
+        if "webpush" in app.extensions:
+            raise RuntimeError(
+                "WebPush is already registered on this app; call init_app once per app."
+            )
+        db = db if db is not None else self.db
+        if db is None:
+            raise ConfigurationError(
+                "WebPush needs the app's Flask-SQLAlchemy object: WebPush(app, db=db) "
+                "or webpush.init_app(app, db=db)."
+            )
+        if self.db is not None and db is not self.db:
+            raise ConfigurationError("This WebPush object is already bound to another db.")
+        self.db = db
+        self._models = get_models(db)
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, list(value) if isinstance(value, list) else value)
+        if app.config["WEBPUSH_SW_SCOPE"] is None:
+            app.config["WEBPUSH_SW_SCOPE"] = app.config["WEBPUSH_URL_PREFIX"] + "/"
+        validate_config(app.config)
+        app.extensions["webpush"] = self
+        # Read once: the request path then never re-parses the list.
+        app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = list(app.config["WEBPUSH_EXTRA_PUSH_SERVICES"])
+        app.extensions["webpush.extra_origins"] = extra_push_origins(app.config)
+
+        if app.config["WEBPUSH_REGISTER_BLUEPRINT"]:
+            from .views import create_blueprint
+
+            app.register_blueprint(create_blueprint(),
+                                   url_prefix=app.config["WEBPUSH_URL_PREFIX"])
+        from .cli import webpush_cli
+
+        app.cli.add_command(webpush_cli)
+        app.add_template_global(self.optin_widget, "webpush_optin")
+        app.add_template_global(csrf_token, "webpush_csrf_token")
+        user_logged_out.connect(_unbind_on_logout, app)
+
+    # -- state reached through the current app -------------------------------------------
+
+    @property
+    def models(self) -> Models:
+        """The model classes (Subscription, Consent, Notification, Delivery)."""
+        if self._models is None:
+            raise RuntimeError("WebPush.init_app(app, db=db) has not been called yet.")
+        return self._models
+
+    @property
+    def store(self) -> SubscriptionStore:
+        """Subscriptions and the consent ledger, on this extension's db."""
+        return SubscriptionStore(self.db, self.models)
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def stats_access(self, func: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        """Register who may see the statistics views; without one, nobody may."""
+        self._stats_access = func
+        return func
+
+    # -- the opt-in widget -----------------------------------------------------------------
+
+    def optin_widget(self, template: str = "webpush/optin.html") -> Markup:
+        """Render the opt-in widget (the ``webpush_optin()`` Jinja global)."""
+        config = current_app.config
+        # render_template autoescapes; the result is HTML already.
+        return Markup(render_template(  # noqa: S704
+            template,
+            consent_text=config["WEBPUSH_CONSENT_TEXT"],
+            consent_version=config["WEBPUSH_CONSENT_VERSION"],
+            csrf_token=csrf_token(),
+            vapid_public_key=config["WEBPUSH_VAPID_PUBLIC_KEY"],
+            sw_url=url_for("webpush.service_worker"),
+            sw_scope=config["WEBPUSH_SW_SCOPE"],
+            subscriptions_url=url_for("webpush.subscriptions"),
+            withdraw_url=url_for("webpush.withdraw_consent"),
+            devices_url=url_for("webpush.devices"),
+            script_url=url_for("webpush.static", filename="webpush/webpush.js"),
+            style_url=url_for("webpush.static", filename="webpush/webpush.css"),
+        ))
+
+    # -- GDPR ------------------------------------------------------------------------------
+
+    def export_user(self, user: Any) -> dict[str, Any]:
+        """A user's consents, devices and received notifications (no endpoints or keys)."""
+        return privacy.export_user(self.db, self.models, user_id_of(user))
+
+    def forget_user(self, user: Any) -> dict[str, int]:
+        """Erase the user's subscriptions, consents and deliveries; return the counts."""
+        from .signals import user_forgotten
+
+        user_id = user_id_of(user)
+        counts = privacy.forget_user(self.db, self.models, user_id)
+        user_forgotten.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                            user_id=user_id, counts=counts)
+        return counts
+
+
+def _unbind_on_logout(app: Flask, user: Any = None, **_: Any) -> None:
+    """Revoke the subscriptions made in this session when WEBPUSH_UNBIND_ON_LOGOUT is on."""
+    ids = session.pop(SESSION_SUBSCRIPTIONS, None)
+    if not app.config["WEBPUSH_UNBIND_ON_LOGOUT"] or not ids or user is None:
+        return
+    ext: WebPush = app.extensions["webpush"]
+    user_id = user_id_of(user)
+    for sub_id in ids:
+        sub = ext.db.session.get(ext.models.Subscription, sub_id)
+        if sub is not None and sub.user_id == user_id:
+            ext.store.revoke(user_id, sub_id, reason="logout")

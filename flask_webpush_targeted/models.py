@@ -1,0 +1,209 @@
+"""The four tables, built on the host's Flask-SQLAlchemy ``db``.
+
+They are declared on ``db.Model`` so they share the host's metadata: the host's
+``db.create_all()`` and Flask-Migrate/Alembic see them like its own tables.
+User ids are the strings Flask-Login's ``get_id()`` returns; there is no foreign
+key into the host's user table, whatever it is called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+USER_ID = sa.String(255)
+
+#: Delivery states. ``pending`` until a worker claims it, ``sending`` while
+#: claimed, then one of the final ones.
+DELIVERY_STATUSES = ("pending", "sending", "sent", "delivered", "failed", "gone", "expired",
+                     "skipped")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def endpoint_hash(endpoint: str) -> str:
+    """SHA-256 of an endpoint: a short unique key that fits any database's index."""
+    return hashlib.sha256(endpoint.encode("utf-8")).hexdigest()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC and returns them aware, on SQLite too."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Models:
+    """The model classes built for one ``db``."""
+
+    Subscription: Any
+    Consent: Any
+    Notification: Any
+    Delivery: Any
+
+
+_built: WeakKeyDictionary[Any, Models] = WeakKeyDictionary()
+
+
+def get_models(db: Any) -> Models:
+    """Return the models for ``db``, building them on its metadata the first time."""
+    if db not in _built:
+        _built[db] = _build(db)
+    return _built[db]
+
+
+def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
+    base: Any = db.Model
+    BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+    class Subscription(base):
+        """A browser's push subscription, linked to one user with their consent."""
+
+        __tablename__ = "webpush_subscription"
+        __table_args__ = (sa.Index("ix_webpush_subscription_user_active", "user_id", "revoked_at"),)
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+        endpoint: Mapped[str] = mapped_column(sa.Text, nullable=False)
+        #: unique key of the endpoint: one browser, one row, one account
+        endpoint_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+        p256dh: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+        auth: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+        label: Mapped[str | None] = mapped_column(sa.String(200))
+        user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+        consent_version: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+        last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+        revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        revoked_reason: Mapped[str | None] = mapped_column(sa.String(32))
+        consecutive_failures: Mapped[int] = mapped_column(nullable=False, default=0)
+
+        @property
+        def active(self) -> bool:
+            return self.revoked_at is None
+
+        @property
+        def push_service(self) -> str:
+            """The push service's host: enough to tell browsers apart, no secret."""
+            from urllib.parse import urlsplit
+
+            return urlsplit(self.endpoint).hostname or ""
+
+        def set_endpoint(self, endpoint: str) -> None:
+            self.endpoint = endpoint
+            self.endpoint_sha256 = endpoint_hash(endpoint)
+
+    class Consent(base):
+        """One entry of the append-only consent ledger (granted or withdrawn)."""
+
+        __tablename__ = "webpush_consent"
+        __table_args__ = (sa.Index("ix_webpush_consent_user_time", "user_id", "created_at"),)
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+        subscription_id: Mapped[int | None] = mapped_column(
+            sa.ForeignKey("webpush_subscription.id", ondelete="SET NULL"), index=True
+        )
+        #: "granted" or "withdrawn"
+        action: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+        #: why a withdrawal happened: user, device_revoked, moved, logout, forgotten
+        reason: Mapped[str | None] = mapped_column(sa.String(32))
+        notifications: Mapped[bool] = mapped_column(nullable=False)
+        link_to_account: Mapped[bool] = mapped_column(nullable=False)
+        text_version: Mapped[str | None] = mapped_column(sa.String(64))
+        user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+    class Notification(base):
+        """A message to chosen users and devices; one Notification, many deliveries."""
+
+        __tablename__ = "webpush_notification"
+        __table_args__ = (
+            sa.Index("ix_webpush_notification_status_created", "status", "created_at"),
+            sa.Index("ix_webpush_notification_category_created", "category", "created_at"),
+        )
+
+        id: Mapped[int] = mapped_column(BigId, primary_key=True)
+        idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
+        #: scheduled, queued, sending, done, cancelled
+        status: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="queued")
+        category: Mapped[str | None] = mapped_column(sa.String(64))
+        #: what the browser shows: title, body, url, icon, image, badge, tag, actions...
+        payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
+        #: who and which devices: {"user_ids": [...], "devices": "all" | "latest" | [...]}
+        targeting: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
+        #: requested users with no consented, active device when fanned out
+        users_without_devices: Mapped[list[str] | None] = mapped_column(sa.JSON)
+        ttl: Mapped[int] = mapped_column(nullable=False)
+        urgency: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="normal")
+        topic: Mapped[str | None] = mapped_column(sa.String(32))
+        send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+        queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        job_id: Mapped[str | None] = mapped_column(sa.String(64))
+        #: totals kept when old deliveries are pruned
+        totals: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
+
+    class Delivery(base):
+        """One notification to one subscription: what happened to it."""
+
+        __tablename__ = "webpush_delivery"
+        __table_args__ = (
+            sa.UniqueConstraint("notification_id", "subscription_id",
+                                name="uq_webpush_delivery_notification_subscription"),
+            sa.Index("ix_webpush_delivery_notification_status", "notification_id", "status"),
+            sa.Index("ix_webpush_delivery_user", "user_id"),
+            sa.Index("ix_webpush_delivery_subscription", "subscription_id"),
+        )
+
+        id: Mapped[int] = mapped_column(BigId, primary_key=True)
+        notification_id: Mapped[int] = mapped_column(
+            sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"), nullable=False
+        )
+        subscription_id: Mapped[int | None] = mapped_column(
+            sa.ForeignKey("webpush_subscription.id", ondelete="SET NULL")
+        )
+        #: kept here so a device that moves accounts keeps its past deliveries' owner
+        user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+        status: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="pending")
+        status_code: Mapped[int | None] = mapped_column()
+        reason: Mapped[str | None] = mapped_column(sa.String(255))
+        attempts: Mapped[int] = mapped_column(nullable=False, default=0)
+        claimed_by: Mapped[str | None] = mapped_column(sa.String(64))
+        claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+        sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        displayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        #: the action button clicked, if any
+        action: Mapped[str | None] = mapped_column(sa.String(64))
+
+    return Models(Subscription, Consent, Notification, Delivery)

@@ -1,0 +1,24 @@
+"""Blinker signals. The sender is always the Flask app; data comes as keyword arguments."""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+_signals = Namespace()
+
+#: A new subscription was stored: ``subscription=``.
+subscription_created = _signals.signal("webpush.subscription-created")
+
+#: A subscription moved from one account to another: ``subscription=``,
+#: ``from_user_id=``, ``to_user_id=``.
+subscription_moved = _signals.signal("webpush.subscription-moved")
+
+#: A subscription stopped being used: ``subscription=``, ``reason=`` (one of
+#: ``device_revoked``, ``consent_withdrawn``, ``logout``, ``moved``, ``gone``).
+subscription_revoked = _signals.signal("webpush.subscription-revoked")
+
+#: A user withdrew consent; their subscriptions were revoked: ``user_id=``.
+consent_withdrawn = _signals.signal("webpush.consent-withdrawn")
+
+#: A user's data was erased: ``user_id=``, ``counts=``.
+user_forgotten = _signals.signal("webpush.user-forgotten")

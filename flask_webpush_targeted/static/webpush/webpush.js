@@ -1,0 +1,153 @@
+/* flask-webpush-targeted opt-in widget. Finds every [data-webpush-optin] element. */
+(function () {
+  'use strict';
+  if (window.__webpushOptinLoaded) return;
+  window.__webpushOptinLoaded = true;
+
+  function keyBytes(b64) {
+    const s = (b64 + '='.repeat((4 - b64.length % 4) % 4)).replace(/-/g, '+').replace(/_/g, '/');
+    return Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  }
+
+  async function sha256hex(text) {
+    const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text));
+    return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  function activated(reg) {
+    if (reg.active) return Promise.resolve(reg);
+    const worker = reg.installing || reg.waiting;
+    return new Promise((resolve, reject) => {
+      worker.addEventListener('statechange', () => {
+        if (worker.state === 'activated') resolve(reg);
+        if (worker.state === 'redundant') reject(new Error('the service worker failed to install'));
+      });
+    });
+  }
+
+  async function errorMessage(response) {
+    try {
+      const body = await response.json();
+      return body.message || response.statusText;
+    } catch (e) {
+      return response.statusText || ('HTTP ' + response.status);
+    }
+  }
+
+  function init(root) {
+    const cfg = root.dataset;
+    const status = root.querySelector('[data-webpush-status]');
+    const boxes = Array.from(root.querySelectorAll('input[data-webpush-consent]'));
+    const enable = root.querySelector('[data-webpush-enable]');
+    const withdraw = root.querySelector('[data-webpush-withdraw]');
+    const jsonHeaders = { 'Accept': 'application/json', 'X-CSRF-Token': cfg.csrfToken };
+
+    function say(state, text) {
+      root.dataset.state = state;
+      status.textContent = text;
+    }
+    function consented() { return boxes.every((b) => b.checked); }
+    function refresh() { enable.disabled = !consented(); }
+
+    const supported = window.isSecureContext && 'serviceWorker' in navigator &&
+      'PushManager' in window && 'Notification' in window;
+    if (!supported) {
+      boxes.concat([enable, withdraw]).forEach((el) => { el.disabled = true; });
+      say('unsupported', 'This browser cannot receive notifications from this site ' +
+        '(it lacks the Push API, or the page is not served over HTTPS).');
+      return;
+    }
+    boxes.forEach((b) => b.addEventListener('change', refresh));
+    refresh();
+
+    const ready = navigator.serviceWorker.register(cfg.swUrl, { scope: cfg.swScope }).then(activated);
+
+    async function showCurrentState() {
+      if (Notification.permission === 'denied') {
+        say('denied', 'Notifications are blocked for this site in your browser settings. ' +
+          'Allow them there, then come back.');
+        return;
+      }
+      const reg = await ready;
+      const sub = await reg.pushManager.getSubscription();
+      if (sub && Notification.permission === 'granted') {
+        const [hash, response] = await Promise.all([
+          sha256hex(sub.endpoint),
+          fetch(cfg.subscriptionsUrl, { credentials: 'same-origin', headers: jsonHeaders }),
+        ]);
+        const list = response.ok ? (await response.json()).subscriptions : [];
+        if (list.some((s) => s.active && s.endpoint_sha256 === hash)) {
+          say('on', 'Notifications are already on for this browser.');
+          return;
+        }
+      }
+      say('off', 'Notifications are off for this browser. Read the text above, tick both boxes ' +
+        'and turn them on.');
+    }
+
+    enable.addEventListener('click', async () => {
+      if (!consented()) {
+        say('need-consent', 'Please tick both boxes first.');
+        return;
+      }
+      try {
+        say('working', 'Asking your browser for permission…');
+        const permission = await Notification.requestPermission();
+        if (permission !== 'granted') {
+          say('denied', permission === 'denied'
+            ? 'Your browser blocked notifications for this site. Nothing was saved.'
+            : 'You closed the browser\'s question without answering. Nothing was saved.');
+          return;
+        }
+        say('working', 'Subscribing this browser…');
+        const reg = await ready;
+        const sub = await reg.pushManager.getSubscription() || await reg.pushManager.subscribe({
+          userVisibleOnly: true, applicationServerKey: keyBytes(cfg.vapidKey),
+        });
+        const response = await fetch(cfg.subscriptionsUrl, {
+          method: 'POST', credentials: 'same-origin',
+          headers: Object.assign({ 'Content-Type': 'application/json' }, jsonHeaders),
+          body: JSON.stringify({
+            subscription: sub.toJSON(),
+            consent: { notifications: true, link_to_account: true, text_version: cfg.consentVersion },
+          }),
+        });
+        if (!response.ok) {
+          say('error', 'The shop could not save this browser: ' + await errorMessage(response));
+          return;
+        }
+        if (reg.active) reg.active.postMessage({ type: 'webpush:subscribed' });
+        say('on', 'Done: notifications are on for this browser.');
+      } catch (err) {
+        say('error', 'Your browser could not subscribe: ' + (err && err.message ? err.message : err));
+      }
+    });
+
+    withdraw.addEventListener('click', async () => {
+      try {
+        const response = await fetch(cfg.withdrawUrl, {
+          method: 'POST', credentials: 'same-origin',
+          headers: Object.assign({ 'Content-Type': 'application/json' }, jsonHeaders), body: '{}',
+        });
+        if (!response.ok) {
+          say('error', 'Could not withdraw your consent: ' + await errorMessage(response));
+          return;
+        }
+        const reg = await ready;
+        const sub = await reg.pushManager.getSubscription();
+        if (sub) await sub.unsubscribe();
+        boxes.forEach((b) => { b.checked = false; });
+        refresh();
+        say('off', 'Your consent is withdrawn: no device of yours receives notifications now.');
+      } catch (err) {
+        say('error', 'Could not withdraw your consent: ' + (err && err.message ? err.message : err));
+      }
+    });
+
+    showCurrentState().catch((err) => say('error', 'Could not check this browser: ' + err));
+  }
+
+  function start() { document.querySelectorAll('[data-webpush-optin]').forEach(init); }
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();

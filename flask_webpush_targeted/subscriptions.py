@@ -1,0 +1,337 @@
+"""Validating and storing subscriptions; the append-only consent ledger.
+
+A stored endpoint is a URL the worker will POST to, so it is untrusted input:
+it must be ``https`` on port 443 at a known browser push service, matched on
+the *parsed* host, unless its exact origin is listed in
+WEBPUSH_EXTRA_PUSH_SERVICES.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import current_app
+
+from . import signals
+from .config import KNOWN_PUSH_SERVICE_HOSTS, b64url_decode
+from .exceptions import BadRequestError, ConsentRequired, InvalidSubscription, SubscriptionNotFound
+from .models import Models, endpoint_hash, utcnow
+
+MAX_ENDPOINT_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    """A browser's PushSubscription, validated."""
+
+    endpoint: str
+    p256dh: str
+    auth: str
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    """The validated body of ``POST /webpush/subscriptions``."""
+
+    subscription: SubscriptionInfo
+    text_version: str
+    device_label: str | None
+
+
+def _host_is_known(host: str) -> bool:
+    for entry in KNOWN_PUSH_SERVICE_HOSTS:
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]) and len(host) > len(entry) - 1:
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
+    """Return the endpoint if the worker may POST to it, else raise InvalidSubscription."""
+    if not isinstance(endpoint, str) or not endpoint:
+        raise BadRequestError("subscription.endpoint must be a non-empty string.")
+    if len(endpoint) > MAX_ENDPOINT_LENGTH:
+        raise InvalidSubscription(f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters.")
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidSubscription("The endpoint is not a valid URL.") from exc
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise InvalidSubscription("The endpoint has no host.")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidSubscription("The endpoint must not carry a user name or password.")
+    if parts.fragment or "#" in endpoint:
+        raise InvalidSubscription("The endpoint must not have a fragment.")
+    default_port = 443 if parts.scheme == "https" else 80
+    origin = f"{parts.scheme}://{host}:{port or default_port}"
+    if origin in extra_origins:
+        return endpoint
+    if parts.scheme != "https":
+        raise InvalidSubscription("The endpoint must use https.")
+    if port not in (None, 443):
+        raise InvalidSubscription("The endpoint must use the https port 443.")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise InvalidSubscription("The endpoint's host must be a name, not an IP address.")
+    if host == "localhost" or host.endswith(".localhost"):
+        raise InvalidSubscription("The endpoint must not point at localhost.")
+    if not _host_is_known(host):
+        raise InvalidSubscription(
+            f"{host} is not a known browser push service. A site operator can admit another "
+            "origin with WEBPUSH_EXTRA_PUSH_SERVICES."
+        )
+    return endpoint
+
+
+def validate_keys(p256dh: Any, auth: Any) -> tuple[str, str]:
+    """Check p256dh is an uncompressed P-256 point and auth 16 bytes; return both."""
+    if not isinstance(p256dh, str) or not isinstance(auth, str):
+        raise BadRequestError("subscription.keys.p256dh and .auth must be strings.")
+    try:
+        raw = b64url_decode(p256dh)
+        if len(raw) != 65 or raw[0] != 4:
+            raise ValueError
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+    except ValueError as exc:
+        raise InvalidSubscription(
+            "keys.p256dh is not an uncompressed P-256 public key in base64url."
+        ) from exc
+    try:
+        if len(b64url_decode(auth)) != 16:
+            raise ValueError
+    except ValueError as exc:
+        raise InvalidSubscription("keys.auth is not a 16-byte secret in base64url.") from exc
+    return p256dh.rstrip("="), auth.rstrip("=")
+
+
+def parse_subscription(data: Any, extra_origins: Iterable[str]) -> SubscriptionInfo:
+    """Validate a PushSubscription JSON object (endpoint, keys)."""
+    if not isinstance(data, Mapping):
+        raise BadRequestError("subscription must be an object with endpoint and keys.")
+    keys = data.get("keys")
+    if "endpoint" not in data or not isinstance(keys, Mapping):
+        raise BadRequestError("subscription needs 'endpoint' and 'keys' {p256dh, auth}.")
+    if "p256dh" not in keys or "auth" not in keys:
+        raise BadRequestError("subscription.keys needs 'p256dh' and 'auth'.")
+    expiration = data.get("expirationTime")
+    if expiration is not None and (isinstance(expiration, bool)
+                                   or not isinstance(expiration, (int, float))):
+        raise BadRequestError("subscription.expirationTime must be a number or null.")
+    endpoint = validate_endpoint(data["endpoint"], extra_origins)
+    p256dh, auth = validate_keys(keys["p256dh"], keys["auth"])
+    return SubscriptionInfo(endpoint, p256dh, auth)
+
+
+def parse_subscribe_request(
+    body: Any, consent_version: str, extra_origins: Iterable[str]
+) -> SubscribeRequest:
+    """Validate the whole subscribe body: shape (400), consent (403), then endpoint (422)."""
+    if not isinstance(body, Mapping):
+        raise BadRequestError("The body must be a JSON object.")
+    unknown = set(body) - {"subscription", "consent", "device_label", "user_id"}
+    if unknown:
+        raise BadRequestError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
+    consent = body.get("consent")
+    if not isinstance(body.get("subscription"), Mapping):
+        raise BadRequestError("'subscription' (the browser's PushSubscription) is required.")
+    label = body.get("device_label")
+    if label is not None and not isinstance(label, str):
+        raise BadRequestError("'device_label' must be a string.")
+    if consent is None:
+        raise ConsentRequired("Consent is required: 'consent' with notifications and "
+                              "link_to_account both true.")
+    if not isinstance(consent, Mapping):
+        raise BadRequestError("'consent' must be an object.")
+    for key in ("notifications", "link_to_account"):
+        if key in consent and not isinstance(consent[key], bool):
+            raise BadRequestError(f"consent.{key} must be true or false.")
+    if "text_version" in consent and not isinstance(consent["text_version"], str):
+        raise BadRequestError("consent.text_version must be a string.")
+    if consent.get("notifications") is not True or consent.get("link_to_account") is not True:
+        raise ConsentRequired("Both consents are required: to notifications and to linking "
+                              "this browser to your account.")
+    if consent.get("text_version") != consent_version:
+        raise ConsentRequired("The consent was given for another version of the consent text; "
+                              "reload the page, read the current text and agree again.")
+    info = parse_subscription(body["subscription"], extra_origins)
+    clean_label = " ".join(label.split())[:200] if label else None
+    return SubscribeRequest(info, consent_version, clean_label or None)
+
+
+class SubscriptionStore:
+    """Writes subscriptions and the consent ledger, one transaction per call."""
+
+    def __init__(self, db: Any, models: Models) -> None:
+        self.db = db
+        self.m = models
+
+    def _ledger(self, user_id: str, action: str, *, subscription_id: int | None = None,
+                reason: str | None = None, text_version: str | None = None,
+                user_agent: str | None = None) -> None:
+        granted = action == "granted"
+        self.db.session.add(self.m.Consent(
+            user_id=user_id, subscription_id=subscription_id, action=action, reason=reason,
+            notifications=granted, link_to_account=granted, text_version=text_version,
+            user_agent=(user_agent or "")[:512] or None,
+        ))
+
+    def subscribe(self, user_id: str, req: SubscribeRequest,
+                  user_agent: str | None) -> tuple[Any, bool]:
+        """Store or refresh a subscription; return (subscription, newly this user's)."""
+        try:
+            return self._subscribe(user_id, req, user_agent)
+        except sa.exc.IntegrityError:
+            # Two requests raced to insert the same endpoint: the row exists now.
+            self.db.session.rollback()
+            return self._subscribe(user_id, req, user_agent)
+
+    def _subscribe(self, user_id: str, req: SubscribeRequest,
+                   user_agent: str | None) -> tuple[Any, bool]:
+        Sub = self.m.Subscription
+        info = req.subscription
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        now = utcnow()
+        sub = self.db.session.execute(
+            sa.select(Sub).where(Sub.endpoint_sha256 == endpoint_hash(info.endpoint))
+            .with_for_update()
+        ).scalar_one_or_none()
+        moved_from = None
+        if sub is None:
+            sub = Sub(user_id=user_id)
+            sub.set_endpoint(info.endpoint)
+            self.db.session.add(sub)
+            is_new = True
+        elif sub.user_id != user_id:
+            # One browser, one account: the device follows whoever subscribed last.
+            moved_from = sub.user_id
+            if sub.revoked_at is None:
+                self._ledger(moved_from, "withdrawn", subscription_id=sub.id, reason="moved")
+            sub.user_id = user_id
+            is_new = True
+        else:
+            is_new = sub.revoked_at is not None
+        if is_new:
+            sub.created_at = now
+        sub.p256dh, sub.auth = info.p256dh, info.auth
+        sub.label = req.device_label or sub.label
+        sub.user_agent = (user_agent or "")[:512] or None
+        sub.consent_version = req.text_version
+        sub.last_seen_at = now
+        sub.revoked_at = sub.revoked_reason = None
+        sub.consecutive_failures = 0
+        self.db.session.flush()
+        self._ledger(user_id, "granted", subscription_id=sub.id, text_version=req.text_version,
+                     user_agent=user_agent)
+        self.db.session.commit()
+        if moved_from is not None:
+            signals.subscription_moved.send(app, subscription=sub, from_user_id=moved_from,
+                                            to_user_id=user_id)
+        if is_new:
+            signals.subscription_created.send(app, subscription=sub)
+        return sub, is_new
+
+    def user_subscriptions(self, user_id: str, *, active_only: bool = False) -> list[Any]:
+        """A user's subscriptions, newest first."""
+        Sub = self.m.Subscription
+        query = sa.select(Sub).where(Sub.user_id == user_id)
+        if active_only:
+            query = query.where(Sub.revoked_at.is_(None))
+        return list(self.db.session.scalars(query.order_by(Sub.created_at.desc(), Sub.id.desc())))
+
+    def get_own(self, user_id: str, subscription_id: int) -> Any:
+        """One of the user's own subscriptions, or SubscriptionNotFound (never another's)."""
+        sub = self.db.session.get(self.m.Subscription, subscription_id)
+        if sub is None or sub.user_id != user_id:
+            raise SubscriptionNotFound("You have no device with this id.")
+        return sub
+
+    def revoke(self, user_id: str, subscription_id: int, *, reason: str = "device_revoked",
+               user_agent: str | None = None) -> Any:
+        """Revoke one of the user's devices and record the withdrawal for it."""
+        sub = self.get_own(user_id, subscription_id)
+        if sub.revoked_at is None:
+            sub.revoked_at, sub.revoked_reason = utcnow(), reason
+            self._ledger(user_id, "withdrawn", subscription_id=sub.id, reason=reason,
+                         user_agent=user_agent)
+            self.db.session.commit()
+            signals.subscription_revoked.send(
+                current_app._get_current_object(),  # type: ignore[attr-defined]
+                subscription=sub, reason=reason)
+        return sub
+
+    def withdraw_consent(self, user_id: str, *, user_agent: str | None = None,
+                         reason: str = "user") -> int:
+        """Withdraw the user's consent and revoke all their devices in one transaction."""
+        Sub = self.m.Subscription
+        active = self.user_subscriptions(user_id, active_only=True)
+        now = utcnow()
+        self.db.session.execute(
+            sa.update(Sub).where(Sub.user_id == user_id, Sub.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason="consent_withdrawn")
+        )
+        self._ledger(user_id, "withdrawn", reason=reason, user_agent=user_agent)
+        self.db.session.commit()
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        for sub in active:
+            signals.subscription_revoked.send(app, subscription=sub, reason="consent_withdrawn")
+        signals.consent_withdrawn.send(app, user_id=user_id)
+        return len(active)
+
+    def rotate(self, old_endpoint: Any, old_auth: Any, new: SubscriptionInfo) -> Any:
+        """Replace a subscription the browser rotated, proven by the old one's auth secret."""
+        Sub = self.m.Subscription
+        if not isinstance(old_endpoint, str) or not isinstance(old_auth, str):
+            raise BadRequestError("'old' needs the previous endpoint and keys.auth as strings.")
+        sub = self.db.session.execute(
+            sa.select(Sub).where(Sub.endpoint_sha256 == endpoint_hash(old_endpoint))
+            .with_for_update()
+        ).scalar_one_or_none()
+        # Same answer for "unknown" and "wrong secret": nothing to learn by probing.
+        if sub is None or sub.revoked_at is not None or not hmac.compare_digest(
+            sub.auth.encode(), old_auth.rstrip("=").encode()
+        ):
+            raise SubscriptionNotFound("No active subscription matches the old one.")
+        clash = self.db.session.execute(
+            sa.select(Sub).where(Sub.endpoint_sha256 == endpoint_hash(new.endpoint))
+        ).scalar_one_or_none()
+        if clash is not None and clash.id != sub.id:
+            # The browser already posted the new one (e.g. the page re-subscribed first).
+            sub.revoked_at, sub.revoked_reason = utcnow(), "rotated"
+            self.db.session.commit()
+            return clash
+        sub.set_endpoint(new.endpoint)
+        sub.p256dh, sub.auth = new.p256dh, new.auth
+        sub.last_seen_at = utcnow()
+        self.db.session.commit()
+        return sub
+
+
+def label_from_user_agent(user_agent: str | None) -> str | None:
+    """A readable device label such as 'Firefox on Linux' from a User-Agent header."""
+    if not user_agent:
+        return None
+    ua = user_agent
+    browser = next((name for token, name in (
+        ("Edg/", "Edge"), ("OPR/", "Opera"), ("SamsungBrowser", "Samsung Internet"),
+        ("Firefox/", "Firefox"), ("Chrome/", "Chrome"), ("Chromium/", "Chromium"),
+        ("Safari/", "Safari"),
+    ) if token in ua), "Browser")
+    system = next((name for token, name in (
+        ("Android", "Android"), ("iPhone", "iPhone"), ("iPad", "iPad"), ("Windows", "Windows"),
+        ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"),
+    ) if token in ua), None)
+    return f"{browser} on {system}" if system else browser

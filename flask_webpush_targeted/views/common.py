@@ -1,0 +1,55 @@
+"""Helpers shared by the views."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, request
+from flask_login import current_user
+
+from ..exceptions import BadRequestError, LoginRequired, RequestTooLarge
+from ..extension import WebPush, user_id_of
+
+
+def ext() -> WebPush:
+    """The WebPush extension of the current app."""
+    return current_app.extensions["webpush"]
+
+
+def require_login_json() -> str:
+    """The current user's id, or a JSON 401."""
+    if not current_user.is_authenticated:
+        raise LoginRequired("Log in first: devices are linked to a customer account.")
+    return user_id_of(current_user)
+
+
+def json_body() -> Any:
+    """The request's JSON body, read at most WEBPUSH_MAX_REQUEST_BYTES."""
+    limit = current_app.config["WEBPUSH_MAX_REQUEST_BYTES"]
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(f"The body is larger than {limit} bytes.")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise RequestTooLarge(f"The body is larger than {limit} bytes.")
+    if not request.is_json:
+        raise BadRequestError("Send JSON with Content-Type: application/json.")
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise BadRequestError("The body is not valid JSON.") from exc
+
+
+def subscription_json(sub: Any) -> dict[str, Any]:
+    """What a customer sees of one of their devices (no endpoint, no keys)."""
+    return {
+        "id": sub.id,
+        "label": sub.label,
+        "push_service": sub.push_service,
+        "active": sub.active,
+        "created_at": sub.created_at.isoformat(),
+        "last_seen_at": sub.last_seen_at.isoformat(),
+        "revoked_at": sub.revoked_at.isoformat() if sub.revoked_at else None,
+        # lets the page tell "this browser" apart without the server echoing the endpoint
+        "endpoint_sha256": sub.endpoint_sha256,
+    }
