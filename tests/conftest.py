@@ -1,0 +1,203 @@
+"""Shared fixtures: a small host app on SQLite and on PostgreSQL, logged-in clients,
+real subscriptions (P-256 keys made here), the real Redis.
+
+Every test that takes ``app`` runs twice, once per database. PostgreSQL tests use
+a schema of their own per test session, so parallel runs do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask
+from flask_login import LoginManager, UserMixin, login_user
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase
+
+from flask_webpush_targeted import WebPush
+from flask_webpush_targeted.config import b64url_encode, generate_vapid_keys
+from flask_webpush_targeted.csrf import csrf_token
+
+POSTGRES_URL = os.environ.get(
+    "WEBPUSH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("WEBPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+REDIS_START = ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+               "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log")
+
+VAPID_PRIVATE, VAPID_PUBLIC = generate_vapid_keys()
+FCM = "https://fcm.googleapis.com/fcm/send/"
+
+
+class User(UserMixin):
+    """A host's user: only get_id() matters to the extension."""
+
+    def __init__(self, user_id: str, is_admin: bool = False) -> None:
+        self.id = user_id
+        self.is_admin = is_admin
+
+
+USERS = {uid: User(uid) for uid in ("1", "2", "3")} | {"9": User("9", is_admin=True)}
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema in the test database for this session; fails clearly if PG is down."""
+    engine = sa.create_engine(POSTGRES_URL)
+    schema = f"wp_{uuid.uuid4().hex[:10]}"
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL does not answer at {POSTGRES_URL} ({exc.orig}). "
+                    f"Start it with: {PG_START}", pytrace=False)
+    yield schema
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A database URL: a SQLite file, or the PostgreSQL test database in this session's schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    schema = request.getfixturevalue("postgres_schema")
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+def make_host_app(db_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, WebPush]:
+    """A minimal host: Flask-Login users kept in memory, the extension on its own db."""
+
+    class Base(DeclarativeBase):
+        pass
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="test-secret", TESTING=True, SQLALCHEMY_DATABASE_URI=db_url,
+        WEBPUSH_VAPID_PRIVATE_KEY=VAPID_PRIVATE, WEBPUSH_VAPID_PUBLIC_KEY=VAPID_PUBLIC,
+        WEBPUSH_VAPID_SUBJECT="mailto:ops@shop.example", WEBPUSH_REDIS_URL=REDIS_URL,
+    )
+    app.config.update(config)
+    db = SQLAlchemy(model_class=Base)
+    db.init_app(app)
+    manager = LoginManager(app)
+    manager.login_view = "login"
+    manager.user_loader(USERS.get)
+    webpush = WebPush(app, db=db)
+
+    @app.route("/login/<user_id>")
+    def login(user_id: str) -> str:
+        login_user(USERS[user_id])
+        return csrf_token()
+
+    @app.route("/login")
+    def login_page() -> str:
+        return "the host's login page"
+
+    @app.route("/widget")
+    def widget() -> str:
+        from flask import render_template_string
+
+        return render_template_string("<html><body>{{ webpush_optin() }}</body></html>")
+
+    return app, db, webpush
+
+
+@pytest.fixture
+def host(db_url: str) -> Iterator[tuple[Flask, SQLAlchemy, WebPush]]:
+    """(app, db, webpush) with the tables created, dropped after the test."""
+    app, db, webpush = make_host_app(db_url)
+    with app.app_context():
+        db.create_all()
+    yield app, db, webpush
+    with app.app_context():
+        db.session.remove()
+        db.drop_all()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def app(host: tuple[Flask, SQLAlchemy, WebPush]) -> Flask:
+    return host[0]
+
+
+@pytest.fixture
+def db(host: tuple[Flask, SQLAlchemy, WebPush]) -> SQLAlchemy:
+    return host[1]
+
+
+@pytest.fixture
+def webpush(host: tuple[Flask, SQLAlchemy, WebPush]) -> WebPush:
+    return host[2]
+
+
+class LoggedInClient:
+    """A test client logged in as one user, sending that session's CSRF token."""
+
+    def __init__(self, app: Flask, user_id: str) -> None:
+        self.user_id = user_id
+        self.http = app.test_client()
+        self.csrf = self.http.get(f"/login/{user_id}").get_data(as_text=True)
+
+    def post_json(self, url: str, body: Any, **kw: Any) -> Any:
+        headers = {"X-CSRF-Token": self.csrf, **kw.pop("headers", {})}
+        return self.http.post(url, json=body, headers=headers, **kw)
+
+    def subscribe(self, subscription: dict[str, Any], *, version: str = "1", **extra: Any) -> Any:
+        body = {"subscription": subscription,
+                "consent": {"notifications": True, "link_to_account": True,
+                            "text_version": version}, **extra}
+        return self.post_json("/webpush/subscriptions", body)
+
+    def delete(self, url: str) -> Any:
+        return self.http.delete(url, headers={"X-CSRF-Token": self.csrf})
+
+
+@pytest.fixture
+def client(app: Flask) -> LoggedInClient:
+    """A client logged in as user "1"."""
+    return LoggedInClient(app, "1")
+
+
+@pytest.fixture
+def other_client(app: Flask) -> LoggedInClient:
+    """A client logged in as user "2"."""
+    return LoggedInClient(app, "2")
+
+
+def browser_keys() -> dict[str, str]:
+    """A browser-like key pair's public half and a fresh auth secret, base64url."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return {"p256dh": b64url_encode(public), "auth": b64url_encode(secrets.token_bytes(16))}
+
+
+def make_subscription(endpoint: str | None = None) -> dict[str, Any]:
+    """A PushSubscription JSON with real keys at a known push service."""
+    return {"endpoint": endpoint or FCM + secrets.token_urlsafe(24), "expirationTime": None,
+            "keys": browser_keys()}
+
+
+@pytest.fixture
+def redis_conn() -> Any:
+    """A connection to the real Redis; fails with how to start it if it does not answer."""
+    import redis
+
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis does not answer at {REDIS_URL} ({exc}). Start it with: {REDIS_START}",
+                    pytrace=False)
+    return conn
