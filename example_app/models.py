@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from functools import lru_cache
 
 import sqlalchemy as sa
 from flask_login import UserMixin
@@ -55,11 +56,17 @@ def load_user(user_id: str) -> Customer | None:
     return db.session.get(Customer, int(user_id)) if user_id.isdigit() else None
 
 
+@lru_cache(maxsize=None)
+def _hash(password: str) -> str:
+    # scrypt is slow on purpose; the demo re-seeds often in tests, so hash once per process.
+    return generate_password_hash(password)
+
+
 def seed() -> None:
     """Insert the demo customers, products and orders once."""
     if db.session.scalar(sa.select(sa.func.count()).select_from(Customer)):
         return
-    customers = [Customer(email=e, name=n, password_hash=generate_password_hash(p), is_admin=a)
+    customers = [Customer(email=e, name=n, password_hash=_hash(p), is_admin=a)
                  for e, n, p, a in DEMO_USERS]
     products = [Product(name=n, price_cents=c) for n, c in DEMO_PRODUCTS]
     db.session.add_all(customers + products)
