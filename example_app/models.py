@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from functools import lru_cache
+from functools import cache
 
 import sqlalchemy as sa
 from flask_login import UserMixin
@@ -27,7 +27,7 @@ DEMO_PRODUCTS = [
 ]
 
 
-class Customer(UserMixin, db.Model):  # type: ignore[name-defined,misc]
+class Customer(UserMixin, db.Model):  # type: ignore[name-defined]
     __tablename__ = "customer"
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(sa.String(200), unique=True)
@@ -36,14 +36,14 @@ class Customer(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     is_admin: Mapped[bool] = mapped_column(default=False)
 
 
-class Product(db.Model):  # type: ignore[name-defined,misc]
+class Product(db.Model):  # type: ignore[name-defined]
     __tablename__ = "product"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     price_cents: Mapped[int] = mapped_column()
 
 
-class Order(db.Model):  # type: ignore[name-defined,misc]
+class Order(db.Model):  # type: ignore[name-defined]
     __tablename__ = "shop_order"
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(sa.ForeignKey("customer.id"))
@@ -56,7 +56,7 @@ def load_user(user_id: str) -> Customer | None:
     return db.session.get(Customer, int(user_id)) if user_id.isdigit() else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hash(password: str) -> str:
     # scrypt is slow on purpose; the demo re-seeds often in tests, so hash once per process.
     return generate_password_hash(password)
@@ -71,10 +71,8 @@ def seed() -> None:
     products = [Product(name=n, price_cents=c) for n, c in DEMO_PRODUCTS]
     db.session.add_all(customers + products)
     db.session.flush()
-    db.session.add_all([
-        Order(customer_id=customers[0].id, product_id=products[0].id, ordered_on=date(2026, 11, 2)),
-        Order(customer_id=customers[0].id, product_id=products[2].id, ordered_on=date(2026, 11, 20)),
-        Order(customer_id=customers[1].id, product_id=products[2].id, ordered_on=date(2026, 11, 21)),
-        Order(customer_id=customers[2].id, product_id=products[1].id, ordered_on=date(2026, 11, 5)),
-    ])
+    orders = [(0, 0, date(2026, 11, 2)), (0, 2, date(2026, 11, 20)),
+              (1, 2, date(2026, 11, 21)), (2, 1, date(2026, 11, 5))]
+    db.session.add_all([Order(customer_id=customers[c].id, product_id=products[p].id,
+                              ordered_on=day) for c, p, day in orders])
     db.session.commit()
