@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -201,3 +202,62 @@ def redis_conn() -> Any:
         pytest.fail(f"Redis does not answer at {REDIS_URL} ({exc}). Start it with: {REDIS_START}",
                     pytrace=False)
     return conn
+
+
+# -- real servers and browsers ----------------------------------------------------------------
+
+
+class LiveServer:
+    """A Flask app served by werkzeug on a free loopback port, in a thread."""
+
+    def __init__(self, app: Flask) -> None:
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def push_service() -> Iterator[Any]:
+    """The project's local push service (HTTP + Mozilla WebSocket) on loopback."""
+    from flask_webpush_targeted.testing import LocalPushService
+
+    with LocalPushService() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def live_shop(push_service: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The example shop on a real HTTP server, its SQLite file, the real Redis, and the
+    local push service admitted through WEBPUSH_EXTRA_PUSH_SERVICES."""
+    from example_app import create_app, db
+    from example_app.models import seed
+
+    folder = tmp_path_factory.mktemp("shop")
+    app = create_app({
+        "SECRET_KEY": "live-shop", "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'shop.db'}",
+        "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
+        "WEBPUSH_REDIS_URL": REDIS_URL, "WEBPUSH_EXTRA_PUSH_SERVICES": [push_service.origin],
+    })
+    with app.app_context():
+        db.create_all()
+        seed()
+    server = LiveServer(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def firefox(push_service: Any) -> Iterator[Any]:
+    """One headless Firefox for the session, its push client pointed at the local service."""
+    from flask_webpush_targeted.testing import FirefoxSession
+
+    with FirefoxSession(push_service.websocket_url) as session:
+        yield session
