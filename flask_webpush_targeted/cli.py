@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from flask import current_app
@@ -39,3 +40,71 @@ def forget_user_command(user_id: str, yes: bool) -> None:
         click.confirm(f"Erase every web push record of user {user_id!r}?", abort=True)
     counts = current_app.extensions["webpush"].forget_user(user_id)
     click.echo(", ".join(f"{n} {name}" for name, n in counts.items()) + " deleted.")
+
+
+@webpush_cli.command("worker")
+@click.option("--burst", is_flag=True, help="Work off what is queued and due, then exit.")
+@click.option("--simple", is_flag=True,
+              help="Run jobs in the worker's own process (no fork per job): faster, less isolated.")
+@click.option("--name", default=None, help="Worker name (default: host and pid).")
+def worker_command(burst: bool, simple: bool, name: str | None) -> None:
+    """Run an RQ worker with its scheduler on WEBPUSH_QUEUE."""
+    from .queue import make_worker
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    make_worker(app, simple=simple, name=name).work(burst=burst, with_scheduler=True)
+
+
+@webpush_cli.command("recover")
+def recover_command() -> None:
+    """Enqueue notifications and deliveries left behind by a Redis outage or a dead worker."""
+    done = current_app.extensions["webpush"].recover()
+    click.echo(", ".join(f"{n} {what}" for what, n in done.items()))
+
+
+@webpush_cli.command("send")
+@click.option("--user", "users", multiple=True, help="A user id (repeatable).")
+@click.option("--users-file", type=click.File("r"), help="A file of user ids, one a line.")
+@click.option("--title", required=True)
+@click.option("--body", default="")
+@click.option("--url", default=None, help="Opened on click: a path or a URL on this site.")
+@click.option("--devices", type=click.Choice(["all", "latest"]), default="all")
+@click.option("--ttl", type=int, default=None, help="Validity period in seconds.")
+@click.option("--urgency", type=click.Choice(["very-low", "low", "normal", "high"]),
+              default="normal")
+@click.option("--topic", default=None)
+@click.option("--category", default=None)
+@click.option("--send-at", default=None,
+              help="ISO 8601 time with an offset, e.g. 2026-12-01T09:00+01:00.")
+@click.option("--idempotency-key", default=None)
+def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str, url: str | None,
+                 devices: str, ttl: int | None, urgency: str, topic: str | None,
+                 category: str | None, send_at: str | None, idempotency_key: str | None) -> None:
+    """Send one notification to the given users; prints its id and the users without devices."""
+    from datetime import datetime
+
+    from .exceptions import InvalidNotification, QueueUnavailable
+
+    ids = list(users)
+    if users_file is not None:
+        lines = users_file.read().splitlines()
+        with click.progressbar(lines, label="Reading user ids") as bar:
+            ids.extend(line.strip() for line in bar if line.strip())
+    if not ids:
+        raise click.UsageError("Give at least one --user or a --users-file.")
+    when = None
+    if send_at:
+        try:
+            when = datetime.fromisoformat(send_at)
+        except ValueError as exc:
+            raise click.BadParameter(f"not an ISO 8601 time: {send_at}",
+                                     param_hint="--send-at") from exc
+    try:
+        n = current_app.extensions["webpush"].notify_users(
+            ids, title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
+            topic=topic, category=category, send_at=when, idempotency_key=idempotency_key)
+    except InvalidNotification as exc:
+        raise click.ClickException(exc.message) from exc
+    except QueueUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Notification {n.id} {n.status} for {len(ids)} user(s).")

@@ -55,6 +55,28 @@ DEFAULTS: dict[str, Any] = {
     #: A template of the host's that the extension's pages extend (it must define a
     #: ``content`` block), so the devices and statistics pages wear the host's look.
     "WEBPUSH_BASE_TEMPLATE": None,
+    #: Origin of the site (``https://shop.example``); absolute notification URLs must
+    #: be on it. Unset: inside a request its host is used, otherwise only relative URLs.
+    "WEBPUSH_SITE_URL": None,
+    #: Key material for tracking tokens; defaults to a key derived from SECRET_KEY.
+    "WEBPUSH_TRACKING_SECRET": None,
+    #: Deliveries per batch job: each batch claims, sends and records its rows together.
+    "WEBPUSH_BATCH_SIZE": 100,
+    #: Concurrent requests inside one batch (threads sharing keep-alive connections).
+    "WEBPUSH_SEND_CONCURRENCY": 16,
+    #: Seconds to connect to a push service, and to wait for its answer.
+    "WEBPUSH_CONNECT_TIMEOUT": 5.0,
+    "WEBPUSH_READ_TIMEOUT": 10.0,
+    #: Attempts per delivery before a retryable error (429, 5xx, timeout) becomes final.
+    "WEBPUSH_MAX_ATTEMPTS": 5,
+    #: First retry delay in seconds, doubled per attempt up to the maximum.
+    "WEBPUSH_RETRY_BASE_DELAY": 10.0,
+    "WEBPUSH_RETRY_MAX_DELAY": 3600.0,
+    #: A delivery claimed this many seconds ago and never finished is taken as
+    #: abandoned (its worker died) and sent again by ``recover``.
+    "WEBPUSH_CLAIM_TIMEOUT": 300,
+    #: How often, in seconds, a worker runs ``recover``.
+    "WEBPUSH_RECOVER_INTERVAL": 60,
     #: Largest request body, in bytes, accepted by the subscription endpoints.
     "WEBPUSH_MAX_REQUEST_BYTES": 4096,
 }
@@ -114,6 +136,8 @@ def load_vapid_private_key(value: str) -> ec.EllipticCurvePrivateKey:
 
 
 def _origin_of(url: str) -> str:
+    if not isinstance(url, str):
+        raise ValueError(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(url)
@@ -162,6 +186,16 @@ def validate_config(config: dict[str, Any]) -> None:
         raise ConfigurationError(
             "WEBPUSH_DEFAULT_TTL must be a whole number of seconds between 1 and 2419200 (28 days)."
         )
+    for name in ("WEBPUSH_BATCH_SIZE", "WEBPUSH_SEND_CONCURRENCY", "WEBPUSH_MAX_ATTEMPTS",
+                "WEBPUSH_CLAIM_TIMEOUT", "WEBPUSH_RECOVER_INTERVAL", "WEBPUSH_MAX_REQUEST_BYTES"):
+        value = config.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigurationError(f"{name} must be a whole number of at least 1.")
+    for name in ("WEBPUSH_CONNECT_TIMEOUT", "WEBPUSH_READ_TIMEOUT", "WEBPUSH_RETRY_BASE_DELAY",
+                "WEBPUSH_RETRY_MAX_DELAY"):
+        value = config.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive number of seconds.")
     if not str(config.get("WEBPUSH_CONSENT_VERSION") or "").strip():
         raise ConfigurationError("WEBPUSH_CONSENT_VERSION must be a non-empty string.")
     if not str(config.get("WEBPUSH_CONSENT_TEXT") or "").strip():

@@ -98,6 +98,33 @@ class InvalidSubscription(APIError, UnprocessableEntity):
     error = "invalid_subscription"
 
 
+class InvalidNotification(APIError, UnprocessableEntity):
+    """A notify_* argument is invalid (ttl, urgency, topic, send_at, url, devices...)."""
+
+    error = "invalid_notification"
+
+
+class PayloadTooLarge(InvalidNotification):
+    """The payload, tracking token included, exceeds the 3993-byte Web Push limit."""
+
+    code = 413
+    error = "payload_too_large"
+
+
+class QueueUnavailable(WebPushError):
+    """Redis did not answer: the notification is stored and will be recovered later."""
+
+    def __init__(self, message: str, notification_id: int | None = None) -> None:
+        super().__init__(message)
+        self.notification_id = notification_id
+
+
+class NotificationNotFound(APIError, NotFound):
+    """No notification has this id."""
+
+    error = "not_found"
+
+
 class SubscriptionNotFound(APIError, NotFound):
     """No such subscription belongs to the current user."""
 

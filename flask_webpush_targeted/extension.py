@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app, render_template, session, url_for
 from flask_login import user_logged_out
 from markupsafe import Markup
 
-from . import privacy
+from . import privacy, sending
 from .config import DEFAULTS, extra_push_origins, validate_config
 from .csrf import csrf_token
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, InvalidNotification
 from .models import Models, get_models
+from .stats import notification_stats
 from .subscriptions import SubscriptionStore
 
 #: session key of the subscription ids made in this session (for unbinding at logout)
@@ -60,9 +62,9 @@ class WebPush:
         self._models = get_models(db)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, list(value) if isinstance(value, list) else value)
+        validate_config(app.config)
         if app.config["WEBPUSH_SW_SCOPE"] is None:
             app.config["WEBPUSH_SW_SCOPE"] = app.config["WEBPUSH_URL_PREFIX"] + "/"
-        validate_config(app.config)
         app.extensions["webpush"] = self
         # Read once: the request path then never re-parses the list.
         app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = list(app.config["WEBPUSH_EXTRA_PUSH_SERVICES"])
@@ -121,6 +123,67 @@ class WebPush:
             script_url=url_for("webpush.static", filename="webpush/webpush.js"),
             style_url=url_for("webpush.static", filename="webpush/webpush.css"),
         ))
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def notify_user(self, user: Any, *, title: str, body: str = "", url: str | None = None,
+                    devices: Any = "all", **options: Any) -> Any:
+        """Send to one user's chosen devices; returns the stored Notification at once."""
+        return self.notify_users([user], title=title, body=body, url=url, devices=devices,
+                                 **options)
+
+    def notify_users(
+        self, users: Iterable[Any], *, title: str, body: str = "", url: str | None = None,
+        devices: Any = "all", ttl: int | timedelta | None = None, urgency: str = "normal",
+        topic: str | None = None, send_at: datetime | None = None,
+        idempotency_key: str | None = None, category: str | None = None,
+        icon: str | None = None, image: str | None = None, badge: str | None = None,
+        tag: str | None = None, actions: list[dict[str, str]] | None = None,
+        data: Any = None, require_interaction: bool = False, silent: bool = False,
+    ) -> Any:
+        """Send one Notification to many users (objects or ids); fan-out runs in a worker.
+
+        Everything is validated before anything is stored; a bad argument raises
+        InvalidNotification (PayloadTooLarge for the size). If Redis is down the
+        notification is stored anyway and QueueUnavailable is raised; ``recover``
+        enqueues it later.
+        """
+        if isinstance(users, (str, bytes)) or not isinstance(users, Iterable):
+            raise InvalidNotification("users must be a list of users or user ids.")
+        try:
+            user_ids = list(dict.fromkeys(user_id_of(u) for u in users))
+        except (TypeError, ValueError) as exc:
+            raise InvalidNotification(f"Invalid user: {exc}.") from exc
+        if not user_ids:
+            raise InvalidNotification("No user to notify.")
+        payload = sending.build_payload(
+            title=title, body=body, url=url, icon=icon, image=image, badge=badge, tag=tag,
+            actions=actions, data=data, require_interaction=require_interaction, silent=silent)
+        sending.check_payload_size(payload)
+        seconds = sending.ttl_seconds(ttl)
+        sending.check_options(urgency=urgency, topic=topic, send_at=send_at, category=category,
+                              idempotency_key=idempotency_key)
+        targeting = sending.resolve_devices(self.db, self.models, user_ids, devices)
+        return sending.store_and_enqueue(
+            self.db, self.models, user_ids, payload=payload, targeting=targeting, ttl=seconds,
+            urgency=urgency, topic=topic, send_at=send_at, idempotency_key=idempotency_key,
+            category=category)
+
+    def cancel(self, notification_id: int) -> bool:
+        """Stop a scheduled, queued or still-sending notification; False if already over."""
+        from .jobs import cancel_notification
+
+        return cancel_notification(notification_id)
+
+    def stats(self, notification_id: int) -> dict[str, Any]:
+        """The funnel counts of one notification (see docs/design.md)."""
+        return notification_stats(self.db, self.models, notification_id)
+
+    def recover(self) -> dict[str, int]:
+        """Enqueue what a Redis outage or a dead worker left behind (workers run it too)."""
+        from .jobs import recover
+
+        return recover()
 
     # -- GDPR ------------------------------------------------------------------------------
 

@@ -165,6 +165,8 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
         send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
         created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
         queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        #: when the worker finished writing the deliveries (None: fan-out still to do)
+        fanned_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
         finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
         job_id: Mapped[str | None] = mapped_column(sa.String(64))
         #: totals kept when old deliveries are pruned

@@ -22,3 +22,15 @@ consent_withdrawn = _signals.signal("webpush.consent-withdrawn")
 
 #: A user's data was erased: ``user_id=``, ``counts=``.
 user_forgotten = _signals.signal("webpush.user-forgotten")
+
+#: A notification was stored and handed to the queue: ``notification=``.
+notification_queued = _signals.signal("webpush.notification-queued")
+
+#: A push service accepted a delivery (201): ``delivery_id=``, ``notification_id=``,
+#: ``subscription_id=``.
+delivery_sent = _signals.signal("webpush.delivery-sent")
+
+#: A delivery ended without being accepted: ``delivery_id=``, ``notification_id=``,
+#: ``subscription_id=``, ``error=``, ``status_code=``, ``gone=`` (True when the
+#: subscription no longer exists and was deactivated).
+delivery_failed = _signals.signal("webpush.delivery-failed")

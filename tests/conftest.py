@@ -19,35 +19,20 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
-from flask_login import LoginManager, UserMixin, login_user
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import DeclarativeBase
+from hostapp import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, make_host_app
 
 from flask_webpush_targeted import WebPush
-from flask_webpush_targeted.config import b64url_encode, generate_vapid_keys
-from flask_webpush_targeted.csrf import csrf_token
+from flask_webpush_targeted.config import b64url_encode
 
 POSTGRES_URL = os.environ.get(
     "WEBPUSH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("WEBPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 REDIS_START = ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
                "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log")
 
-VAPID_PRIVATE, VAPID_PUBLIC = generate_vapid_keys()
 FCM = "https://fcm.googleapis.com/fcm/send/"
-
-
-class User(UserMixin):
-    """A host's user: only get_id() matters to the extension."""
-
-    def __init__(self, user_id: str, is_admin: bool = False) -> None:
-        self.id = user_id
-        self.is_admin = is_admin
-
-
-USERS = {uid: User(uid) for uid in ("1", "2", "3")} | {"9": User("9", is_admin=True)}
 
 
 @pytest.fixture(scope="session")
@@ -74,44 +59,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
         return f"sqlite:///{tmp_path / 'test.db'}"
     schema = request.getfixturevalue("postgres_schema")
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-
-
-def make_host_app(db_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, WebPush]:
-    """A minimal host: Flask-Login users kept in memory, the extension on its own db."""
-
-    class Base(DeclarativeBase):
-        pass
-
-    app = Flask(__name__)
-    app.config.update(
-        SECRET_KEY="test-secret", TESTING=True, SQLALCHEMY_DATABASE_URI=db_url,
-        WEBPUSH_VAPID_PRIVATE_KEY=VAPID_PRIVATE, WEBPUSH_VAPID_PUBLIC_KEY=VAPID_PUBLIC,
-        WEBPUSH_VAPID_SUBJECT="mailto:ops@shop.example", WEBPUSH_REDIS_URL=REDIS_URL,
-    )
-    app.config.update(config)
-    db = SQLAlchemy(model_class=Base)
-    db.init_app(app)
-    manager = LoginManager(app)
-    manager.login_view = "login"
-    manager.user_loader(USERS.get)
-    webpush = WebPush(app, db=db)
-
-    @app.route("/login/<user_id>")
-    def login(user_id: str) -> str:
-        login_user(USERS[user_id])
-        return csrf_token()
-
-    @app.route("/login")
-    def login_page() -> str:
-        return "the host's login page"
-
-    @app.route("/widget")
-    def widget() -> str:
-        from flask import render_template_string
-
-        return render_template_string("<html><body>{{ webpush_optin() }}</body></html>")
-
-    return app, db, webpush
 
 
 @pytest.fixture
@@ -261,3 +208,108 @@ def firefox(push_service: Any) -> Iterator[Any]:
 
     with FirefoxSession(push_service.websocket_url) as session:
         yield session
+
+
+# -- sending: the host app, real RQ worker processes, the local push service -------------------
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class SendingHost:
+    """A host app wired to the local push service and a queue of its own, plus helpers to
+    subscribe users and to run real `flask webpush worker` processes on the same config."""
+
+    def __init__(self, db_url: str, push_service: Any, **config: Any) -> None:
+        self.push_service = push_service
+        self.config = {
+            "SQLALCHEMY_DATABASE_URI": db_url,
+            "WEBPUSH_QUEUE": f"webpush-test-{uuid.uuid4().hex[:8]}",
+            "WEBPUSH_EXTRA_PUSH_SERVICES": [push_service.origin],
+            "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
+            "WEBPUSH_RETRY_BASE_DELAY": 0.5, "WEBPUSH_BATCH_SIZE": 10,
+            "WEBPUSH_SITE_URL": "https://shop.example", **config,
+        }
+        settings = dict(self.config)
+        self.app, self.db, self.webpush = make_host_app(
+            settings.pop("SQLALCHEMY_DATABASE_URI"), **settings)
+        with self.app.app_context():
+            self.db.create_all()
+
+    def close(self) -> None:
+        from flask_webpush_targeted.queue import get_queue
+
+        with self.app.app_context():
+            queue = get_queue()
+            for registry in (queue.scheduled_job_registry, queue.failed_job_registry):
+                for job_id in registry.get_job_ids():
+                    registry.remove(job_id, delete_job=True)
+            queue.empty()
+            self.db.session.remove()
+            self.db.drop_all()
+            self.db.engine.dispose()
+
+    def subscribe(self, user_id: str, label: str | None = None) -> Any:
+        """A browser-like subscription minted by the push service, stored for ``user_id``."""
+        from flask_webpush_targeted.subscriptions import SubscribeRequest, SubscriptionInfo
+
+        sub = self.push_service.new_subscription()
+        info = SubscriptionInfo(sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"])
+        with self.app.app_context():
+            row, _ = self.webpush.store.subscribe(user_id, SubscribeRequest(info, "1", label), None)
+            self.db.session.refresh(row)
+            self.db.session.expunge(row)
+            return row
+
+    def env(self) -> dict[str, str]:
+        import json
+
+        return {**os.environ, "WEBPUSH_TEST_APP": json.dumps(self.config),
+                "PYTHONPATH": TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def worker_command(self, *args: str) -> list[str]:
+        import sys
+
+        return [sys.executable, "-m", "flask", "--app", "hostapp:create_app", "webpush",
+                "worker", *args]
+
+    def run_worker(self, *args: str, timeout: float = 60) -> Any:
+        """Run `flask webpush worker --burst` in a new process until the queue is empty."""
+        import subprocess
+
+        done = subprocess.run(self.worker_command("--burst", *args), env=self.env(),
+                              capture_output=True, text=True, timeout=timeout, cwd=TESTS_DIR)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    def start_worker(self, *args: str) -> Any:
+        """Start a long-running worker process (with its scheduler); the caller stops it."""
+        import subprocess
+
+        return subprocess.Popen(self.worker_command(*args), env=self.env(), cwd=TESTS_DIR,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+
+    def deliveries(self, notification_id: int) -> list[Any]:
+        import sqlalchemy as sa
+
+        D = self.webpush.models.Delivery
+        with self.app.app_context():
+            rows = self.db.session.scalars(sa.select(D).where(D.notification_id == notification_id)
+                                           .order_by(D.id)).all()
+            for row in rows:
+                self.db.session.expunge(row)
+            return list(rows)
+
+    def notification(self, notification_id: int) -> Any:
+        with self.app.app_context():
+            n = self.db.session.get(self.webpush.models.Notification, notification_id)
+            self.db.session.expunge(n)
+            return n
+
+
+@pytest.fixture
+def sending(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[SendingHost]:
+    """A SendingHost on each database, with the real Redis and the local push service."""
+    host = SendingHost(db_url, push_service)
+    yield host
+    host.close()

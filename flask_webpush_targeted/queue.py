@@ -1,0 +1,83 @@
+"""The RQ queue on WEBPUSH_REDIS_URL, and the worker class that runs jobs in the app."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from rq import Queue, SimpleWorker, Worker
+
+from .exceptions import ConfigurationError
+
+log = logging.getLogger("flask_webpush_targeted")
+
+#: What a Redis outage looks like to the client library.
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def redis_connection(app: Flask | None = None) -> redis.Redis:
+    """The app's Redis client (one per app, created on first use)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    conn = app.extensions.get("webpush.redis")
+    if conn is None:
+        url = app.config["WEBPUSH_REDIS_URL"]
+        if not url:
+            raise ConfigurationError(
+                "WEBPUSH_REDIS_URL is not set: the queue needs Redis, e.g. "
+                "'redis://localhost:6379/0'.")
+        # Short timeouts: a back-office call must fail fast when Redis is down.
+        conn = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        app.extensions["webpush.redis"] = conn
+    return conn
+
+
+def get_queue(app: Flask | None = None) -> Queue:
+    """The RQ queue jobs go to."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    return Queue(app.config["WEBPUSH_QUEUE"], connection=redis_connection(app))
+
+
+class _AppWorkerMixin:
+    """Runs every job inside the Flask app's context, and ``recover`` as maintenance."""
+
+    app: Flask
+    _parent_pid: int
+
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        with self.app.app_context():
+            if os.getpid() != self._parent_pid:
+                # A forked work horse must not share the parent's database sockets.
+                self.app.extensions["webpush"].db.engine.dispose(close=False)
+            return super().perform_job(job, queue, execution)  # type: ignore[misc]
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()  # type: ignore[misc]
+        from .jobs import recover
+
+        with self.app.app_context():
+            try:
+                recover()
+            except Exception:  # a failed recovery must not stop the worker; it runs again
+                log.exception("webpush: recover failed")
+
+
+class AppWorker(_AppWorkerMixin, Worker):
+    """An RQ worker forking a work horse per job, each in the app's context."""
+
+
+class AppSimpleWorker(_AppWorkerMixin, SimpleWorker):
+    """An RQ worker running jobs in its own process (no fork): faster, less isolated."""
+
+
+def make_worker(app: Flask, *, simple: bool = False,
+                name: str | None = None) -> AppWorker | AppSimpleWorker:
+    """A worker for the app's queue; it runs ``recover`` at start and periodically."""
+    cls: type[AppWorker] | type[AppSimpleWorker] = AppSimpleWorker if simple else AppWorker
+    worker = cls([get_queue(app)], connection=redis_connection(app), name=name,
+                 maintenance_interval=app.config["WEBPUSH_RECOVER_INTERVAL"])
+    worker.app = app
+    worker._parent_pid = os.getpid()
+    return worker

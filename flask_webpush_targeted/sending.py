@@ -1,0 +1,221 @@
+"""notify_user / notify_users: validate at call time, store, then enqueue.
+
+Everything that can be checked before a worker runs is checked here, before a
+row is written: a bad call raises a specific exception and stores nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from flask import current_app, has_request_context, request
+
+from .exceptions import InvalidNotification, PayloadTooLarge
+from .models import Models
+from .tracking import MAX_TOKEN_LENGTH
+
+URGENCIES = ("very-low", "low", "normal", "high")
+MAX_TTL = 28 * 86400
+#: RFC 8291: 4096-byte record, minus 86 bytes of header, 16 of tag, 1 of padding delimiter
+MAX_PLAINTEXT = 3993
+_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_CHUNK = 1000
+
+Devices = str | Sequence[int] | Callable[[Any], bool]
+
+
+def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
+    if url is None and allow_none:
+        return None
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        raise InvalidNotification(f"{name} must be a URL string of at most 2048 characters.")
+    parts = urlsplit(url)
+    if not parts.scheme and not parts.netloc:
+        if not url.startswith("/") or url.startswith("//"):
+            raise InvalidNotification(f"{name} must start with '/' when relative: {url!r}.")
+        return url
+    site = current_app.config["WEBPUSH_SITE_URL"] or (
+        request.host_url if has_request_context() else None)
+    if site:
+        ours = urlsplit(site)
+        if (parts.scheme, parts.netloc.lower()) == (ours.scheme, ours.netloc.lower()):
+            return url
+    raise InvalidNotification(
+        f"{name} must be relative or on this site's origin (WEBPUSH_SITE_URL): {url!r}.")
+
+
+def ttl_seconds(ttl: Any) -> int:
+    """Validate a ttl (seconds or timedelta) and return whole seconds."""
+    if ttl is None:
+        return int(current_app.config["WEBPUSH_DEFAULT_TTL"])
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl != int(ttl):
+        raise InvalidNotification("ttl must be whole seconds (int) or a timedelta.")
+    if not 0 <= ttl <= MAX_TTL:
+        raise InvalidNotification(f"ttl must be between 0 and {MAX_TTL} seconds (28 days).")
+    return int(ttl)
+
+
+def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: Any = None,
+                  badge: Any = None, tag: Any = None, actions: Any = None, data: Any = None,
+                  require_interaction: bool = False, silent: bool = False) -> dict[str, Any]:
+    """The JSON object the service worker receives, without its token; validated."""
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidNotification("title must be a non-empty string.")
+    if body is not None and not isinstance(body, str):
+        raise InvalidNotification("body must be a string.")
+    payload: dict[str, Any] = {"title": title, "body": body or "",
+                               "url": _check_url("url", url, allow_none=False) if url else "/"}
+    for name, value in (("icon", icon), ("image", image), ("badge", badge)):
+        if value is not None:
+            payload[name] = _check_url(name, value)
+    if tag is not None:
+        if not isinstance(tag, str) or not tag or len(tag) > 64:
+            raise InvalidNotification("tag must be a string of 1 to 64 characters.")
+        payload["tag"] = tag
+    if actions is not None:
+        if not isinstance(actions, list) or len(actions) > 2 or not all(
+            isinstance(a, dict) and isinstance(a.get("action"), str)
+            and isinstance(a.get("title"), str) for a in actions
+        ):
+            raise InvalidNotification(
+                "actions must be a list of at most 2 {'action': str, 'title': str} objects.")
+        payload["actions"] = [{k: a[k] for k in ("action", "title", "icon") if k in a}
+                              for a in actions]
+    if data is not None:
+        try:
+            json.dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise InvalidNotification("data must be JSON-serialisable.") from exc
+        payload["data"] = data
+    for name, flag in (("require_interaction", require_interaction), ("silent", silent)):
+        if not isinstance(flag, bool):
+            raise InvalidNotification(f"{name} must be True or False.")
+        if flag:
+            payload[name] = True
+    return payload
+
+
+def encode_payload(payload: dict[str, Any], token: str) -> bytes:
+    """The plaintext a browser decrypts: the payload with this delivery's token."""
+    return json.dumps({**payload, "token": token}, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def check_payload_size(payload: dict[str, Any]) -> None:
+    """Raise PayloadTooLarge unless the payload fits with the longest possible token."""
+    size = len(encode_payload(payload, "x" * MAX_TOKEN_LENGTH))
+    if size > MAX_PLAINTEXT:
+        raise PayloadTooLarge(
+            f"The payload is {size} bytes with its tracking token; Web Push allows "
+            f"{MAX_PLAINTEXT}. Shorten the body or data.")
+
+
+def check_options(*, urgency: Any, topic: Any, send_at: Any, category: Any,
+                  idempotency_key: Any) -> None:
+    """Validate urgency, topic, send_at, category and idempotency key."""
+    if urgency not in URGENCIES:
+        raise InvalidNotification(f"urgency must be one of {', '.join(URGENCIES)}.")
+    if topic is not None and (not isinstance(topic, str) or not _TOPIC.fullmatch(topic)):
+        raise InvalidNotification("topic must be 1 to 32 URL-safe base64 characters "
+                                  "(A-Z, a-z, 0-9, '-', '_').")
+    if send_at is not None and (not isinstance(send_at, datetime) or send_at.tzinfo is None
+                                or send_at.utcoffset() is None):
+        raise InvalidNotification("send_at must be a timezone-aware datetime.")
+    if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
+        raise InvalidNotification("category must be a string of 1 to 64 characters.")
+    if idempotency_key is not None and (not isinstance(idempotency_key, str)
+                                        or not 0 < len(idempotency_key) <= 255):
+        raise InvalidNotification("idempotency_key must be a string of 1 to 255 characters.")
+
+
+def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> dict[str, Any]:
+    """Validate ``devices`` and return the targeting to store.
+
+    "all" and "latest" are resolved by the worker at send time (consent may
+    change meanwhile). A list of ids must name subscriptions of the targeted
+    users; a callable is applied now, to each active subscription, and stored
+    as the ids it chose (a function cannot travel to another process).
+    """
+    if devices in ("all", "latest"):
+        return {"user_ids": user_ids, "devices": devices}
+    Sub = m.Subscription
+    if callable(devices):
+        chosen: list[int] = []
+        for start in range(0, len(user_ids), _CHUNK):
+            subs = db.session.scalars(sa.select(Sub).where(
+                Sub.user_id.in_(user_ids[start:start + _CHUNK]), Sub.revoked_at.is_(None)))
+            chosen.extend(s.id for s in subs if devices(s))
+        return {"user_ids": user_ids, "devices": "ids", "subscription_ids": sorted(chosen)}
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
+        raise InvalidNotification(
+            "devices must be 'all', 'latest', a list of subscription ids or a callable.")
+    ids = list(devices)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidNotification("devices must be a non-empty list of subscription ids (int).")
+    wanted = set(user_ids)
+    owners = dict(db.session.execute(sa.select(Sub.id, Sub.user_id).where(Sub.id.in_(ids))).all())
+    strangers = sorted(i for i in set(ids) if owners.get(i) not in wanted)
+    if strangers:
+        raise InvalidNotification(
+            f"Subscription id(s) {strangers} do not belong to the targeted user(s).")
+    return {"user_ids": user_ids, "devices": "ids", "subscription_ids": sorted(set(ids))}
+
+
+def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[str, Any],
+                      targeting: dict[str, Any], ttl: int, urgency: str, topic: str | None,
+                      send_at: datetime | None, idempotency_key: str | None,
+                      category: str | None) -> Any:
+    """Commit the Notification first, then enqueue it; a Redis outage loses nothing."""
+    from . import signals
+    from .exceptions import QueueUnavailable
+    from .jobs import fan_out
+    from .models import utcnow
+    from .queue import REDIS_ERRORS, get_queue
+
+    N = m.Notification
+    if idempotency_key is not None:
+        existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing
+    now = utcnow()
+    scheduled = send_at is not None and send_at > now
+    n = N(idempotency_key=idempotency_key, status="scheduled" if scheduled else "queued",
+          category=category, payload=payload, targeting=targeting, ttl=ttl, urgency=urgency,
+          topic=topic, send_at=send_at, created_at=now)
+    db.session.add(n)
+    try:
+        db.session.flush()
+    except sa.exc.IntegrityError:
+        # The same key was stored by a concurrent call: that one is the notification.
+        db.session.rollback()
+        return db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+    if "tag" not in n.payload:
+        # A rare duplicate (a resent claim) then replaces the shown notification, not stacks.
+        n.payload = {**payload, "tag": f"webpush-{n.id}"}
+    if n.topic is None:
+        n.topic = f"n{n.id}"
+    db.session.commit()
+    job_id = f"webpush-fanout-{n.id}"
+    try:
+        queue = get_queue()
+        if scheduled and send_at is not None:
+            queue.enqueue_at(send_at, fan_out, n.id, job_id=job_id)
+        else:
+            queue.enqueue(fan_out, n.id, job_id=job_id)
+    except REDIS_ERRORS as exc:
+        raise QueueUnavailable(
+            f"Notification {n.id} is stored but Redis did not answer ({exc}); it will be "
+            "enqueued by `flask webpush recover`, which every worker also runs.", n.id) from exc
+    n.job_id, n.queued_at = job_id, utcnow()
+    db.session.commit()
+    signals.notification_queued.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                     notification=n)
+    return n

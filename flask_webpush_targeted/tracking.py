@@ -1,0 +1,69 @@
+"""Signed per-delivery tracking tokens carried in each push payload.
+
+A token is ``<b64url(delivery id, expiry)>.<b64url(truncated HMAC-SHA256)>``:
+small, because every byte counts against the 3993-byte payload limit. The key
+is derived from WEBPUSH_TRACKING_SECRET or SECRET_KEY with a label of its own,
+so a token can never be confused with any other signed value of the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import time
+
+from flask import current_app
+
+from .config import b64url_decode, b64url_encode
+
+_LABEL = b"flask-webpush-targeted/tracking-token/v1"
+_MAC_BYTES = 16
+#: the longest token: 12 bytes of data (8 id + 4 expiry) and 16 of MAC
+MAX_TOKEN_LENGTH = len(b64url_encode(bytes(12))) + 1 + len(b64url_encode(bytes(_MAC_BYTES)))
+
+
+class InvalidToken(ValueError):
+    """The token is malformed, forged, or expired."""
+
+
+def _key() -> bytes:
+    config = current_app.config
+    secret = config.get("WEBPUSH_TRACKING_SECRET") or config.get("SECRET_KEY")
+    if not secret:
+        raise RuntimeError("Set SECRET_KEY or WEBPUSH_TRACKING_SECRET to sign tracking tokens.")
+    raw = secret if isinstance(secret, bytes) else str(secret).encode()
+    return hmac.new(raw, _LABEL, hashlib.sha256).digest()
+
+
+def make_token(delivery_id: int, expires_at: float, key: bytes | None = None) -> str:
+    """A token for ``delivery_id`` valid until ``expires_at`` (unix seconds)."""
+    key = key or _key()
+    data = struct.pack(">QI", delivery_id, int(expires_at))
+    mac = hmac.new(key, data, hashlib.sha256).digest()[:_MAC_BYTES]
+    return f"{b64url_encode(data)}.{b64url_encode(mac)}"
+
+
+def signing_key() -> bytes:
+    """The current app's token key (compute once per batch, not per token)."""
+    return _key()
+
+
+def read_token(token: object, *, now: float | None = None) -> int:
+    """The delivery id of a valid token; raise InvalidToken otherwise."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+        raise InvalidToken("malformed token")
+    data_part, mac_part = token.split(".")
+    try:
+        data, mac = b64url_decode(data_part), b64url_decode(mac_part)
+    except ValueError as exc:
+        raise InvalidToken("malformed token") from exc
+    if len(data) != 12 or len(mac) != _MAC_BYTES:
+        raise InvalidToken("malformed token")
+    expected = hmac.new(_key(), data, hashlib.sha256).digest()[:_MAC_BYTES]
+    if not hmac.compare_digest(mac, expected):
+        raise InvalidToken("bad signature")
+    delivery_id, expires_at = struct.unpack(">QI", data)
+    if (now if now is not None else time.time()) > expires_at:
+        raise InvalidToken("expired token")
+    return int(delivery_id)
