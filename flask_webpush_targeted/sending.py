@@ -109,9 +109,16 @@ def encode_payload(payload: dict[str, Any], token: str) -> bytes:
                       ensure_ascii=False).encode("utf-8")
 
 
+def default_tag(notification_id: int) -> str:
+    """The tag of a notification that has none: a rare duplicate then replaces, not stacks."""
+    return f"webpush-{notification_id}"
+
+
 def check_payload_size(payload: dict[str, Any]) -> None:
     """Raise PayloadTooLarge unless the payload fits with the longest possible token."""
-    size = len(encode_payload(payload, "x" * MAX_TOKEN_LENGTH))
+    # The default tag (added once the id is known) counts too, at its longest.
+    worst = payload if "tag" in payload else {**payload, "tag": default_tag(10**19)}
+    size = len(encode_payload(worst, "x" * MAX_TOKEN_LENGTH))
     if size > MAX_PLAINTEXT:
         raise PayloadTooLarge(
             f"The payload is {size} bytes with its tracking token; Web Push allows "
@@ -198,8 +205,7 @@ def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[
         db.session.rollback()
         return db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
     if "tag" not in n.payload:
-        # A rare duplicate (a resent claim) then replaces the shown notification, not stacks.
-        n.payload = {**payload, "tag": f"webpush-{n.id}"}
+        n.payload = {**payload, "tag": default_tag(n.id)}
     if n.topic is None:
         n.topic = f"n{n.id}"
     db.session.commit()

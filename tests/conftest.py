@@ -260,10 +260,10 @@ class SendingHost:
             self.db.session.expunge(row)
             return row
 
-    def env(self) -> dict[str, str]:
+    def env(self, **overrides: Any) -> dict[str, str]:
         import json
 
-        return {**os.environ, "WEBPUSH_TEST_APP": json.dumps(self.config),
+        return {**os.environ, "WEBPUSH_TEST_APP": json.dumps({**self.config, **overrides}),
                 "PYTHONPATH": TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def worker_command(self, *args: str) -> list[str]:
@@ -272,11 +272,12 @@ class SendingHost:
         return [sys.executable, "-m", "flask", "--app", "hostapp:create_app", "webpush",
                 "worker", *args]
 
-    def run_worker(self, *args: str, timeout: float = 60) -> Any:
-        """Run `flask webpush worker --burst` in a new process until the queue is empty."""
+    def run_worker(self, *args: str, timeout: float = 60, **config: Any) -> Any:
+        """Run `flask webpush worker --burst` in a new process until the queue is empty;
+        ``config`` overrides settings of the worker's app only."""
         import subprocess
 
-        done = subprocess.run(self.worker_command("--burst", *args), env=self.env(),
+        done = subprocess.run(self.worker_command("--burst", *args), env=self.env(**config),
                               capture_output=True, text=True, timeout=timeout, cwd=TESTS_DIR)
         assert done.returncode == 0, done.stderr[-3000:]
         return done
