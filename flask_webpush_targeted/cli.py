@@ -108,3 +108,45 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
     except QueueUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Notification {n.id} {n.status} for {len(ids)} user(s).")
+
+
+@webpush_cli.command("stats")
+@click.argument("notification_id", type=int, required=False)
+@click.option("--limit", default=20, help="How many notifications to list without an ID.")
+def stats_command(notification_id: int | None, limit: int) -> None:
+    """Print one notification's figures, or the latest notifications with their funnels."""
+    from . import stats
+
+    webpush = current_app.extensions["webpush"]
+    if notification_id is not None:
+        figures = webpush.stats(notification_id)
+        width = max(len(k) for k in figures)
+        for key, value in figures.items():
+            if isinstance(value, list):
+                click.echo(f"{key}:")
+                for item in value:
+                    click.echo("  " + ", ".join(f"{k}={v}" for k, v in item.items()))
+            else:
+                click.echo(f"{key:<{width}}  {value}")
+        return
+    items, total = stats.list_notifications(webpush.db, webpush.models, per_page=limit)
+    click.echo(f"{'id':>6}  {'status':<9} {'sent':>7} {'shown':>7} {'clicked':>7} "
+               f"{'failed':>7}  title")
+    for item in items:
+        n, f = item["notification"], item["funnel"]
+        click.echo(f"{n.id:>6}  {n.status:<9} {f['sent']:>7} {f['displayed']:>7} "
+                   f"{f['clicked']:>7} {f['failed'] + f['gone'] + f['expired']:>7}  "
+                   f"{n.payload['title']}")
+    click.echo(f"{len(items)} of {total} notifications.")
+
+
+@webpush_cli.command("prune")
+@click.option("--older-than", "days", type=click.IntRange(min=1), required=True,
+              help="Remove deliveries of notifications finished more than DAYS days ago.")
+def prune_command(days: int) -> None:
+    """Delete old deliveries, keeping each notification's totals."""
+    from datetime import timedelta
+
+    done = current_app.extensions["webpush"].prune(timedelta(days=days))
+    click.echo(f"{done['deliveries']} deliveries of {done['notifications']} notifications "
+               "removed; their totals are kept.")

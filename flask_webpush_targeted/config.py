@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_SITE_URL": None,
     #: Key material for tracking tokens; defaults to a key derived from SECRET_KEY.
     "WEBPUSH_TRACKING_SECRET": None,
+    #: Events (displayed, clicked, closed) accepted per client address and minute.
+    "WEBPUSH_EVENTS_RATE_LIMIT": 600,
     #: Deliveries per batch job: each batch claims, sends and records its rows together.
     "WEBPUSH_BATCH_SIZE": 100,
     #: Concurrent requests inside one batch (threads sharing keep-alive connections).
@@ -187,7 +189,8 @@ def validate_config(config: dict[str, Any]) -> None:
             "WEBPUSH_DEFAULT_TTL must be a whole number of seconds between 1 and 2419200 (28 days)."
         )
     for name in ("WEBPUSH_BATCH_SIZE", "WEBPUSH_SEND_CONCURRENCY", "WEBPUSH_MAX_ATTEMPTS",
-                "WEBPUSH_CLAIM_TIMEOUT", "WEBPUSH_RECOVER_INTERVAL", "WEBPUSH_MAX_REQUEST_BYTES"):
+                "WEBPUSH_CLAIM_TIMEOUT", "WEBPUSH_RECOVER_INTERVAL", "WEBPUSH_MAX_REQUEST_BYTES",
+                 "WEBPUSH_EVENTS_RATE_LIMIT"):
         value = config.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"{name} must be a whole number of at least 1.")

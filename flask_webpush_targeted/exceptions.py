@@ -16,6 +16,7 @@ from werkzeug.exceptions import (
     HTTPException,
     NotFound,
     RequestEntityTooLarge,
+    TooManyRequests,
     Unauthorized,
     UnprocessableEntity,
 )
@@ -123,6 +124,26 @@ class NotificationNotFound(APIError, NotFound):
     """No notification has this id."""
 
     error = "not_found"
+
+
+class TrackingTokenInvalid(APIError, Forbidden):
+    """A tracking token is forged, tampered with, expired, or names no delivery."""
+
+    error = "invalid_token"
+
+
+class RateLimited(APIError, TooManyRequests):
+    """Too many requests from this client; try again after ``retry_after`` seconds."""
+
+    error = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        """JSON, with Retry-After."""
+        return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
 
 
 class SubscriptionNotFound(APIError, NotFound):

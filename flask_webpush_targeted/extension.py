@@ -179,6 +179,12 @@ class WebPush:
         """The funnel counts of one notification (see docs/design.md)."""
         return notification_stats(self.db, self.models, notification_id)
 
+    def prune(self, older_than: timedelta) -> dict[str, int]:
+        """Delete deliveries of notifications finished before ``older_than`` ago, keeping totals."""
+        from .stats import prune
+
+        return prune(self.db, self.models, older_than)
+
     def recover(self) -> dict[str, int]:
         """Enqueue what a Redis outage or a dead worker left behind (workers run it too)."""
         from .jobs import recover

@@ -34,3 +34,7 @@ delivery_sent = _signals.signal("webpush.delivery-sent")
 #: ``subscription_id=``, ``error=``, ``status_code=``, ``gone=`` (True when the
 #: subscription no longer exists and was deactivated).
 delivery_failed = _signals.signal("webpush.delivery-failed")
+
+#: The service worker reported an event, counted for the first time: ``kind=``
+#: (displayed, clicked, closed), ``delivery_id=``, ``action=``.
+event_tracked = _signals.signal("webpush.event-tracked")

@@ -12,7 +12,9 @@ import hashlib
 import hmac
 import struct
 import time
+from typing import Any
 
+import sqlalchemy as sa
 from flask import current_app
 
 from .config import b64url_decode, b64url_encode
@@ -67,3 +69,27 @@ def read_token(token: object, *, now: float | None = None) -> int:
     if (now if now is not None else time.time()) > expires_at:
         raise InvalidToken("expired token")
     return int(delivery_id)
+
+
+#: event name -> the Delivery column it fills
+EVENT_COLUMNS = {"displayed": "displayed_at", "clicked": "clicked_at", "closed": "closed_at"}
+
+
+def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | None = None) -> bool:
+    """Record an event once, at server time; False when it was already counted."""
+    from .models import utcnow
+
+    D = m.Delivery
+    column = getattr(D, EVENT_COLUMNS[event])
+    values: dict[str, Any] = {EVENT_COLUMNS[event]: utcnow()}
+    if event == "clicked" and action:
+        values["action"] = action[:64]
+    # One conditional UPDATE: a replay, or two beacons racing, counts once.
+    result = db.session.execute(sa.update(D).where(D.id == delivery_id, column.is_(None))
+                                .values(**values))
+    if event == "clicked":
+        # A click proves the notification was shown, even if its displayed beacon was lost.
+        db.session.execute(sa.update(D).where(D.id == delivery_id, D.displayed_at.is_(None))
+                           .values(displayed_at=values["clicked_at"]))
+    db.session.commit()
+    return bool(result.rowcount)

@@ -46,7 +46,7 @@ def make_host_app(db_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, WebPus
     db = SQLAlchemy(model_class=Base)
     db.init_app(app)
     manager = LoginManager(app)
-    manager.login_view = "login"
+    manager.login_view = "login_page"
     manager.user_loader(USERS.get)
     webpush = WebPush(app, db=db)
 

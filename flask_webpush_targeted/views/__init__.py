@@ -11,7 +11,7 @@ _PACKAGE = os.path.dirname(os.path.dirname(__file__))
 
 def create_blueprint() -> Blueprint:
     """A new blueprint with every route of the extension."""
-    from . import api, pages, worker
+    from . import admin, api, events, pages, worker
 
     bp = Blueprint(
         "webpush", __name__,
@@ -21,5 +21,7 @@ def create_blueprint() -> Blueprint:
     )
     worker.register(bp)
     api.register(bp)
+    events.register(bp)
     pages.register(bp)
+    admin.register(bp)
     return bp

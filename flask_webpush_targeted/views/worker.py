@@ -18,7 +18,7 @@ def service_worker() -> ResponseReturnValue:
         "webpush/sw.js",
         vapid_public_key=config["WEBPUSH_VAPID_PUBLIC_KEY"],
         rotate_url=url_for("webpush.rotate_subscription"),
-        events_url=config["WEBPUSH_URL_PREFIX"] + "/events",
+        events_url=url_for("webpush.events"),
     )
     response = make_response(body)
     response.headers["Content-Type"] = "application/javascript; charset=utf-8"
