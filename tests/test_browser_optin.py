@@ -6,57 +6,19 @@ talks to it over WebSocket), so the whole opt-in runs offline for real.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from browser import customer_id, firefox_log_in, widget_state
 from marionette_driver.by import By
 
 pytestmark = pytest.mark.browser
 
-WAIT_FOR_STATE = """
-const [wanted, done] = [arguments[0], arguments[arguments.length - 1]];
-const root = document.querySelector('[data-webpush-optin]');
-const started = Date.now();
-(function poll() {
-  const state = root.dataset.state;
-  if (wanted.includes(state) || Date.now() - started > 15000) {
-    done({state: state, status: root.querySelector('[data-webpush-status]').textContent});
-  } else {
-    setTimeout(poll, 50);
-  }
-})();
-"""
-
-
-def log_in(firefox: Any, shop: Any, email: str, password: str) -> None:
-    firefox.navigate(shop.url + "/login")
-    firefox.client.find_element(By.CSS_SELECTOR, "input[name=email]").send_keys(email)
-    firefox.client.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(password)
-    firefox.client.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    deadline = time.monotonic() + 10
-    while "/account" not in firefox.client.get_url():
-        assert time.monotonic() < deadline, "login did not reach the account page"
-        time.sleep(0.05)
-
-
-def widget_state(firefox: Any, *wanted: str) -> dict[str, str]:
-    return firefox.execute_async_script(WAIT_FOR_STATE, [list(wanted)], timeout=20)  # type: ignore[no-any-return]
-
-
-def customer_id(shop: Any, email: str) -> str:
-    from example_app import db
-    from example_app.models import Customer
-
-    with shop.app.app_context():
-        return str(db.session.scalar(sa.select(Customer.id).where(Customer.email == email)))
-
-
 def test_customer_opts_in_in_firefox_and_the_subscription_is_stored_for_them(
     firefox: Any, live_shop: Any, push_service: Any
 ) -> None:
-    log_in(firefox, live_shop, "alice@example.com", "alice-pass")
+    firefox_log_in(firefox, live_shop, "alice@example.com", "alice-pass")
     page = firefox.client
     assert live_shop.app.config["WEBPUSH_CONSENT_TEXT"] in page.find_element(
         By.CSS_SELECTOR, "[data-webpush-consent-text]").text
@@ -74,13 +36,15 @@ def test_customer_opts_in_in_firefox_and_the_subscription_is_stored_for_them(
     webpush = live_shop.app.extensions["webpush"]
     m = webpush.models
     with live_shop.app.app_context():
-        subs = webpush.db.session.scalars(sa.select(m.Subscription)).all()
         alice = customer_id(live_shop, "alice@example.com")
-        assert [s.user_id for s in subs] == [alice]
+        subs = webpush.db.session.scalars(
+            sa.select(m.Subscription).where(m.Subscription.user_id == alice)).all()
+        assert len(subs) == 1
         assert subs[0].endpoint.startswith(push_service.origin + "/push/")
         assert subs[0].label and subs[0].label.startswith("Firefox")
         assert push_service.subscription(subs[0].endpoint).is_browser
-        ledger = webpush.db.session.scalars(sa.select(m.Consent)).all()
+        ledger = webpush.db.session.scalars(
+            sa.select(m.Consent).where(m.Consent.user_id == alice)).all()
         assert [(c.user_id, c.action, c.text_version, c.notifications, c.link_to_account)
                 for c in ledger] == [(alice, "granted", "1", True, True)]
 
@@ -92,8 +56,10 @@ def test_customer_opts_in_in_firefox_and_the_subscription_is_stored_for_them(
     page.find_element(By.CSS_SELECTOR, "[data-webpush-withdraw]").click()
     assert widget_state(firefox, "off", "error")["state"] == "off"
     with live_shop.app.app_context():
-        sub = webpush.db.session.scalars(sa.select(m.Subscription)).one()
+        sub = webpush.db.session.scalars(
+            sa.select(m.Subscription).where(m.Subscription.user_id == alice)).one()
         assert sub.revoked_at is not None and sub.revoked_reason == "consent_withdrawn"
-        actions = webpush.db.session.scalars(sa.select(m.Consent.action)
-                                             .order_by(m.Consent.id)).all()
+        actions = webpush.db.session.scalars(
+            sa.select(m.Consent.action).where(m.Consent.user_id == alice)
+            .order_by(m.Consent.id)).all()
         assert actions == ["granted", "withdrawn"]
