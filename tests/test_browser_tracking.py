@@ -31,7 +31,8 @@ GET_NOTIFICATIONS = """
 const done = arguments[arguments.length - 1];
 navigator.serviceWorker.getRegistration(arguments[0])
   .then((r) => r ? r.getNotifications() : [])
-  .then((list) => done(list.map((n) => ({title: n.title, body: n.body, url: n.data && n.data.url}))))
+  .then((list) => done(list.map(
+    (n) => ({title: n.title, body: n.body, url: n.data && n.data.url}))))
   .catch((e) => done(String(e)));
 """
 
