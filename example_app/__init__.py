@@ -95,9 +95,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     login_manager.login_view = "shop.login"
     webpush.init_app(app)
 
+    from .backoffice import bp as backoffice_bp
     from .views import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(backoffice_bp)
 
     @webpush.stats_access
     def can_see_stats(user: Any) -> bool:

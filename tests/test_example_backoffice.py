@@ -1,0 +1,517 @@
+"""The example shop's back-office: access control, the CRM-like filters, sending through
+notify_users, idempotent double submits, validation, cancel, and one end-to-end send
+through an in-process RQ worker to the local push service."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC
+from flask import Flask
+
+from example_app import create_app, db, webpush
+from example_app.models import Customer, Product
+
+ADMIN = ("admin@example.com", "admin-pass")
+ALICE = ("alice@example.com", "alice-pass")
+PLACEHOLDER = "test-placeholder"
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------
+
+
+def _empty_queue(app: Flask) -> None:
+    """Delete every job of the app's queue, in the queue and in its registries."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from flask_webpush_targeted.queue import REDIS_ERRORS, get_queue
+
+    try:
+        with app.app_context():
+            queue = get_queue()
+            for registry in (queue.scheduled_job_registry, queue.failed_job_registry,
+                             queue.finished_job_registry, queue.started_job_registry,
+                             queue.deferred_job_registry, queue.canceled_job_registry):
+                for job_id in registry.get_job_ids():
+                    registry.remove(job_id)
+                    # Job ids are not per queue (webpush-fanout-<id>): delete only ours.
+                    try:
+                        job = Job.fetch(job_id, connection=queue.connection)
+                    except NoSuchJobError:
+                        continue
+                    if job.origin == queue.name:
+                        job.delete()
+            queue.empty()
+    except REDIS_ERRORS:
+        pass  # the test pointed the app at a Redis that is down on purpose
+
+
+def _start_notification_ids_at(app: Flask, first: int) -> None:
+    """Make this test's notification ids unlikely to be another test's.
+
+    The extension's fan-out job id is ``webpush-fanout-<notification id>``, global in
+    Redis whatever WEBPUSH_QUEUE is, so two test databases that both start at id 1
+    would share (and delete) each other's jobs when tests run at the same time.
+    """
+    N = webpush.models.Notification
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(sa.text(
+                "SELECT setval(pg_get_serial_sequence('webpush_notification', 'id'), :n, false)"),
+                {"n": first})
+        else:  # SQLite gives max(id) + 1: leave a placeholder just below
+            db.session.add(N(id=first - 1, status="done", payload={"title": "placeholder"},
+                             targeting={"user_ids": []}, ttl=0, idempotency_key=PLACEHOLDER))
+        db.session.commit()
+
+
+@pytest.fixture
+def make_shop(db_url: str, redis_conn: Any) -> Iterator[Callable[..., Flask]]:
+    """Build the example shop on the test database, with a queue of its own."""
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        from example_app.models import seed
+
+        app = create_app({
+            "TESTING": True, "SECRET_KEY": "backoffice-test", "SQLALCHEMY_DATABASE_URI": db_url,
+            "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
+            "WEBPUSH_REDIS_URL": REDIS_URL,
+            "WEBPUSH_QUEUE": f"shop-backoffice-{uuid.uuid4().hex[:8]}", **config,
+        })
+        with app.app_context():
+            db.create_all()
+            seed()
+        _start_notification_ids_at(app, secrets.randbelow(10**9) + 10**6)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        _empty_queue(app)
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def shop(make_shop: Callable[..., Flask]) -> Flask:
+    return make_shop()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no csrf_token field in the page"
+    return match.group(1)
+
+
+def log_in(client: Any, email: str, password: str) -> Any:
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    return client.post("/login", data={"email": email, "password": password,
+                                       "csrf_token": token})
+
+
+def client_of(app: Flask, account: tuple[str, str] | None) -> Any:
+    client = app.test_client()
+    if account is not None:
+        response = log_in(client, *account)
+        assert response.status_code == 302
+    return client
+
+
+def ids_by_email(app: Flask) -> dict[str, str]:
+    with app.app_context():
+        return {c.email: str(c.id) for c in db.session.scalars(sa.select(Customer))}
+
+
+def product_id(app: Flask, prefix: str) -> int:
+    with app.app_context():
+        return db.session.execute(
+            sa.select(Product.id).where(Product.name.startswith(prefix))).scalar_one()
+
+
+def shown_customers(html: str) -> set[str]:
+    return set(re.findall(r'name="user" value="(\d+)"', html))
+
+
+def send_form(client: Any, path: str = "/admin/send") -> dict[str, Any]:
+    """The form's hidden fields (CSRF token, one-time nonce) and sensible values."""
+    response = client.get(path)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    nonce = re.search(r'name="nonce" value="([^"]+)"', html)
+    assert nonce, "no nonce in the send form"
+    return {"csrf_token": csrf_of(html), "nonce": nonce.group(1), "title": "Your order shipped",
+            "body": "It arrives tomorrow.", "url": "/account", "devices": "all",
+            "ttl": "3600", "ttl_custom": "", "urgency": "normal", "topic": "", "category": "",
+            "when": "now", "send_at": "", "tz_offset": ""}
+
+
+def notifications(app: Flask) -> list[Any]:
+    N = webpush.models.Notification
+    with app.app_context():
+        rows = db.session.scalars(sa.select(N).where(sa.or_(
+            N.idempotency_key.is_(None), N.idempotency_key != PLACEHOLDER)).order_by(N.id)).all()
+        for row in rows:
+            db.session.expunge(row)
+        return list(rows)
+
+
+def stat(html: str, key: str) -> int:
+    match = re.search(rf'data-stat="{key}"><th>[^<]*</th><td>(\d+)</td>', html)
+    assert match, f"no {key} row in the funnel"
+    return int(match.group(1))
+
+
+def queued_job_ids(app: Flask) -> list[str]:
+    from flask_webpush_targeted.queue import get_queue
+
+    with app.app_context():
+        return list(get_queue().job_ids)
+
+
+def scheduled_job_ids(app: Flask) -> list[str]:
+    from flask_webpush_targeted.queue import get_queue
+
+    with app.app_context():
+        return list(get_queue().scheduled_job_registry.get_job_ids())
+
+
+# -- access control ---------------------------------------------------------------------------
+
+
+def test_every_page_is_for_administrators_only(shop: Flask) -> None:
+    ids = ids_by_email(shop)
+    with shop.app_context():
+        n = webpush.notify_users([ids["alice@example.com"]], title="Hello",
+                                 send_at=datetime(2099, 1, 1, tzinfo=timezone.utc))
+        nid = n.id
+    pages = ["/admin/send", "/admin/notifications", f"/admin/notifications/{nid}"]
+    cancel = f"/admin/notifications/{nid}/cancel"
+
+    anonymous = client_of(shop, None)
+    for page in pages:
+        response = anonymous.get(page)
+        assert response.status_code == 302 and "/login?next=" in response.location, page
+    assert "/login" in anonymous.post(cancel).location
+
+    customer = client_of(shop, ALICE)
+    token = csrf_of(customer.get("/account").get_data(as_text=True))
+    for page in pages:
+        response = customer.get(page)
+        assert response.status_code == 403, page
+        assert "for the shop's administrators" in response.get_data(as_text=True)
+    assert customer.post(cancel, data={"csrf_token": token}).status_code == 403
+    assert notifications(shop)[0].status == "scheduled"
+
+    admin = client_of(shop, ADMIN)
+    for page in pages:
+        assert admin.get(page).status_code == 200, page
+
+
+def test_login_brings_the_admin_back_to_the_back_office(shop: Flask) -> None:
+    client = shop.test_client()
+    target = client.get("/admin/send").location
+    token = csrf_of(client.get(target).get_data(as_text=True))
+    response = client.post(target, data={"email": ADMIN[0], "password": ADMIN[1],
+                                         "csrf_token": token})
+    assert response.location == "/admin/send"
+
+
+def test_the_header_links_the_back_office_for_admins_only(shop: Flask) -> None:
+    assert "Back-office" in client_of(shop, ADMIN).get("/").get_data(as_text=True)
+    assert "Back-office" not in client_of(shop, ALICE).get("/").get_data(as_text=True)
+    assert "Back-office" not in client_of(shop, None).get("/").get_data(as_text=True)
+
+
+def test_unknown_notification_is_404(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    assert admin.get("/admin/notifications/5").status_code == 404
+    token = csrf_of(admin.get("/admin/send").get_data(as_text=True))
+    assert admin.post("/admin/notifications/5/cancel",
+                      data={"csrf_token": token}).status_code == 404
+
+
+# -- the customer list ------------------------------------------------------------------------
+
+
+def test_product_filter_shows_only_customers_who_ordered_it(shop: Flask) -> None:
+    ids = ids_by_email(shop)
+    admin = client_of(shop, ADMIN)
+    everyone = shown_customers(admin.get("/admin/send").get_data(as_text=True))
+    assert everyone == set(ids.values())
+
+    flight = product_id(shop, "Flight")
+    html = admin.get(f"/admin/send?product={flight}").get_data(as_text=True)
+    assert shown_customers(html) == {ids["alice@example.com"], ids["bob@example.com"]}
+    assert f'action="/admin/send?product={flight}"' in html  # the filter survives a re-render
+
+    jacket = product_id(shop, "Rain jacket")
+    html = admin.get(f"/admin/send?product={jacket}").get_data(as_text=True)
+    assert shown_customers(html) == {ids["carol@example.com"]}
+
+
+def test_date_filter_and_both_filters_on_the_same_order(shop: Flask) -> None:
+    ids = ids_by_email(shop)
+    admin = client_of(shop, ADMIN)
+    html = admin.get("/admin/send?ordered_on=2026-11-05").get_data(as_text=True)
+    assert shown_customers(html) == {ids["carol@example.com"]}
+    html = admin.get("/admin/send?ordered_on=2026-12-31").get_data(as_text=True)
+    assert shown_customers(html) == set() and "No customer matches." in html
+
+    flight = product_id(shop, "Flight")
+    html = admin.get(f"/admin/send?product={flight}&ordered_on=2026-11-21").get_data(as_text=True)
+    assert shown_customers(html) == {ids["bob@example.com"]}
+    # Alice ordered the flight (on the 20th) and something on the 2nd, never both at once.
+    html = admin.get(f"/admin/send?product={flight}&ordered_on=2026-11-02").get_data(as_text=True)
+    assert shown_customers(html) == set()
+
+
+def test_invalid_filters_are_reported(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    response = admin.get("/admin/send?ordered_on=yesterday")
+    assert response.status_code == 400
+    assert "must be a date" in response.get_data(as_text=True)
+    response = admin.get("/admin/send?product=999")
+    assert response.status_code == 400
+    assert "Unknown product" in response.get_data(as_text=True)
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+def test_send_now_stores_one_notification_for_exactly_the_chosen_customers(shop: Flask) -> None:
+    ids = ids_by_email(shop)
+    admin = client_of(shop, ADMIN)
+    chosen = [ids["alice@example.com"], ids["carol@example.com"]]
+    data = send_form(admin) | {
+        "user": chosen, "devices": "latest", "ttl": "604800", "urgency": "high",
+        "topic": "order-42", "category": "orders"}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert response.location == f"/admin/notifications/{n.id}"
+    assert sorted(n.targeting["user_ids"]) == sorted(chosen)
+    assert n.targeting["devices"] == "latest"
+    assert (n.ttl, n.urgency, n.topic, n.category) == (604800, "high", "order-42", "orders")
+    assert n.send_at is None and n.status == "queued"
+    assert n.payload["title"] == "Your order shipped"
+    assert n.payload["body"] == "It arrives tomorrow." and n.payload["url"] == "/account"
+    assert n.idempotency_key == f"backoffice-{data['nonce']}"
+    assert queued_job_ids(shop) == [n.job_id] and n.job_id
+
+    html = admin.get(response.location).get_data(as_text=True)
+    assert "Your order shipped" in html and "It arrives tomorrow." in html
+    assert "Alice Kowalska" in html and "Carol Wiśniewska" in html and "Bob Nowak" not in html
+    assert stat(html, "targeted_users") == 2
+    assert 'data-field="ttl">1 week<' in html and 'data-field="urgency">high<' in html
+    assert 'data-action="cancel"' in html  # still queued
+
+
+@pytest.mark.parametrize(("offset", "expected"), [
+    ("120", datetime(2030, 6, 1, 7, 30, tzinfo=timezone.utc)),   # Warsaw, summer time
+    ("-300", datetime(2030, 6, 1, 14, 30, tzinfo=timezone.utc)),  # UTC-5
+    ("", datetime(2030, 6, 1, 9, 30, tzinfo=timezone.utc)),      # no script: UTC
+])
+def test_send_at_is_an_aware_time_from_the_browsers_offset(shop: Flask, offset: str,
+                                                            expected: datetime) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["bob@example.com"]], "when": "later",
+                               "send_at": "2030-06-01T09:30", "tz_offset": offset,
+                               "ttl": "custom", "ttl_custom": "5400"}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert n.send_at is not None and n.send_at.utcoffset() is not None
+    assert n.send_at == expected
+    assert n.status == "scheduled" and n.ttl == 5400
+    assert scheduled_job_ids(shop) == [n.job_id] and n.job_id
+    html = admin.get(response.location).get_data(as_text=True)
+    assert expected.strftime("%Y-%m-%d %H:%M UTC") in html
+    assert 'data-field="ttl">90 minutes<' in html
+
+
+def test_a_double_submit_sends_once(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["alice@example.com"]]}
+    first = admin.post("/admin/send", data=data)
+    second = admin.post("/admin/send", data=data)
+
+    assert first.status_code == second.status_code == 303
+    assert first.location == second.location
+    assert len(notifications(shop)) == 1
+    assert len(queued_job_ids(shop)) == 1
+
+    # A fresh form (a new nonce) is a new notification.
+    again = send_form(admin) | {"user": [ids_by_email(shop)["alice@example.com"]]}
+    assert admin.post("/admin/send", data=again).location != first.location
+    assert len(notifications(shop)) == 2
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"title": ""}, "title must be a non-empty string"),
+    ({"title": "   "}, "title must be a non-empty string"),
+    ({"url": "https://evil.example/login"}, "url must be relative or on this site"),
+    ({"url": "//evil.example/login"}, "url must be relative or on this site"),
+    ({"url": "javascript:alert(1)"}, "url must be relative or on this site"),
+    ({"topic": "bad topic!"}, "topic must be 1 to 32"),
+    ({"urgency": "urgent"}, "urgency must be one of"),
+    ({"ttl": "custom", "ttl_custom": str(29 * 86400)}, "ttl must be between"),
+    ({"ttl": "custom", "ttl_custom": "soon"}, "validity period must be a whole number"),
+    ({"user": []}, "Choose at least one customer."),
+    ({"user": ["424242"]}, "Unknown customer id(s): 424242."),
+    ({"when": "later", "send_at": ""}, "Choose the date and time to send at"),
+    ({"when": "later", "send_at": "2020-01-01T10:00"}, "The send time has passed"),
+    ({"when": "later", "send_at": "2030-01-01T10:00", "tz_offset": "9999"},
+     "time zone offset is not valid"),
+    ({"nonce": ""}, "no valid one-time key"),
+])
+def test_invalid_input_is_shown_with_the_form_kept_and_nothing_stored(
+        shop: Flask, change: dict[str, Any], reason: str) -> None:
+    ids = ids_by_email(shop)
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids["carol@example.com"]],
+                               "body": "Kept <b>as typed</b>"} | change
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert reason in html.replace("&#39;", "'")
+    assert "Kept &lt;b&gt;as typed&lt;/b&gt;</textarea>" in html  # input kept, escaped
+    for user in data["user"]:
+        if user in ids.values():
+            assert re.search(rf'name="user" value="{user}" id="user-{user}" checked', html)
+    if change.get("nonce") != "":
+        assert f'name="nonce" value="{data["nonce"]}"' in html
+    assert notifications(shop) == []
+    assert queued_job_ids(shop) == [] and scheduled_job_ids(shop) == []
+
+
+def test_the_form_needs_its_csrf_token(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["alice@example.com"]]}
+    del data["csrf_token"]
+    assert admin.post("/admin/send", data=data).status_code == 400
+    assert admin.post("/admin/send", data=data | {"csrf_token": "forged"}).status_code == 400
+    assert notifications(shop) == []
+
+
+def test_queue_down_keeps_the_notification_and_says_so(make_shop: Callable[..., Flask]) -> None:
+    shop = make_shop(WEBPUSH_REDIS_URL="redis://127.0.0.1:1/0")
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["alice@example.com"]]}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert response.location == f"/admin/notifications/{n.id}"
+    assert n.status == "queued" and n.job_id is None
+    html = admin.get(response.location).get_data(as_text=True)
+    assert f"Notification {n.id} is stored" in html
+    assert "will be sent when the queue is back" in html
+    # Submitting again while Redis is down finds the same notification.
+    assert admin.post("/admin/send", data=data).location == response.location
+    assert len(notifications(shop)) == 1
+
+
+# -- the notifications ------------------------------------------------------------------------
+
+
+def test_cancel_a_scheduled_notification(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["bob@example.com"]], "when": "later",
+                               "send_at": "2031-01-01T12:00", "tz_offset": "60"}
+    page = admin.post("/admin/send", data=data).location
+    html = admin.get(page).get_data(as_text=True)
+    assert 'data-status="scheduled"' in html and 'data-action="cancel"' in html
+    [n] = notifications(shop)
+    cancel = f"/admin/notifications/{n.id}/cancel"
+
+    assert admin.post(cancel).status_code == 400  # no CSRF token
+    assert notifications(shop)[0].status == "scheduled"
+
+    response = admin.post(cancel, data={"csrf_token": csrf_of(html)})
+    assert response.status_code == 303
+    assert response.location == f"{page}?done=cancelled"
+    assert notifications(shop)[0].status == "cancelled"
+    html = admin.get(response.location).get_data(as_text=True)
+    assert 'data-status="cancelled"' in html and 'data-action="cancel"' not in html
+    assert "nothing more of it will be sent" in html
+
+    again = admin.post(cancel, data={"csrf_token": csrf_of(html)})
+    assert again.location == f"{page}?done=not-cancelled"
+
+
+def test_the_list_shows_the_newest_first_with_links(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    alice = ids_by_email(shop)["alice@example.com"]
+    for title in ("First message", "Second message"):
+        data = send_form(admin) | {"user": [alice], "title": title}
+        assert admin.post("/admin/send", data=data).status_code == 303
+    first, second = notifications(shop)
+    html = admin.get("/admin/notifications").get_data(as_text=True)
+    assert html.index("Second message") < html.index("First message")
+    for n in (first, second):
+        assert f'href="/admin/notifications/{n.id}"' in html
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def test_back_office_send_reaches_the_push_service(make_shop: Callable[..., Flask],
+                                                   push_service: Any) -> None:
+    """Back-office POST -> in-process RQ worker -> local push service decrypts the message."""
+    from flask_webpush_targeted.queue import make_worker
+
+    shop = make_shop(WEBPUSH_EXTRA_PUSH_SERVICES=[push_service.origin])
+    ids = ids_by_email(shop)
+
+    # Alice subscribes through the JSON API, as the widget does; Bob has no device.
+    alice = client_of(shop, ALICE)
+    account = alice.get("/account").get_data(as_text=True)
+    token = re.search(r'data-csrf-token="([^"]+)"', account)
+    assert token
+    subscription = push_service.new_subscription()
+    response = alice.post("/webpush/subscriptions", headers={"X-CSRF-Token": token.group(1)},
+                          json={"subscription": subscription,
+                                "consent": {"notifications": True, "link_to_account": True,
+                                            "text_version": "1"}})
+    assert response.status_code == 201
+
+    admin = client_of(shop, ADMIN)
+    title, body = "Gate 12 — boarding at 10:40", "Zażółć gęślą jaźń: your flight is on time."
+    data = send_form(admin) | {"user": [ids["alice@example.com"], ids["bob@example.com"]],
+                               "title": title, "body": body, "url": "/products/3",
+                               "urgency": "high", "ttl": "3600"}
+    response = admin.post("/admin/send", data=data)
+    assert response.status_code == 303
+    page = response.location
+
+    make_worker(shop, simple=True).work(burst=True)
+
+    [push] = push_service.wait_for(1, endpoint_or_id=subscription, timeout=10)
+    message = push.json()
+    assert (message["title"], message["body"], message["url"]) == (title, body, "/products/3")
+    assert message["token"]
+    assert push.urgency == "high" and 0 < push.ttl <= 3600
+
+    html = admin.get(page).get_data(as_text=True)
+    assert 'data-status="done"' in html
+    assert stat(html, "targeted_users") == 2
+    assert stat(html, "users_without_devices") == 1
+    assert stat(html, "deliveries") == 1
+    assert stat(html, "sent") == 1
+    assert stat(html, "pending") == stat(html, "failed") == stat(html, "expired") == 0
+    assert 'data-field="without-devices">Bob Nowak<' in html
+    assert 'data-action="cancel"' not in html
