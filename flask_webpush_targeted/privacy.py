@@ -57,9 +57,18 @@ def forget_user(db: Any, m: Models, user_id: str) -> dict[str, int]:
     """Delete the user's deliveries, consents and subscriptions; return what went."""
     counts = {}
     # Children first, in one transaction: no foreign key is left dangling on any database.
-    for name, model in (("deliveries", m.Delivery), ("consents", m.Consent),
-                        ("subscriptions", m.Subscription)):
+    for name, model in (("deliveries", m.Delivery), ("consents", m.Consent)):
         result = db.session.execute(sa.delete(model).where(model.user_id == user_id))
         counts[name] = result.rowcount or 0
+    # Rows of other users may still point at this user's devices (a device that moved
+    # accounts keeps its earlier owner's history): cut those links here, as ON DELETE
+    # SET NULL would, because SQLite does not enforce it and reuses deleted ids.
+    own_devices = sa.select(m.Subscription.id).where(m.Subscription.user_id == user_id)
+    for model in (m.Delivery, m.Consent):
+        db.session.execute(sa.update(model).where(model.subscription_id.in_(own_devices))
+                           .values(subscription_id=None))
+    result = db.session.execute(sa.delete(m.Subscription)
+                                .where(m.Subscription.user_id == user_id))
+    counts["subscriptions"] = result.rowcount or 0
     db.session.commit()
     return counts

@@ -61,6 +61,13 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
         raise BadRequestError("subscription.endpoint must be a non-empty string.")
     if len(endpoint) > MAX_ENDPOINT_LENGTH:
         raise InvalidSubscription(f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters.")
+    # urlsplit and the HTTP client disagree about such characters (a backslash ends the
+    # host for urllib3 and browsers, urlsplit drops tabs and newlines): refuse them.
+    if any(c == "\\" or not 0x20 < ord(c) < 0x7F for c in endpoint):
+        raise InvalidSubscription(
+            "The endpoint contains characters a URL may not hold (spaces, control "
+            "characters, backslashes or non-ASCII)."
+        )
     try:
         parts = urlsplit(endpoint)
         port = parts.port

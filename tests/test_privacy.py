@@ -1,0 +1,223 @@
+"""GDPR: export and erase one user's data, through the API and the ``flask webpush`` CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from conftest import LoggedInClient, browser_keys, make_subscription
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_webpush_targeted import WebPush, signals
+from flask_webpush_targeted.models import utcnow
+
+
+def deliver(app: Flask, webpush: WebPush, title: str,
+            targets: list[tuple[str, int]]) -> int:
+    """Store a sent Notification with one Delivery per (user_id, subscription_id)."""
+    m, db = webpush.models, webpush.db
+    with app.app_context():
+        n = m.Notification(payload={"title": title, "body": "b", "url": "/orders"},
+                           targeting={"user_ids": sorted({u for u, _ in targets}),
+                                      "devices": "all"}, ttl=3600, status="done")
+        db.session.add(n)
+        db.session.flush()
+        for user_id, sub_id in targets:
+            db.session.add(m.Delivery(notification_id=n.id, subscription_id=sub_id,
+                                      user_id=user_id, status="sent", status_code=201,
+                                      attempts=1, sent_at=utcnow(), displayed_at=utcnow()))
+        db.session.commit()
+        return n.id
+
+
+def rows(app: Flask, db: SQLAlchemy, table: str, **where: Any) -> list[tuple[Any, ...]]:
+    """Every row of a table (optionally filtered on columns), read in a fresh session."""
+    t = db.metadata.tables[table]
+    query = sa.select(t).order_by(t.c.id)
+    for column, value in where.items():
+        query = query.where(t.c[column] == value)
+    with app.app_context():
+        return [tuple(r) for r in db.session.execute(query)]
+
+
+def user_rows(app: Flask, db: SQLAlchemy, user_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: rows(app, db, t, user_id=user_id)
+            for t in ("webpush_subscription", "webpush_consent", "webpush_delivery")}
+
+
+def assert_no_secrets(text: str, *subscriptions: dict[str, Any]) -> None:
+    for sub in subscriptions:
+        assert sub["endpoint"] not in text
+        assert sub["endpoint"].rsplit("/", 1)[-1] not in text
+        assert sub["keys"]["p256dh"] not in text
+        assert sub["keys"]["auth"] not in text
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+def test_export_holds_consents_devices_and_received_notifications_without_secrets(
+        app: Flask, webpush: WebPush, client: LoggedInClient,
+        other_client: LoggedInClient) -> None:
+    laptop, phone = make_subscription(), make_subscription()
+    laptop_id = client.subscribe(laptop, device_label="Laptop").get_json()["id"]
+    phone_id = client.subscribe(phone, device_label="Phone").get_json()["id"]
+    client.delete(f"/webpush/subscriptions/{phone_id}")
+    theirs = make_subscription()
+    their_id = other_client.subscribe(theirs).get_json()["id"]
+    deliver(app, webpush, "Your order shipped", [("1", laptop_id), ("2", their_id)])
+    deliver(app, webpush, "Only for user 2", [("2", their_id)])
+
+    with app.app_context():
+        data = webpush.export_user("1")
+    dump = json.dumps(data)
+    assert_no_secrets(dump, laptop, phone, theirs)
+    assert data["user_id"] == "1"
+    assert [(d["id"], d["label"], d["push_service"]) for d in data["devices"]] == [
+        (laptop_id, "Laptop", "fcm.googleapis.com"), (phone_id, "Phone", "fcm.googleapis.com")]
+    assert data["devices"][1]["revoked_at"] and data["devices"][1]["revoked_reason"] == (
+        "device_revoked")
+    assert [(c["action"], c["device_id"], c["text_version"]) for c in data["consents"]] == [
+        ("granted", laptop_id, "1"), ("granted", phone_id, "1"), ("withdrawn", phone_id, None)]
+    assert all(c["notifications"] is (c["action"] == "granted") for c in data["consents"])
+    [received] = data["notifications_received"]
+    assert received["title"] == "Your order shipped" and received["device_id"] == laptop_id
+    assert received["status"] == "sent" and received["sent_at"] and received["displayed_at"]
+    assert "Only for user 2" not in dump
+
+
+def test_export_of_an_unknown_user_is_empty(app: Flask, webpush: WebPush,
+                                            client: LoggedInClient) -> None:
+    client.subscribe(make_subscription())
+    with app.app_context():
+        assert webpush.export_user("404") == {"user_id": "404", "devices": [], "consents": [],
+                                              "notifications_received": []}
+
+
+# -- forget --------------------------------------------------------------------------------
+
+
+def test_forget_user_deletes_only_that_users_subscriptions_consents_and_deliveries(
+        app: Flask, db: SQLAlchemy, webpush: WebPush, client: LoggedInClient,
+        other_client: LoggedInClient) -> None:
+    mine = [client.subscribe(make_subscription()).get_json()["id"] for _ in range(2)]
+    theirs = other_client.subscribe(make_subscription()).get_json()["id"]
+    client.delete(f"/webpush/subscriptions/{mine[1]}")
+    shared = deliver(app, webpush, "Sale", [("1", mine[0]), ("2", theirs)])
+    deliver(app, webpush, "Yours", [("1", mine[0])])
+    user2_before = user_rows(app, db, "2")
+    notifications_before = rows(app, db, "webpush_notification")
+    forgotten: list[dict[str, Any]] = []
+
+    with signals.user_forgotten.connected_to(
+            lambda sender, **kw: forgotten.append(kw), app), app.app_context():
+        counts = webpush.forget_user("1")
+    assert counts == {"deliveries": 2, "consents": 3, "subscriptions": 2}
+    assert forgotten == [{"user_id": "1", "counts": counts}]
+    assert user_rows(app, db, "1") == {"webpush_subscription": [], "webpush_consent": [],
+                                       "webpush_delivery": []}
+    assert user_rows(app, db, "2") == user2_before
+    assert rows(app, db, "webpush_notification") == notifications_before
+    assert [r[1] for r in rows(app, db, "webpush_delivery")] == [shared]
+    with app.app_context():
+        assert webpush.export_user("1")["devices"] == []
+
+
+def test_forgetting_the_new_owner_of_a_moved_device_keeps_the_old_owners_history(
+        app: Flask, db: SQLAlchemy, webpush: WebPush, client: LoggedInClient,
+        other_client: LoggedInClient) -> None:
+    sub = make_subscription()
+    sid = client.subscribe(sub).get_json()["id"]
+    old = deliver(app, webpush, "Before the move", [("1", sid)])
+    assert other_client.subscribe({**sub, "keys": browser_keys()}).status_code == 201
+    deliver(app, webpush, "After the move", [("2", sid)])
+
+    with app.app_context():
+        counts = webpush.forget_user("2")
+    assert counts == {"deliveries": 1, "consents": 1, "subscriptions": 1}
+    assert rows(app, db, "webpush_subscription") == []
+    Delivery, Consent = webpush.models.Delivery, webpush.models.Consent
+    with app.app_context():
+        d = db.session.scalars(sa.select(Delivery)).one()
+        consents = db.session.execute(
+            sa.select(Consent.user_id, Consent.action, Consent.reason, Consent.subscription_id)
+            .order_by(Consent.id)).all()
+        assert (d.user_id, d.notification_id, d.status) == ("1", old, "sent")
+        # the erased device is gone from user 1's records too: no dangling id that a
+        # future subscription could reuse
+        assert d.subscription_id is None
+        assert [tuple(c) for c in consents] == [("1", "granted", None, None),
+                                                ("1", "withdrawn", "moved", None)]
+        export = webpush.export_user("1")
+    assert [(n["title"], n["device_id"]) for n in export["notifications_received"]] == [
+        ("Before the move", None)]
+
+
+def test_old_owners_history_never_points_at_a_later_device_that_reuses_the_erased_id(
+        app: Flask, db: SQLAlchemy, webpush: WebPush, client: LoggedInClient,
+        other_client: LoggedInClient) -> None:
+    """User 2's device is erased; user 3 then subscribes: user 1's history does not point at
+    user 3's new device (ids of deleted rows can be reused on SQLite)."""
+    sub = make_subscription()
+    sid = client.subscribe(sub).get_json()["id"]
+    deliver(app, webpush, "Before the move", [("1", sid)])
+    other_client.subscribe({**sub, "keys": browser_keys()})
+    with app.app_context():
+        webpush.forget_user("2")
+    new_id = LoggedInClient(app, "3").subscribe(make_subscription()).get_json()["id"]
+    with app.app_context():
+        export = webpush.export_user("1")
+    device_ids = [n["device_id"] for n in export["notifications_received"]]
+    device_ids += [c["device_id"] for c in export["consents"]]
+    assert device_ids == [None, None, None]
+    assert new_id not in device_ids
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_export_user_prints_the_export_as_json(
+        app: Flask, webpush: WebPush, client: LoggedInClient) -> None:
+    sub = make_subscription()
+    sid = client.subscribe(sub, device_label="Laptop").get_json()["id"]
+    deliver(app, webpush, "Your order shipped", [("1", sid)])
+    result = app.test_cli_runner().invoke(args=["webpush", "export-user", "1"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    with app.app_context():
+        assert printed == webpush.export_user("1")
+    assert printed["devices"][0]["label"] == "Laptop"
+    assert printed["notifications_received"][0]["title"] == "Your order shipped"
+    assert_no_secrets(result.output, sub)
+
+
+def test_cli_forget_user_with_yes_deletes(
+        app: Flask, db: SQLAlchemy, webpush: WebPush, client: LoggedInClient,
+        other_client: LoggedInClient) -> None:
+    sid = client.subscribe(make_subscription()).get_json()["id"]
+    other_client.subscribe(make_subscription())
+    deliver(app, webpush, "Sale", [("1", sid)])
+    user2_before = user_rows(app, db, "2")
+    result = app.test_cli_runner().invoke(args=["webpush", "forget-user", "1", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "1 deliveries, 1 consents, 1 subscriptions deleted." in result.output
+    assert all(not r for r in user_rows(app, db, "1").values())
+    assert user_rows(app, db, "2") == user2_before
+
+
+def test_cli_forget_user_asks_and_answering_no_deletes_nothing(
+        app: Flask, db: SQLAlchemy, webpush: WebPush, client: LoggedInClient) -> None:
+    sid = client.subscribe(make_subscription()).get_json()["id"]
+    deliver(app, webpush, "Sale", [("1", sid)])
+    before = user_rows(app, db, "1")
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["webpush", "forget-user", "1"], input="n\n")
+    assert result.exit_code == 1
+    assert "Erase every web push record of user '1'?" in result.output
+    assert "Aborted" in result.output
+    assert user_rows(app, db, "1") == before and all(before.values())
+    result = runner.invoke(args=["webpush", "forget-user", "1"], input="y\n")
+    assert result.exit_code == 0, result.output
+    assert all(not r for r in user_rows(app, db, "1").values())
