@@ -2,8 +2,10 @@
 
 ``create_app()`` runs on embedded defaults: a SQLite file and VAPID keys in the
 instance folder, created on first start. Environment variables override them:
-DATABASE_URL, SECRET_KEY, WEBPUSH_REDIS_URL, WEBPUSH_EXTRA_PUSH_SERVICES
-(comma-separated origins), WEBPUSH_VAPID_PRIVATE_KEY / _PUBLIC_KEY / _SUBJECT.
+DATABASE_URL, SECRET_KEY, WEBPUSH_REDIS_URL, WEBPUSH_QUEUE, WEBPUSH_EXTRA_PUSH_SERVICES
+(comma-separated origins), WEBPUSH_VAPID_PRIVATE_KEY / _PUBLIC_KEY / _SUBJECT. A worker
+started with the same variables (``flask --app example_app webpush worker``) shares the
+web process's database, queue and keys.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["WEBPUSH_BASE_TEMPLATE"] = "base.html"
     if env.get("WEBPUSH_EXTRA_PUSH_SERVICES"):
         app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = env["WEBPUSH_EXTRA_PUSH_SERVICES"].split(",")
-    for key in ("WEBPUSH_REDIS_URL", "WEBPUSH_VAPID_PRIVATE_KEY", "WEBPUSH_VAPID_PUBLIC_KEY"):
+    for key in ("WEBPUSH_REDIS_URL", "WEBPUSH_QUEUE", "WEBPUSH_VAPID_PRIVATE_KEY",
+                "WEBPUSH_VAPID_PUBLIC_KEY"):
         if env.get(key):
             app.config[key] = env[key]
     app.config.update(config)

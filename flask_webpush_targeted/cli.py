@@ -116,10 +116,14 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
 def stats_command(notification_id: int | None, limit: int) -> None:
     """Print one notification's figures, or the latest notifications with their funnels."""
     from . import stats
+    from .exceptions import NotificationNotFound
 
     webpush = current_app.extensions["webpush"]
     if notification_id is not None:
-        figures = webpush.stats(notification_id)
+        try:
+            figures = webpush.stats(notification_id)
+        except NotificationNotFound as exc:
+            raise click.ClickException(exc.message) from exc
         width = max(len(k) for k in figures)
         for key, value in figures.items():
             if isinstance(value, list):
@@ -150,3 +154,66 @@ def prune_command(days: int) -> None:
     done = current_app.extensions["webpush"].prune(timedelta(days=days))
     click.echo(f"{done['deliveries']} deliveries of {done['notifications']} notifications "
                "removed; their totals are kept.")
+
+
+# -- keys of the push API (docs/api.md) ---------------------------------------------------------
+
+api_key_cli = AppGroup("api-key", help="Keys of the push API for external systems (CRMs).")
+webpush_cli.add_command(api_key_cli)
+
+
+@api_key_cli.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["send", "stats", "devices"]),
+              help="What the key may do (repeatable); default: send.")
+def api_key_create_command(name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key named NAME; print it once, on stdout (only its hash is stored)."""
+    from .apikeys import create_key
+
+    webpush = current_app.extensions["webpush"]
+    try:
+        row, key = create_key(webpush.db, webpush.models, name, scopes or ("send",))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    # The explanation goes to stderr, so `KEY=$(flask webpush api-key create crm)` works.
+    click.echo(f"API key {row.id} ({row.name}) with scope(s) {', '.join(row.scopes)}. "
+               "Store it now: it is shown only this once.", err=True)
+    click.echo(key)
+
+
+@api_key_cli.command("list")
+def api_key_list_command() -> None:
+    """List the keys: id, name, scopes, created, last used, revoked (never the secrets)."""
+    from .apikeys import list_keys
+
+    webpush = current_app.extensions["webpush"]
+    rows = list_keys(webpush.db, webpush.models)
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    click.echo(f"{'id':>4}  {'name':<24} {'scopes':<20} {'created':<16}  {'last used':<16}  "
+               "revoked")
+    for row in rows:
+        click.echo(f"{row.id:>4}  {row.name:<24} {','.join(row.scopes):<20} "
+                   f"{when(row.created_at):<16}  {when(row.last_used_at):<16}  "
+                   f"{when(row.revoked_at)}")
+    click.echo(f"{len(rows)} key(s).")
+
+
+@api_key_cli.command("revoke")
+@click.argument("key")
+def api_key_revoke_command(key: str) -> None:
+    """Revoke KEY (its id, e.g. 3 or wpk_3, or its name) at once."""
+    from .apikeys import find_keys, revoke_key
+
+    webpush = current_app.extensions["webpush"]
+    rows = [r for r in find_keys(webpush.db, webpush.models, key) if r.revoked_at is None]
+    if not rows:
+        raise click.ClickException(f"No active API key {key!r}.")
+    if len(rows) > 1:
+        ids = ", ".join(str(r.id) for r in rows)
+        raise click.ClickException(f"Several active keys are named {key!r} (ids {ids}); "
+                                   "revoke one by its id.")
+    revoke_key(webpush.db, rows[0])
+    click.echo(f"API key {rows[0].id} ({rows[0].name}) revoked.")

@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_BATCH_SIZE": 100,
     #: Concurrent requests inside one batch (threads sharing keep-alive connections).
     "WEBPUSH_SEND_CONCURRENCY": 16,
+    #: Concurrent requests to any one push-service origin (its share of the above).
+    "WEBPUSH_PER_ORIGIN_CONCURRENCY": 16,
     #: Seconds to connect to a push service, and to wait for its answer.
     "WEBPUSH_CONNECT_TIMEOUT": 5.0,
     "WEBPUSH_READ_TIMEOUT": 10.0,
@@ -81,6 +83,13 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_RECOVER_INTERVAL": 60,
     #: Largest request body, in bytes, accepted by the subscription endpoints.
     "WEBPUSH_MAX_REQUEST_BYTES": 4096,
+    #: Requests per minute accepted from one key of the push API (docs/api.md); more get
+    #: 429 with Retry-After.
+    "WEBPUSH_API_RATE_LIMIT": 600,
+    #: Most user ids in one ``POST /api/v1/notifications``; larger audiences are split.
+    "WEBPUSH_API_MAX_USERS": 10_000,
+    #: Largest request body, in bytes, the push API accepts (10,000 ids of ~100 characters).
+    "WEBPUSH_API_MAX_REQUEST_BYTES": 1_048_576,
 }
 
 #: Hosts of the browsers' push services. A host matches when it equals an entry
@@ -190,7 +199,9 @@ def validate_config(config: dict[str, Any]) -> None:
         )
     for name in ("WEBPUSH_BATCH_SIZE", "WEBPUSH_SEND_CONCURRENCY", "WEBPUSH_MAX_ATTEMPTS",
                 "WEBPUSH_CLAIM_TIMEOUT", "WEBPUSH_RECOVER_INTERVAL", "WEBPUSH_MAX_REQUEST_BYTES",
-                 "WEBPUSH_EVENTS_RATE_LIMIT"):
+                 "WEBPUSH_EVENTS_RATE_LIMIT", "WEBPUSH_PER_ORIGIN_CONCURRENCY",
+                 "WEBPUSH_API_RATE_LIMIT", "WEBPUSH_API_MAX_USERS",
+                 "WEBPUSH_API_MAX_REQUEST_BYTES"):
         value = config.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"{name} must be a whole number of at least 1.")

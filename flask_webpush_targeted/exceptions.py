@@ -46,6 +46,9 @@ class APIError(WebPushError, HTTPException):
         """What is wrong, for a person."""
         return self.description or ""
 
+    def __str__(self) -> str:
+        return self.message
+
     def get_body(self, environ: Any = None, scope: Any = None) -> str:
         """The JSON error body."""
         return json.dumps({"error": self.error, "message": self.message})

@@ -175,6 +175,15 @@ class WebPush:
 
         return cancel_notification(notification_id)
 
+    def get_notification(self, notification_id: int) -> Any:
+        """The stored Notification, or NotificationNotFound."""
+        from .exceptions import NotificationNotFound
+
+        n = self.db.session.get(self.models.Notification, notification_id)
+        if n is None:
+            raise NotificationNotFound(f"No notification has id {notification_id}.")
+        return n
+
     def stats(self, notification_id: int) -> dict[str, Any]:
         """The funnel counts of one notification (see docs/design.md)."""
         return notification_stats(self.db, self.models, notification_id)

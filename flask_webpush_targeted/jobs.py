@@ -8,10 +8,10 @@ older than WEBPUSH_CLAIM_TIMEOUT belongs to a dead worker and may be taken again
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,9 +21,10 @@ from rq.job import Job
 
 from . import signals
 from .config import load_vapid_private_key
+from .counters import FINAL_STATUSES, add, bucket, bump, insert_for, new_increments, send_start
 from .models import Models, utcnow
-from .push import EndpointGuard, PushResult, PushSender, VapidHeaders, new_http_session
-from .queue import get_queue
+from .push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
+from .queue import enqueue_at, fanout_job_id, get_queue
 from .sending import encode_payload
 from .tracking import make_token, signing_key
 
@@ -45,45 +46,39 @@ def _app() -> Any:
 # -- fan-out ----------------------------------------------------------------------------------
 
 
-def _insert_ignoring_duplicates(db: Any, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    dialect = db.session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table).on_conflict_do_nothing(
-            index_elements=["notification_id", "subscription_id"])
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).on_conflict_do_nothing(
-            index_elements=["notification_id", "subscription_id"])
-    else:
-        stmt = sa.insert(table).prefix_with("IGNORE")  # MySQL / MariaDB
-    db.session.execute(stmt, rows)
+def _insert_deliveries(db: Any, m: Models, rows: list[dict[str, Any]]) -> set[int]:
+    """Insert deliveries, skipping any that exist; return the subscription ids inserted."""
+    table = m.Delivery.__table__
+    stmt = insert_for(db, table).on_conflict_do_nothing(
+        index_elements=["notification_id", "subscription_id"])
+    inserted = db.session.execute(stmt.returning(table.c.subscription_id), rows)
+    return set(inserted.scalars())
 
 
 def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
-    """Yield (chunk of requested user ids, [(subscription id, user id)]) per chunk."""
+    """Yield (chunk of requested user ids, [(subscription id, user id, label)]) per chunk."""
     Sub = m.Subscription
     user_ids: list[str] = targeting["user_ids"]
     mode = targeting["devices"]
     if mode == "ids":
         ids = targeting["subscription_ids"]
-        found: list[tuple[int, str]] = []
+        found: list[Any] = []
         for start in range(0, len(ids), _CHUNK):
-            found.extend(db.session.execute(sa.select(Sub.id, Sub.user_id).where(
+            found.extend(db.session.execute(sa.select(Sub.id, Sub.user_id, Sub.label).where(
                 Sub.id.in_(ids[start:start + _CHUNK]), Sub.revoked_at.is_(None))).all())
-        yield user_ids, [(sid, uid) for sid, uid in found if uid in set(user_ids)]
+        wanted = set(user_ids)
+        yield user_ids, [tuple(r) for r in found if r[1] in wanted]
         return
     for start in range(0, len(user_ids), _CHUNK):
         chunk = user_ids[start:start + _CHUNK]
         rows = db.session.execute(
-            sa.select(Sub.id, Sub.user_id).where(Sub.user_id.in_(chunk), Sub.revoked_at.is_(None))
+            sa.select(Sub.id, Sub.user_id, Sub.label)
+            .where(Sub.user_id.in_(chunk), Sub.revoked_at.is_(None))
             .order_by(Sub.user_id, Sub.created_at.desc(), Sub.id.desc())).all()
         if mode == "latest":
             seen: set[str] = set()
             rows = [r for r in rows if not (r[1] in seen or seen.add(r[1]))]  # type: ignore[func-returns-value]
-        yield chunk, [(sid, uid) for sid, uid in rows]
+        yield chunk, [tuple(r) for r in rows]
 
 
 def fan_out(notification_id: int) -> None:
@@ -93,10 +88,10 @@ def fan_out(notification_id: int) -> None:
     n = db.session.get(m.Notification, notification_id)
     if n is None or n.status in ("cancelled", "done"):
         return
-    if n.send_at and n.send_at > utcnow() + timedelta(seconds=1):
+    if n.send_at and n.send_at > utcnow():
         # Run early (a recovered job): put it back on the schedule.
-        get_queue().enqueue_at(n.send_at, fan_out, notification_id,
-                               job_id=f"webpush-fanout-{notification_id}")
+        enqueue_at(get_queue(), n.send_at, fan_out, notification_id,
+                   job_id=fanout_job_id(notification_id))
         return
     if n.status in ("queued", "scheduled"):
         n.status = "sending"
@@ -104,14 +99,20 @@ def fan_out(notification_id: int) -> None:
     if n.fanned_out_at is None:
         now = utcnow()
         without: list[str] = []
+        inc = new_increments()
         for chunk, found in _targets(db, m, n.targeting):
-            covered = {uid for _sid, uid in found}
+            covered = {uid for _sid, uid, _label in found}
             without.extend(u for u in chunk if u not in covered)
             if found:
-                _insert_ignoring_duplicates(db, m.Delivery.__table__, [
+                inserted = _insert_deliveries(db, m, [
                     {"notification_id": n.id, "subscription_id": sid, "user_id": uid,
                      "status": "pending", "attempts": 0, "created_at": now}
-                    for sid, uid in found])
+                    for sid, uid, _label in found])
+                # Count only rows this run inserted: a concurrent duplicate run adds none.
+                for sid, _uid, label in found:
+                    if sid in inserted:
+                        add(inc, "deliveries", platform=label)
+        bump(db, m, n.id, inc)
         n.users_without_devices = without
         n.fanned_out_at = utcnow()
         db.session.commit()
@@ -152,23 +153,24 @@ def _enqueue_ranges(queue: Any, notification_id: int, ranges: list[tuple[int, in
 # -- sending ----------------------------------------------------------------------------------
 
 
-def _sender() -> tuple[PushSender, ThreadPoolExecutor]:
+def _sender() -> PushSender:
     """This process's sender: VAPID header cache and keep-alive pool live across jobs."""
     app = _app()
     cached = app.extensions.get("webpush.sender")
-    if cached is None or cached[2] != _pid():
+    if cached is None or cached[1] != _pid():
         config = app.config
-        concurrency = config["WEBPUSH_SEND_CONCURRENCY"]
         sender = PushSender(
             VapidHeaders(load_vapid_private_key(config["WEBPUSH_VAPID_PRIVATE_KEY"]),
                          config["WEBPUSH_VAPID_SUBJECT"]),
             EndpointGuard(app.extensions["webpush.extra_origins"]),
-            new_http_session(concurrency),
-            (config["WEBPUSH_CONNECT_TIMEOUT"], config["WEBPUSH_READ_TIMEOUT"]),
+            timeout=(config["WEBPUSH_CONNECT_TIMEOUT"], config["WEBPUSH_READ_TIMEOUT"]),
+            concurrency=config["WEBPUSH_SEND_CONCURRENCY"],
+            per_origin=config["WEBPUSH_PER_ORIGIN_CONCURRENCY"],
         )
-        cached = (sender, ThreadPoolExecutor(concurrency, thread_name_prefix="webpush"), _pid())
+        cached = (sender, _pid())
         app.extensions["webpush.sender"] = cached
-    return cached[0], cached[1]
+        atexit.register(sender.close)
+    return cached[0]
 
 
 def _pid() -> int:
@@ -176,11 +178,13 @@ def _pid() -> int:
 
 
 def _deadline(n: Any) -> datetime:
-    return (n.send_at or n.queued_at or n.created_at) + timedelta(seconds=n.ttl)
+    # Validity counts from the planned send time, or from the call when that was earlier
+    # (a send_at in the past means "now", not "already expired").
+    return send_start(n) + timedelta(seconds=n.ttl)
 
 
 def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, int]:
-    """Claim the batch's due deliveries, send them, record every result together."""
+    """Claim the batch's due deliveries, send them concurrently, record results as they come."""
     ext = _ext()
     db, m = ext.db, ext.models
     config = current_app.config
@@ -190,8 +194,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         return {}
     in_batch = (D.notification_id == notification_id, D.id.between(first_id, last_id))
     if n.status == "cancelled":
-        db.session.execute(sa.update(D).where(*in_batch, D.status == "pending")
-                           .values(status="skipped", reason="notification cancelled"))
+        _skip_pending(db, m, notification_id, *in_batch)
         db.session.commit()
         return {}
     now = utcnow()
@@ -207,41 +210,47 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     db.session.commit()
     rows = db.session.execute(
         sa.select(D.id, D.subscription_id, D.attempts, Sub.endpoint, Sub.p256dh, Sub.auth,
-                  Sub.revoked_at)
+                  Sub.revoked_at, Sub.label)
         .outerjoin(Sub, Sub.id == D.subscription_id).where(D.claimed_by == claim)).all()
     if not rows:
         finish_if_complete(notification_id)
         return {}
 
-    deadline = _deadline(n)
+    nid, start, deadline = n.id, send_start(n), _deadline(n)
     key = signing_key()
     token_expiry = (deadline + TOKEN_GRACE).timestamp()
     results: dict[int, PushResult] = {}
     to_send = []
     for row in rows:
-        remaining = int((deadline - now).total_seconds())
+        # Expired only once the deadline has passed: truncated to whole seconds first, a
+        # 1-second validity would always look expired. The TTL header gets the whole seconds left.
+        remaining = (deadline - now).total_seconds()
         if row.endpoint is None or row.revoked_at is not None:
             results[row.id] = PushResult("skipped", reason="device revoked or consent withdrawn")
         elif remaining <= 0 and not (n.ttl == 0 and row.attempts == 1):
             results[row.id] = PushResult("expired", reason="validity period (ttl) passed")
         else:
-            to_send.append((row, max(remaining, 0)))
+            to_send.append((row, max(int(remaining), 0)))
 
-    sender, pool = _sender()
+    payload, urgency, topic = n.payload, n.urgency, n.topic
+    messages = [Message(row.id, row.endpoint, row.p256dh, row.auth,
+                        encode_payload(payload, make_token(row.id, token_expiry, key)),
+                        ttl, urgency, topic) for row, ttl in to_send]
+    counts: dict[str, int] = {}
 
-    def push(item: tuple[Any, int]) -> tuple[int, PushResult]:
-        row, ttl = item
-        body = encode_payload(n.payload, make_token(row.id, token_expiry, key))
-        subscription = {"endpoint": row.endpoint, "keys": {"p256dh": row.p256dh, "auth": row.auth}}
-        try:
-            return row.id, sender.send(subscription, body, ttl=ttl, urgency=n.urgency,
-                                       topic=n.topic)
-        except Exception as exc:  # an encryption bug must not leave the batch claimed
-            log.exception("webpush: delivery %s could not be sent", row.id)
-            return row.id, PushResult("failed", reason=f"error: {type(exc).__name__}: {exc}"[:255])
+    def record(done: list[tuple[int, PushResult]]) -> None:
+        for status, count in _record(nid, start, rows, dict(done), claim).items():
+            counts[status] = counts.get(status, 0) + count
 
-    results.update(pool.map(push, to_send))
-    return _record(n, rows, results, claim)
+    if results:  # skipped and expired ones: recorded before anything is sent
+        record(list(results.items()))
+    # Results are written every half WEBPUSH_SEND_CONCURRENCY answers, and no more than
+    # WEBPUSH_SEND_CONCURRENCY are ever sent but unwritten: what a killed worker can leave
+    # to be sent again (the default tag and topic make the browser replace, not stack).
+    concurrency = config["WEBPUSH_SEND_CONCURRENCY"]
+    _sender().send_many(messages, record, flush_every=max(1, concurrency // 2))
+    finish_if_complete(nid)
+    return counts
 
 
 def _retry_delay(attempts: int, hinted: float | None) -> float:
@@ -252,8 +261,9 @@ def _retry_delay(attempts: int, hinted: float | None) -> float:
     return float(min(hinted, config["WEBPUSH_RETRY_MAX_DELAY"]))
 
 
-def _record(n: Any, rows: list[Any], results: dict[int, PushResult], claim: str) -> dict[str, int]:
-    """Write every result of a batch in a few statements; then signals, retries, completion."""
+def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushResult],
+            claim: str) -> dict[str, int]:
+    """Write results in a few statements, whatever their number; then signals and retries."""
     ext = _ext()
     db, m = ext.db, ext.models
     app = _app()
@@ -261,6 +271,7 @@ def _record(n: Any, rows: list[Any], results: dict[int, PushResult], claim: str)
     now = utcnow()
     attempts = {row.id: row.attempts for row in rows}
     subscription_of = {row.id: row.subscription_id for row in rows}
+    label_of = {row.id: row.label for row in rows}
     updates: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     retry_at: datetime | None = None
@@ -282,12 +293,24 @@ def _record(n: Any, rows: list[Any], results: dict[int, PushResult], claim: str)
                         "claimed_by": None if status == "pending" else claim})
     table = m.Delivery.__table__
     # Only rows this batch still holds: a claim taken over by another worker is theirs.
-    db.session.execute(
+    written = db.session.execute(
         table.update().where(table.c.id == sa.bindparam("b_id"), table.c.claimed_by == claim)
         .values(status=sa.bindparam("status"), status_code=sa.bindparam("status_code"),
                 reason=sa.bindparam("reason"), next_attempt_at=sa.bindparam("next_attempt_at"),
                 sent_at=sa.bindparam("sent_at"), claimed_by=sa.bindparam("claimed_by")),
         updates)
+    mine = {u["b_id"] for u in updates}
+    if written.rowcount != len(updates):
+        # Rare: another worker took over part of this claim. Count only rows still ours.
+        mine = set(db.session.scalars(sa.select(table.c.id).where(
+            table.c.id.in_(mine), table.c.claimed_by == claim)))
+    inc = new_increments()
+    for u in updates:
+        if u["b_id"] in mine and u["status"] in FINAL_STATUSES:
+            is_sent = u["status"] == "sent"
+            add(inc, u["status"], at=bucket(start, now) if is_sent else None,
+                platform=label_of[u["b_id"]] if is_sent else None)
+    bump(db, m, nid, inc)
     Sub = m.Subscription
     gone = [subscription_of[d] for d, r in results.items() if r.outcome == "gone"]
     sent = [subscription_of[d] for d, r in results.items() if r.outcome == "sent"]
@@ -296,8 +319,9 @@ def _record(n: Any, rows: list[Any], results: dict[int, PushResult], claim: str)
         db.session.execute(sa.update(Sub).where(Sub.id.in_(gone), Sub.revoked_at.is_(None))
                            .values(revoked_at=now, revoked_reason="gone"))
     if sent:
-        db.session.execute(sa.update(Sub).where(Sub.id.in_(sent))
-                           .values(last_seen_at=now, consecutive_failures=0))
+        # Only rows that had failures: a write per sent row would double the database work.
+        db.session.execute(sa.update(Sub).where(Sub.id.in_(sent), Sub.consecutive_failures > 0)
+                           .values(consecutive_failures=0))
     if failed:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(failed))
                            .values(consecutive_failures=Sub.consecutive_failures + 1))
@@ -305,7 +329,7 @@ def _record(n: Any, rows: list[Any], results: dict[int, PushResult], claim: str)
 
     for delivery_id, result in results.items():
         if result.outcome == "sent":
-            signals.delivery_sent.send(app, delivery_id=delivery_id, notification_id=n.id,
+            signals.delivery_sent.send(app, delivery_id=delivery_id, notification_id=nid,
                                        subscription_id=subscription_of[delivery_id])
         elif result.outcome in ("gone", "failed") or (
             result.outcome == "retry" and attempts[delivery_id] >= max_attempts
@@ -313,14 +337,13 @@ def _record(n: Any, rows: list[Any], results: dict[int, PushResult], claim: str)
             if result.status_code in (400, 401, 403):
                 log.error("webpush: push service refused delivery %s (%s): check the VAPID "
                           "keys and subject", delivery_id, result.reason)
-            signals.delivery_failed.send(app, delivery_id=delivery_id, notification_id=n.id,
+            signals.delivery_failed.send(app, delivery_id=delivery_id, notification_id=nid,
                                          subscription_id=subscription_of[delivery_id],
                                          error=result.reason, status_code=result.status_code,
                                          gone=result.outcome == "gone")
     if retry_at is not None:
         first, last = min(results), max(results)
-        get_queue().enqueue_at(retry_at, send_batch, n.id, first, last)
-    finish_if_complete(n.id)
+        enqueue_at(get_queue(), retry_at, send_batch, nid, first, last)
     return counts
 
 
@@ -369,9 +392,9 @@ def recover() -> dict[str, int]:
     for n in waiting:
         if _job_alive(n.job_id):
             continue
-        job_id = f"webpush-fanout-{n.id}"
+        job_id = fanout_job_id(n.id)
         if n.send_at and n.send_at > now:
-            queue.enqueue_at(n.send_at, fan_out, n.id, job_id=job_id)
+            enqueue_at(queue, n.send_at, fan_out, n.id, job_id=job_id)
             n.status, done["scheduled"] = "scheduled", done["scheduled"] + 1
         else:
             queue.enqueue(fan_out, n.id, job_id=job_id)
@@ -403,6 +426,17 @@ def recover() -> dict[str, int]:
 
 
 
+def _skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> None:
+    """Mark pending deliveries skipped (cancelled), counting them, in the caller's transaction."""
+    D = m.Delivery
+    skipped = db.session.execute(sa.update(D).where(*where, D.status == "pending")
+                                 .values(status="skipped", reason="notification cancelled"))
+    if skipped.rowcount:
+        inc = new_increments()
+        add(inc, "skipped", skipped.rowcount)
+        bump(db, m, notification_id, inc)
+
+
 def cancel_notification(notification_id: int) -> bool:
     """Cancel a notification not yet finished: its job and every delivery not yet sent."""
     from .exceptions import NotificationNotFound
@@ -417,9 +451,7 @@ def cancel_notification(notification_id: int) -> bool:
         return False
     n.status = "cancelled"
     n.finished_at = utcnow()
-    D = m.Delivery
-    db.session.execute(sa.update(D).where(D.notification_id == n.id, D.status == "pending")
-                       .values(status="skipped", reason="notification cancelled"))
+    _skip_pending(db, m, n.id, m.Delivery.notification_id == n.id)
     db.session.commit()
     if n.job_id:
         try:

@@ -1,4 +1,4 @@
-"""The four tables, built on the host's Flask-SQLAlchemy ``db``.
+"""The tables, built on the host's Flask-SQLAlchemy ``db``.
 
 They are declared on ``db.Model`` so they share the host's metadata: the host's
 ``db.create_all()`` and Flask-Migrate/Alembic see them like its own tables.
@@ -65,6 +65,11 @@ class Models:
     Consent: Any
     Notification: Any
     Delivery: Any
+    #: keys of the push API for external systems, and the notifications each key created
+    ApiKey: Any = None
+    ApiRequest: Any = None
+    #: running counters of each notification (funnel, time buckets, platforms)
+    Stat: Any = None
 
 
 _built: WeakKeyDictionary[Any, Models] = WeakKeyDictionary()
@@ -208,4 +213,71 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
         #: the action button clicked, if any
         action: Mapped[str | None] = mapped_column(sa.String(64))
 
-    return Models(Subscription, Consent, Notification, Delivery)
+    class Stat(base):
+        """Running counters of a notification, bumped as results and events arrive.
+
+        One row per (notification, dimension, key): dimension ``total`` (key ""), the
+        funnel; ``minute`` / ``hour`` (key = UTC bucket start), the time series;
+        ``platform`` (key = device label). Figures for a million deliveries are then
+        a few rows away, and survive pruning the deliveries themselves.
+        """
+
+        __tablename__ = "webpush_stat"
+        __table_args__ = (sa.UniqueConstraint("notification_id", "dimension", "key",
+                                              name="uq_webpush_stat_notification_key"),)
+
+        id: Mapped[int] = mapped_column(BigId, primary_key=True)
+        notification_id: Mapped[int] = mapped_column(
+            sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"), nullable=False)
+        dimension: Mapped[str] = mapped_column(sa.String(8), nullable=False)
+        key: Mapped[str] = mapped_column(sa.String(200), nullable=False, default="")
+        deliveries: Mapped[int] = mapped_column(nullable=False, default=0)
+        sent: Mapped[int] = mapped_column(nullable=False, default=0)
+        failed: Mapped[int] = mapped_column(nullable=False, default=0)
+        gone: Mapped[int] = mapped_column(nullable=False, default=0)
+        expired: Mapped[int] = mapped_column(nullable=False, default=0)
+        skipped: Mapped[int] = mapped_column(nullable=False, default=0)
+        displayed: Mapped[int] = mapped_column(nullable=False, default=0)
+        clicked: Mapped[int] = mapped_column(nullable=False, default=0)
+        closed: Mapped[int] = mapped_column(nullable=False, default=0)
+
+    class ApiKey(base):
+        """A key of the push API for external systems (CRMs): name, scopes, never the secret."""
+
+        __tablename__ = "webpush_api_key"
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+        #: SHA-256 (hex) of the random secret; the secret is shown once, at creation
+        secret_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+        #: what the key may do: a subset of "send", "stats", "devices"
+        scopes: Mapped[list[str]] = mapped_column(sa.JSON, nullable=False)
+        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+        #: updated at most once a minute, so a busy key does not write on every request
+        last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+        revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    class ApiRequest(base):
+        """A notification created through the push API: by which key, with which body."""
+
+        __tablename__ = "webpush_api_request"
+        __table_args__ = (
+            # Idempotency keys are per API key: two CRMs never collide. NULLs are distinct.
+            sa.UniqueConstraint("api_key_id", "idempotency_key",
+                                name="uq_webpush_api_request_key_idempotency"),
+            sa.Index("ix_webpush_api_request_notification", "notification_id"),
+        )
+
+        id: Mapped[int] = mapped_column(BigId, primary_key=True)
+        api_key_id: Mapped[int] = mapped_column(sa.ForeignKey("webpush_api_key.id"),
+                                                nullable=False)
+        idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+        #: SHA-256 of the canonical request: the same key with another body is refused
+        request_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+        #: None while the request that claimed the idempotency key is still running
+        notification_id: Mapped[int | None] = mapped_column(
+            sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"))
+        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+    return Models(Subscription, Consent, Notification, Delivery, ApiKey=ApiKey,
+                  ApiRequest=ApiRequest, Stat=Stat)

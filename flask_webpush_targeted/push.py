@@ -6,22 +6,23 @@ one ``PushResult``; the jobs decide what the result means for the ledger.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
+import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 from pywebpush import WebPusher
-from requests.adapters import HTTPAdapter
 
 from .exceptions import InvalidSubscription
 from .subscriptions import validate_endpoint
@@ -130,54 +131,158 @@ class EndpointGuard:
         return ok
 
 
-def new_http_session(pool_size: int) -> requests.Session:
-    """A keep-alive session with ``pool_size`` connections per push-service host."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.trust_env = False  # proxies from the environment are not the app's decision
-    return session
+@dataclass(frozen=True)
+class Message:
+    """One encrypted-to-be push: to whom, what, for how long."""
+
+    key: Any  # the caller's handle, e.g. the delivery id
+    endpoint: str
+    p256dh: str
+    auth: str
+    payload: bytes
+    ttl: int
+    urgency: str
+    topic: str | None
 
 
 class PushSender:
-    """Encrypts (aes128gcm, RFC 8291) and POSTs one message; classifies the answer."""
+    """Encrypts (aes128gcm, RFC 8291) and POSTs many messages concurrently on one event loop.
 
-    def __init__(self, vapid: VapidHeaders, guard: EndpointGuard, session: requests.Session,
-                 timeout: tuple[float, float]) -> None:
+    One sender lives per worker process: its VAPID headers, DNS answers and keep-alive
+    connections are reused by every batch. A push service answering 429 is paused for
+    its Retry-After, so one slow service does not stall the others.
+    """
+
+    def __init__(self, vapid: VapidHeaders, guard: EndpointGuard, *,
+                 timeout: tuple[float, float], concurrency: int, per_origin: int) -> None:
         self.vapid = vapid
         self.guard = guard
-        self.session = session
         self.timeout = timeout
+        self.concurrency = concurrency
+        self.per_origin = per_origin
+        self._loop = asyncio.new_event_loop()
+        self._session: aiohttp.ClientSession | None = None
+        self._paused: dict[str, float] = {}
 
-    def send(self, subscription: dict[str, Any], payload: bytes, *, ttl: int,
-             urgency: str, topic: str | None) -> PushResult:
-        """Send ``payload`` to one subscription ({endpoint, keys: {p256dh, auth}})."""
-        endpoint = subscription["endpoint"]
-        problem = self.guard.problem(endpoint)
+    def send_many(self, messages: list[Message],
+                  on_results: Callable[[list[tuple[Any, PushResult]]], None],
+                  flush_every: int) -> None:
+        """Send every message; hand results to ``on_results`` every ``flush_every`` answers
+        (and whenever nothing else is in flight)."""
+        self._run(self._send_all(messages, on_results, flush_every))
+
+    def close(self) -> None:
+        """Close the connections and the event loop."""
+        if self._session is not None:
+            self._run(self._session.close())
+        self._loop.close()
+
+    def _run(self, coroutine: Any) -> None:
+        """Run ``coroutine`` to completion on this sender's own event loop.
+
+        When the calling thread already runs an event loop (a job called from async code,
+        or Playwright's sync API in a test), asyncio refuses to run a second one in that
+        thread: the loop then runs in a helper thread, in a copy of the caller's context so
+        that ``on_results`` still sees the Flask application context.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop.run_until_complete(coroutine)
+            return
+        context = contextvars.copy_context()
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                context.run(self._loop.run_until_complete, coroutine)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+
+        helper = threading.Thread(target=target, name="webpush-sender")
+        helper.start()
+        helper.join()
+        if failure:
+            raise failure[0]
+
+    async def _send_all(self, messages: list[Message],
+                        on_results: Callable[[list[tuple[Any, PushResult]]], None],
+                        flush_every: int) -> None:
+        if self._session is None:
+            connect, read = self.timeout
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency,
+                                               limit_per_host=self.per_origin,
+                                               ttl_dns_cache=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read),
+                auto_decompress=False, trust_env=False)
+        session = self._session
+
+        async def one(message: Message) -> tuple[Any, PushResult]:
+            try:
+                return message.key, await self._send_one(session, message)
+            except Exception as exc:  # an encryption bug must not leave a batch claimed
+                log.exception("webpush: message %s could not be sent", message.key)
+                return message.key, PushResult(
+                    "failed", reason=f"error: {type(exc).__name__}: {exc}"[:255])
+
+        # A slot is freed only once its answer is recorded: at any moment at most
+        # `concurrency` messages are sent but unrecorded, which bounds what a killed
+        # worker can leave to be sent twice.
+        waiting = iter(messages)
+        in_flight: set[asyncio.Future[tuple[Any, PushResult]]] = set()
+        answered: list[tuple[Any, PushResult]] = []
+        while True:
+            while len(in_flight) + len(answered) < self.concurrency:
+                message = next(waiting, None)
+                if message is None:
+                    break
+                in_flight.add(asyncio.ensure_future(one(message)))
+            if not in_flight:
+                break
+            finished, in_flight = await asyncio.wait(in_flight,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+            answered.extend(task.result() for task in finished)
+            if len(answered) >= flush_every or not in_flight:
+                on_results(answered)
+                answered = []
+        if answered:
+            on_results(answered)
+
+    async def _send_one(self, session: aiohttp.ClientSession, message: Message) -> PushResult:
+        problem = self.guard.problem(message.endpoint)
         if problem:
             return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
-        body = WebPusher(subscription).encode(payload, "aes128gcm")["body"]
+        origin = origin_of(message.endpoint)
+        paused = self._paused.get(origin, 0.0) - time.monotonic()
+        if paused > 0:
+            return PushResult("retry", 429, "push service asked to slow down", paused)
+        subscription = {"endpoint": message.endpoint,
+                        "keys": {"p256dh": message.p256dh, "auth": message.auth}}
+        body = WebPusher(subscription).encode(message.payload, "aes128gcm")["body"]
         headers = {
-            "Authorization": self.vapid.header(origin_of(endpoint)),
+            "Authorization": self.vapid.header(origin),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
-            "TTL": str(ttl),
-            "Urgency": urgency,
+            "TTL": str(message.ttl),
+            "Urgency": message.urgency,
         }
-        if topic:
-            headers["Topic"] = topic
+        if message.topic:
+            headers["Topic"] = message.topic
         try:
-            response = self.session.post(endpoint, data=body, headers=headers,
-                                         timeout=self.timeout, allow_redirects=False)
-        except requests.Timeout:
+            async with session.post(message.endpoint, data=body, headers=headers,
+                                    allow_redirects=False) as response:
+                text = (await response.content.read(200)).decode("utf-8", "replace")
+                result = classify(response.status, response.headers.get("Retry-After"), text)
+        except asyncio.TimeoutError:
             return PushResult("retry", reason="timeout")
-        except requests.ConnectionError as exc:
+        except (aiohttp.ClientConnectionError, OSError) as exc:
             return PushResult("retry", reason=f"connection error: {type(exc).__name__}")
-        except requests.RequestException as exc:
+        except aiohttp.ClientError as exc:
             return PushResult("failed", reason=f"request error: {exc}"[:255])
-        return classify(response.status_code, response.headers.get("Retry-After"),
-                        response.text[:200])
+        if result.status_code == 429 and result.retry_after:
+            self._paused[origin] = time.monotonic() + result.retry_after
+        return result
 
 
 def classify(code: int, retry_after: str | None, text: str = "") -> PushResult:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -38,6 +41,25 @@ def get_queue(app: Flask | None = None) -> Queue:
     """The RQ queue jobs go to."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     return Queue(app.config["WEBPUSH_QUEUE"], connection=redis_connection(app))
+
+
+def fanout_job_id(notification_id: int) -> str:
+    """The id of a notification's fan-out job. RQ job ids are global in a Redis database, so
+    it names the queue too: apps sharing a Redis (each with its WEBPUSH_QUEUE) would otherwise
+    overwrite, delete or cancel each other's ``webpush-fanout-<id>`` jobs."""
+    queue = current_app.config["WEBPUSH_QUEUE"]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,28}", queue):  # what a job id allows, and short
+        queue = hashlib.sha256(queue.encode()).hexdigest()[:28]
+    return f"webpush-fanout-{queue}-{notification_id}"
+
+
+def enqueue_at(queue: Queue, when: datetime, func: Any, *args: Any, **kwargs: Any) -> Any:
+    """``queue.enqueue_at``, but never early: RQ keeps the time in whole seconds, rounded down,
+    so ``when`` is rounded up here (a job run before its time would send early, or, for a
+    retry, find nothing due yet and be lost)."""
+    if when.microsecond:
+        when = when.replace(microsecond=0) + timedelta(seconds=1)
+    return queue.enqueue_at(when, func, *args, **kwargs)
 
 
 class _AppWorkerMixin:

@@ -35,7 +35,11 @@ def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
         return None
     if not isinstance(url, str) or not url or len(url) > 2048:
         raise InvalidNotification(f"{name} must be a URL string of at most 2048 characters.")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port or host
+    except ValueError as exc:
+        raise InvalidNotification(f"{name} is not a valid URL: {url!r}.") from exc
     if not parts.scheme and not parts.netloc:
         if not url.startswith("/") or url.startswith("//"):
             raise InvalidNotification(f"{name} must start with '/' when relative: {url!r}.")
@@ -136,6 +140,8 @@ def check_options(*, urgency: Any, topic: Any, send_at: Any, category: Any,
     if send_at is not None and (not isinstance(send_at, datetime) or send_at.tzinfo is None
                                 or send_at.utcoffset() is None):
         raise InvalidNotification("send_at must be a timezone-aware datetime.")
+    if send_at is not None and send_at.year >= 9000:
+        raise InvalidNotification("send_at must be before the year 9000.")
     if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
         raise InvalidNotification("category must be a string of 1 to 64 characters.")
     if idempotency_key is not None and (not isinstance(idempotency_key, str)
@@ -181,17 +187,13 @@ def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[
                       send_at: datetime | None, idempotency_key: str | None,
                       category: str | None) -> Any:
     """Commit the Notification first, then enqueue it; a Redis outage loses nothing."""
-    from . import signals
-    from .exceptions import QueueUnavailable
-    from .jobs import fan_out
     from .models import utcnow
-    from .queue import REDIS_ERRORS, get_queue
 
     N = m.Notification
     if idempotency_key is not None:
         existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
         if existing is not None:
-            return existing
+            return _enqueue_if_never_queued(db, existing)
     now = utcnow()
     scheduled = send_at is not None and send_at > now
     n = N(idempotency_key=idempotency_key, status="scheduled" if scheduled else "queued",
@@ -203,17 +205,36 @@ def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[
     except sa.exc.IntegrityError:
         # The same key was stored by a concurrent call: that one is the notification.
         db.session.rollback()
-        return db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+        existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+        return _enqueue_if_never_queued(db, existing)
     if "tag" not in n.payload:
         n.payload = {**payload, "tag": default_tag(n.id)}
     if n.topic is None:
         n.topic = f"n{n.id}"
     db.session.commit()
-    job_id = f"webpush-fanout-{n.id}"
+    return _enqueue(db, n)
+
+
+def _enqueue_if_never_queued(db: Any, n: Any) -> Any:
+    # A repeat of a call that met a Redis outage tries the queue again (and says so if
+    # it is still down) rather than answering as if the first call had succeeded.
+    if n.job_id is None and n.status in ("queued", "scheduled"):
+        return _enqueue(db, n)
+    return n
+
+
+def _enqueue(db: Any, n: Any) -> Any:
+    from . import signals
+    from .exceptions import QueueUnavailable
+    from .jobs import fan_out
+    from .models import utcnow
+    from .queue import REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
+
+    job_id = fanout_job_id(n.id)
     try:
         queue = get_queue()
-        if scheduled and send_at is not None:
-            queue.enqueue_at(send_at, fan_out, n.id, job_id=job_id)
+        if n.send_at is not None and n.send_at > utcnow():
+            enqueue_at(queue, n.send_at, fan_out, n.id, job_id=job_id)
         else:
             queue.enqueue(fan_out, n.id, job_id=job_id)
     except REDIS_ERRORS as exc:

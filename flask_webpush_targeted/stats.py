@@ -1,8 +1,11 @@
 """Statistics: the funnel of a notification, its time series, lists, a customer's history.
 
-Every figure is an aggregate query over ``webpush_delivery`` using the
-(notification_id, status) index; nothing loads a notification's deliveries into
-memory. Pruned notifications keep their figures in ``Notification.totals``.
+The funnel, time series and platform figures come from the running counters of
+``webpush_stat`` (see counters.py), a few rows per notification however many
+deliveries it has. Failure reasons are grouped over the unsuccessful deliveries
+only, through the (notification_id, status) index. Nothing loads a notification's
+deliveries into memory. Pruned notifications keep their reasons in
+``Notification.totals``; their counters stay.
 """
 
 from __future__ import annotations
@@ -13,11 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import counters
 from .exceptions import NotificationNotFound
-from .models import DELIVERY_STATUSES, Models, utcnow
-
-FUNNEL_KEYS = ("deliveries", "pending", "sent", "failed", "gone", "expired", "skipped",
-               "displayed", "clicked", "closed")
+from .models import Models, utcnow
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -25,29 +26,12 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def _counts(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
-    """Funnel counts for several notifications in two grouped queries."""
-    D = m.Delivery
-    ids = list(ids)
-    result = {i: {k: 0 for k in (*DELIVERY_STATUSES, *FUNNEL_KEYS)} for i in ids}
-    if not ids:
-        return result
-    for nid, status, count in db.session.execute(
-        sa.select(D.notification_id, D.status, sa.func.count())
-        .where(D.notification_id.in_(ids)).group_by(D.notification_id, D.status)
-    ):
-        result[nid][status] = count
-        result[nid]["deliveries"] += count
-    for nid, displayed, clicked, closed in db.session.execute(
-        sa.select(D.notification_id, sa.func.count(D.displayed_at), sa.func.count(D.clicked_at),
-                  sa.func.count(D.closed_at))
-        .where(D.notification_id.in_(ids), D.displayed_at.is_not(None))
-        .group_by(D.notification_id)
-    ):
-        result[nid].update(displayed=displayed, clicked=clicked, closed=closed)
+    """Funnel counts for several notifications, from their counters."""
+    result = counters.totals(db, m, ids)
     for counts in result.values():
+        finished = sum(counts[s] for s in counters.FINAL_STATUSES)
         # "pending" in the funnel means not finished yet: waiting or being sent.
-        counts["pending"] += counts.pop("sending")
-        counts.pop("delivered", None)
+        counts["pending"] = max(counts["deliveries"] - finished, 0)
     return result
 
 
@@ -55,7 +39,9 @@ def _funnel(n: Any, counts: dict[str, int]) -> dict[str, Any]:
     targeted = len(n.targeting.get("user_ids", []))
     without = len(n.users_without_devices or [])
     funnel: dict[str, Any] = {"id": n.id, "status": n.status, "targeted_users": targeted,
-                              "users_without_devices": without, **counts}
+                              "users_without_devices": without, **counts,
+                              # until the worker fans out, users_without_devices is not known
+                              "fanned_out": n.fanned_out_at is not None}
     funnel["display_rate"] = _rate(funnel["displayed"], funnel["sent"])
     funnel["click_rate"] = _rate(funnel["clicked"], funnel["displayed"])
     funnel["click_through_rate"] = _rate(funnel["clicked"], funnel["sent"])
@@ -67,10 +53,19 @@ def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, An
     n = db.session.get(m.Notification, notification_id)
     if n is None:
         raise NotificationNotFound(f"No notification has id {notification_id}.")
-    if n.totals:
-        return {**n.totals, "id": n.id, "status": n.status, "pruned": True}
-    D, Sub = m.Delivery, m.Subscription
+    D, S = m.Delivery, m.Stat
     stats = _funnel(n, _counts(db, m, [n.id])[n.id])
+    stats["by_platform"] = [
+        {"platform": row.key, "deliveries": row.deliveries, "sent": row.sent,
+         "displayed": row.displayed, "clicked": row.clicked}
+        for row in db.session.scalars(
+            sa.select(S).where(S.notification_id == n.id, S.dimension == "platform")
+            .order_by(S.deliveries.desc(), S.key).limit(20))
+    ]
+    stats["pruned"] = bool(n.totals)
+    if n.totals:
+        stats["failure_reasons"] = n.totals.get("failure_reasons", [])
+        return stats
     stats["failure_reasons"] = [
         {"status": status, "status_code": code, "reason": reason, "count": count}
         for status, code, reason, count in db.session.execute(
@@ -80,18 +75,6 @@ def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, An
             .group_by(D.status, D.status_code, D.reason)
             .order_by(sa.func.count().desc()).limit(20))
     ]
-    stats["by_platform"] = [
-        {"platform": label or "unknown", "deliveries": total, "sent": sent,
-         "displayed": displayed, "clicked": clicked}
-        for label, total, sent, displayed, clicked in db.session.execute(
-            sa.select(Sub.label, sa.func.count(),
-                      sa.func.count(D.sent_at), sa.func.count(D.displayed_at),
-                      sa.func.count(D.clicked_at))
-            .select_from(D).outerjoin(Sub, Sub.id == D.subscription_id)
-            .where(D.notification_id == n.id).group_by(Sub.label)
-            .order_by(sa.func.count().desc()).limit(20))
-    ]
-    stats["pruned"] = False
     return stats
 
 
@@ -113,52 +96,30 @@ def list_notifications(db: Any, m: Models, *, page: int = 1, per_page: int = 25,
     total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))
     rows = db.session.scalars(query.order_by(N.created_at.desc(), N.id.desc())
                               .limit(per_page).offset((page - 1) * per_page)).all()
-    counts = _counts(db, m, [n.id for n in rows if not n.totals])
-    items = []
-    for n in rows:
-        funnel = n.totals if n.totals else _funnel(n, counts[n.id])
-        items.append({"notification": n, "funnel": funnel})
-    return items, int(total or 0)
-
-
-def _bucket(db: Any, column: Any, unit: str) -> Any:
-    if db.session.get_bind().dialect.name == "postgresql":
-        return sa.func.date_trunc(unit, column)
-    fmt = "%Y-%m-%d %H:%M:00" if unit == "minute" else "%Y-%m-%d %H:00:00"
-    return sa.func.strftime(fmt, column)
+    counts = _counts(db, m, [n.id for n in rows])
+    return [{"notification": n, "funnel": _funnel(n, counts[n.id])} for n in rows], int(total or 0)
 
 
 def time_series(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
     """Sent, displayed and clicked per minute for the first hour after sending, then per hour."""
-    n = db.session.get(m.Notification, notification_id)
-    if n is None:
+    if db.session.get(m.Notification, notification_id) is None:
         raise NotificationNotFound(f"No notification has id {notification_id}.")
-    D = m.Delivery
-    start = n.send_at or n.queued_at or n.created_at
-    first_hour_end = start + timedelta(hours=1)
-    series: dict[tuple[str, str], dict[str, int]] = {}
-    for event, column in (("sent", D.sent_at), ("displayed", D.displayed_at),
-                          ("clicked", D.clicked_at)):
-        for unit, window in (("minute", column < first_hour_end),
-                             ("hour", column >= first_hour_end)):
-            bucket = _bucket(db, column, unit)
-            for at, count in db.session.execute(
-                sa.select(bucket, sa.func.count()).where(
-                    D.notification_id == notification_id, column.is_not(None), window)
-                .group_by(bucket)
-            ):
-                key = (unit, at.isoformat() if isinstance(at, datetime) else str(at))
-                series.setdefault(key, {"sent": 0, "displayed": 0, "clicked": 0})[event] = count
-    return [{"unit": unit, "at": at.replace(" ", "T")[:19], **counts}
-            for (unit, at), counts in sorted(series.items(), key=lambda kv: kv[0][1])]
+    S = m.Stat
+    rows = db.session.scalars(sa.select(S).where(
+        S.notification_id == notification_id, S.dimension.in_(("minute", "hour"))))
+    points = [{"unit": r.dimension, "at": r.key, "sent": r.sent, "displayed": r.displayed,
+               "clicked": r.clicked} for r in rows]
+    return sorted(points, key=lambda p: p["at"])
 
 
 def deliveries_page(db: Any, m: Models, notification_id: int, *, page: int = 1,
                     per_page: int = 50) -> tuple[list[Any], int]:
     """One page of a notification's deliveries with their device labels."""
     D, Sub = m.Delivery, m.Subscription
-    total = db.session.scalar(sa.select(sa.func.count()).select_from(D)
-                              .where(D.notification_id == notification_id))
+    n = db.session.get(m.Notification, notification_id)
+    # The counter, not count(*): a million rows are not counted on every page view.
+    total = 0 if n is None or n.totals else counters.totals(
+        db, m, [notification_id])[notification_id]["deliveries"]
     rows = db.session.execute(
         sa.select(D, Sub.label).outerjoin(Sub, Sub.id == D.subscription_id)
         .where(D.notification_id == notification_id).order_by(D.id)
@@ -192,7 +153,11 @@ def user_history(db: Any, m: Models, user_id: str, *, limit: int = 200) -> list[
 
 
 def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
-    """Delete deliveries of notifications finished before the cutoff, keeping their totals."""
+    """Delete deliveries of notifications finished before the cutoff.
+
+    Their counters stay; the failure reasons, grouped from the deliveries, are kept
+    in ``Notification.totals``.
+    """
     N, D = m.Notification, m.Delivery
     cutoff = utcnow() - older_than
     ids = db.session.scalars(sa.select(N.id).where(
@@ -201,9 +166,8 @@ def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
     for nid in ids:
         if not db.session.scalar(sa.select(sa.exists().where(D.notification_id == nid))):
             continue
-        stats = notification_stats(db, m, nid)
-        n = db.session.get(N, nid)
-        n.totals = {k: v for k, v in stats.items() if k not in ("id", "status", "pruned")}
+        reasons = notification_stats(db, m, nid)["failure_reasons"]
+        db.session.get(N, nid).totals = {"failure_reasons": reasons}
         deleted += db.session.execute(sa.delete(D).where(D.notification_id == nid)).rowcount or 0
         db.session.commit()
         pruned += 1

@@ -77,19 +77,40 @@ EVENT_COLUMNS = {"displayed": "displayed_at", "clicked": "clicked_at", "closed":
 
 def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | None = None) -> bool:
     """Record an event once, at server time; False when it was already counted."""
+    from .counters import add, bucket, bump, new_increments, send_start
     from .models import utcnow
 
-    D = m.Delivery
-    column = getattr(D, EVENT_COLUMNS[event])
-    values: dict[str, Any] = {EVENT_COLUMNS[event]: utcnow()}
-    if event == "clicked" and action:
-        values["action"] = action[:64]
-    # One conditional UPDATE: a replay, or two beacons racing, counts once.
-    result = db.session.execute(sa.update(D).where(D.id == delivery_id, column.is_(None))
-                                .values(**values))
-    if event == "clicked":
-        # A click proves the notification was shown, even if its displayed beacon was lost.
-        db.session.execute(sa.update(D).where(D.id == delivery_id, D.displayed_at.is_(None))
-                           .values(displayed_at=values["clicked_at"]))
+    D, Sub, N = m.Delivery, m.Subscription, m.Notification
+    now = utcnow()
+    events = [event] + (["displayed"] if event == "clicked" else [])
+    counted = []
+    for kind in events:
+        column = getattr(D, EVENT_COLUMNS[kind])
+        values: dict[str, Any] = {EVENT_COLUMNS[kind]: now}
+        if kind == "clicked" and action:
+            values["action"] = action[:64]
+        # One conditional UPDATE: a replay, or two beacons racing, counts once. A click
+        # also proves the notification was shown, even if its displayed beacon was lost.
+        result = db.session.execute(sa.update(D).where(D.id == delivery_id, column.is_(None))
+                                    .values(**values))
+        if result.rowcount:
+            counted.append(kind)
+    if counted:
+        row = db.session.execute(
+            sa.select(D.notification_id, D.subscription_id, Sub.label, N.send_at, N.created_at)
+            .join(N, N.id == D.notification_id).outerjoin(Sub, Sub.id == D.subscription_id)
+            .where(D.id == delivery_id)).one()
+        inc = new_increments()
+        at = bucket(send_start(row), now)
+        for kind in counted:
+            if kind == "closed":
+                add(inc, kind)
+            else:
+                add(inc, kind, at=at, platform=row.label)
+        bump(db, m, row.notification_id, inc)
+        if row.subscription_id is not None:
+            # The device was used: this is what the devices page shows as "last used".
+            db.session.execute(sa.update(Sub).where(Sub.id == row.subscription_id)
+                               .values(last_seen_at=now))
     db.session.commit()
-    return bool(result.rowcount)
+    return event in counted

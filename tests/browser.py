@@ -77,12 +77,15 @@ def customer_id(shop: Any, email: str) -> str:
         return str(db.session.scalar(sa.select(Customer.id).where(Customer.email == email)))
 
 
-def wait_until(check: Any, message: str, timeout: float = 15.0) -> Any:
-    """Poll ``check`` until it returns something true; fail with ``message`` after timeout."""
+def wait_until(check: Any, message: str, timeout: float = 15.0, *,
+               details: Any = None) -> Any:
+    """Poll ``check`` until it returns something true; fail with ``message`` after timeout
+    (followed by what ``details()`` returns then, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
-        assert time.monotonic() < deadline, message
+        if time.monotonic() >= deadline:
+            raise AssertionError(message if details is None else f"{message}: {details()}")
         time.sleep(0.05)

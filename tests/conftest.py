@@ -7,11 +7,13 @@ a schema of their own per test session, so parallel runs do not collide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +35,7 @@ REDIS_START = ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 -
                "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log")
 
 FCM = "https://fcm.googleapis.com/fcm/send/"
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -180,25 +183,117 @@ def push_service() -> Iterator[Any]:
         yield service
 
 
+def shop_environment(folder: Path, push_service: Any, *, secret_key: str,
+                     queue: str | None = None) -> dict[str, str]:
+    """The environment variables that configure the example shop (see example_app.create_app):
+    its own SQLite file in ``folder``, the test VAPID keys, the real Redis, the local push
+    service admitted through WEBPUSH_EXTRA_PUSH_SERVICES, and a queue of its own if given."""
+    env = {
+        "DATABASE_URL": f"sqlite:///{folder / 'shop.db'}", "SECRET_KEY": secret_key,
+        "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
+        "WEBPUSH_REDIS_URL": REDIS_URL, "WEBPUSH_EXTRA_PUSH_SERVICES": push_service.origin,
+    }
+    if queue is not None:
+        env["WEBPUSH_QUEUE"] = queue
+    return env
+
+
+def make_example_shop(env: dict[str, str]) -> Flask:
+    """The example shop built from ``env`` exactly as a worker process started with that
+    environment builds it, with its tables created and the demo customers seeded."""
+    from unittest import mock
+
+    from example_app import create_app, db
+    from example_app.models import seed
+
+    with mock.patch.dict(os.environ, env):
+        app = create_app()
+    with app.app_context():
+        db.create_all()
+        seed()
+    return app
+
+
 @pytest.fixture(scope="session")
 def live_shop(push_service: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The example shop on a real HTTP server, its SQLite file, the real Redis, and the
     local push service admitted through WEBPUSH_EXTRA_PUSH_SERVICES."""
-    from example_app import create_app, db
-    from example_app.models import seed
-
-    folder = tmp_path_factory.mktemp("shop")
-    app = create_app({
-        "SECRET_KEY": "live-shop", "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'shop.db'}",
-        "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
-        "WEBPUSH_REDIS_URL": REDIS_URL, "WEBPUSH_EXTRA_PUSH_SERVICES": [push_service.origin],
-    })
-    with app.app_context():
-        db.create_all()
-        seed()
-    server = LiveServer(app)
+    env = shop_environment(tmp_path_factory.mktemp("shop"), push_service, secret_key="live-shop")
+    server = LiveServer(make_example_shop(env))
     yield server
     server.stop()
+
+
+class ShopWorker:
+    """A real ``flask --app example_app webpush worker`` process (an RQ worker with its
+    scheduler) configured, as in production, by environment variables only."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        import subprocess
+        import sys
+
+        self.env = env
+        self.queue = env.get("WEBPUSH_QUEUE", "webpush")
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "example_app", "webpush", "worker", *args],
+            env={**os.environ, **env}, cwd=ROOT_DIR, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the worker has registered itself in Redis for its queue."""
+        import time
+
+        import redis
+        from rq import Queue, Worker
+
+        conn = redis.Redis.from_url(self.env["WEBPUSH_REDIS_URL"])
+        queue = Queue(self.queue, connection=conn)
+        deadline = time.monotonic() + timeout
+        while not Worker.all(queue=queue):
+            if self.process.poll() is not None:
+                pytest.fail(f"the worker exited with {self.process.returncode}:\n"
+                            f"{self.log_tail()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the worker did not start within {timeout}s:\n{self.log_tail()}",
+                            pytrace=False)
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM: the current job finishes), then kill what is left."""
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # a work horse left behind
+        self._log.close()
+
+
+def empty_queue(app: Flask) -> None:
+    """Delete the jobs left in the app's queue and in its scheduled and failed registries."""
+    from flask_webpush_targeted.queue import get_queue
+
+    with app.app_context():
+        queue = get_queue()
+        for registry in (queue.scheduled_job_registry, queue.failed_job_registry):
+            for job_id in registry.get_job_ids():
+                registry.remove(job_id, delete_job=True)
+        queue.empty()
 
 
 @pytest.fixture(scope="session")

@@ -129,6 +129,8 @@ def test_a_subscription_id_of_another_user_is_refused_and_nothing_is_stored(
     ({"url": "https://evil.example/phish"}, InvalidNotification),
     ({"url": "//evil.example/phish"}, InvalidNotification),
     ({"url": "javascript:alert(1)"}, InvalidNotification),
+    ({"url": "http://[::1"}, InvalidNotification),
+    ({"send_at": datetime(9999, 1, 1, tzinfo=timezone.utc)}, InvalidNotification),
     ({"icon": "http://evil.example/i.png"}, InvalidNotification),
     ({"title": ""}, InvalidNotification),
     ({"devices": "some"}, InvalidNotification),

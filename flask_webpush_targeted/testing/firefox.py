@@ -98,6 +98,16 @@ def firefox_prefs(push_server_url: str | None, *, debug: bool = False) -> dict[s
     return prefs
 
 
+_GET_NOTIFICATIONS = """
+const done = arguments[arguments.length - 1];
+navigator.serviceWorker.getRegistration(arguments[0])
+  .then((r) => r ? r.getNotifications() : [])
+  .then((list) => done(list.map((n) => ({title: n.title, body: n.body, tag: n.tag,
+                                          data: n.data === undefined ? null : n.data}))))
+  .catch((e) => done(String(e)));
+"""
+
+
 class FirefoxNotFoundError(RuntimeError):
     """The Firefox binary is not installed."""
 
@@ -195,6 +205,18 @@ class FirefoxSession:
         return self._marionette.execute_async_script(
             js, script_args=list(args), script_timeout=int(timeout * 1000)
         )
+
+    def notifications(self, scope: str = "/", timeout: float = 10.0) -> list[dict[str, Any]]:
+        """What the service worker of ``scope`` shows now: ``registration.getNotifications()``.
+
+        ``scope`` is resolved against the current page, which must be on the app's origin
+        (e.g. ``"/webpush/"``, the extension's default). Each notification is a dict with
+        ``title``, ``body``, ``tag`` and ``data``; an empty list when nothing is registered.
+        """
+        result = self.execute_async_script(_GET_NOTIFICATIONS, [scope], timeout=timeout)
+        if isinstance(result, str):
+            raise RuntimeError(f"getNotifications() failed: {result}")
+        return list(result)
 
     def quit(self, timeout: float = 10.0) -> None:
         """End the session and Firefox with all its child processes."""

@@ -11,7 +11,7 @@ _PACKAGE = os.path.dirname(os.path.dirname(__file__))
 
 def create_blueprint() -> Blueprint:
     """A new blueprint with every route of the extension."""
-    from . import admin, api, events, pages, worker
+    from . import admin, api, crm, events, pages, worker
 
     bp = Blueprint(
         "webpush", __name__,
@@ -24,4 +24,5 @@ def create_blueprint() -> Blueprint:
     events.register(bp)
     pages.register(bp)
     admin.register(bp)
+    crm.register(bp)
     return bp

@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import (
     Blueprint,
@@ -31,7 +31,7 @@ from werkzeug.exceptions import Forbidden
 from .. import stats
 from ..charts import series_svg
 from ..csrf import check_csrf, csrf_token
-from ..exceptions import APIError, CSRFError, LoginRequired, NotificationNotFound
+from ..exceptions import APIError, BadRequestError, CSRFError, LoginRequired, NotificationNotFound
 from .common import ext
 from .pages import _login_page
 
@@ -85,23 +85,29 @@ def _int_arg(name: str, default: int) -> int:
     return value if value is not None and value > 0 else default
 
 
-def _date_arg(name: str) -> datetime | None:
+def _bad_filter(json: bool, message: str) -> NoReturn:
+    if json:
+        raise BadRequestError(message)  # the JSON error shape
+    abort(400, message)
+
+
+def _date_arg(name: str, json: bool) -> datetime | None:
     value = request.args.get(name)
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        abort(400, f"{name} must be a date like 2026-11-26.")
+        _bad_filter(json, f"{name} must be a date like 2026-11-26.")
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def _filters() -> dict[str, Any]:
+def _filters(json: bool = False) -> dict[str, Any]:
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
-        abort(400, f"status must be one of {', '.join(STATUSES)}.")
+        _bad_filter(json, f"status must be one of {', '.join(STATUSES)}.")
     return {"status": status, "category": request.args.get("category") or None,
-            "since": _date_arg("since"), "until": _date_arg("until")}
+            "since": _date_arg("since", json), "until": _date_arg("until", json)}
 
 
 def _notification(nid: int) -> Any:
@@ -146,7 +152,7 @@ def notifications_page() -> ResponseReturnValue:
 def notifications_json() -> ResponseReturnValue:
     """The same list as JSON."""
     _allowed(json=True)
-    page, filters = _int_arg("page", 1), _filters()
+    page, filters = _int_arg("page", 1), _filters(json=True)
     webpush = ext()
     items, total = stats.list_notifications(webpush.db, webpush.models, page=page,
                                             per_page=_int_arg("per_page", PER_PAGE), **filters)

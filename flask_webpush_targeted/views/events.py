@@ -27,7 +27,9 @@ def register(bp: Blueprint) -> None:
 def _check_rate_limit() -> None:
     limit = current_app.config["WEBPUSH_EVENTS_RATE_LIMIT"]
     window = int(time.time() // 60)
-    key = f"webpush:events-rate:{request.remote_addr}:{window}"
+    # Named after the queue: apps sharing a Redis keep limits of their own.
+    key = (f"webpush:events-rate:{current_app.config['WEBPUSH_QUEUE']}:"
+           f"{request.remote_addr}:{window}")
     try:
         conn = redis_connection()
         pipe = conn.pipeline()

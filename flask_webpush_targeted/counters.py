@@ -1,0 +1,94 @@
+"""Running counters per notification (the ``webpush_stat`` rows), bumped as things happen.
+
+The funnel, the time series and the per-platform figures are read from a few
+counter rows instead of aggregating up to millions of deliveries. Every change
+of a delivery's final state, and every first event, bumps them in the same
+transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from .models import Models
+
+COUNTERS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
+            "clicked", "closed")
+FINAL_STATUSES = ("sent", "failed", "gone", "expired", "skipped")
+
+Increments = dict[tuple[str, str], dict[str, int]]
+
+
+def insert_for(db: Any, table: sa.Table) -> Any:
+    """An INSERT of the session's dialect, with on_conflict_* support where it exists."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise NotImplementedError(f"flask-webpush-targeted supports PostgreSQL and SQLite, "
+                              f"not {dialect}")
+
+
+def send_start(n: Any) -> datetime:
+    """When sending a notification starts: its send_at, or its creation if that is later."""
+    return max(n.send_at, n.created_at) if n.send_at else n.created_at
+
+
+def bucket(start: datetime, at: datetime) -> tuple[str, str]:
+    """The time-series bucket of ``at``: per minute in the first hour after ``start``, then
+    per hour (UTC)."""
+    if at < start + timedelta(hours=1):
+        return "minute", at.strftime("%Y-%m-%dT%H:%M:00")
+    return "hour", at.strftime("%Y-%m-%dT%H:00:00")
+
+
+def new_increments() -> Increments:
+    """An empty set of increments: ``inc[(dimension, key)][counter] += n``."""
+    return defaultdict(lambda: defaultdict(int))
+
+
+def add(inc: Increments, counter: str, n: int = 1, *, at: tuple[str, str] | None = None,
+        platform: str | None = None) -> None:
+    """Count ``n`` in the total, and in a time bucket and a platform when given."""
+    inc[("total", "")][counter] += n
+    if at is not None:
+        inc[at][counter] += n
+    if platform is not None:
+        inc[("platform", platform or "unknown")][counter] += n
+
+
+def bump(db: Any, m: Models, notification_id: int, inc: Increments) -> None:
+    """Add the increments to the counter rows (upsert), in the caller's transaction."""
+    rows = [{"notification_id": notification_id, "dimension": d, "key": k,
+             **{c: int(values.get(c, 0)) for c in COUNTERS}}
+            for (d, k), values in sorted(inc.items()) if any(values.values())]
+    if not rows:
+        return
+    table = m.Stat.__table__
+    stmt = insert_for(db, table)
+    # Sorted rows: two workers bumping the same rows lock them in the same order.
+    db.session.execute(stmt.on_conflict_do_update(
+        index_elements=["notification_id", "dimension", "key"],
+        set_={c: table.c[c] + stmt.excluded[c] for c in COUNTERS}), rows)
+
+
+def totals(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """The funnel counters of several notifications (zeros where nothing happened yet)."""
+    ids = list(ids)
+    result = {i: dict.fromkeys(COUNTERS, 0) for i in ids}
+    if ids:
+        S = m.Stat
+        for row in db.session.scalars(sa.select(S).where(S.notification_id.in_(ids),
+                                                         S.dimension == "total")):
+            result[row.notification_id] = {c: getattr(row, c) for c in COUNTERS}
+    return result

@@ -1,0 +1,305 @@
+"""Reading the push API's requests: JSON bodies, query strings, idempotency, outcomes.
+
+The split of errors, documented in docs/api.md and the OpenAPI document:
+a request that is not the documented shape (not JSON, unknown field, wrong JSON
+type, a time that is not RFC 3339 with an offset) is a 400 ``bad_request``,
+found here; a well-formed request whose values the library refuses is a 422
+``invalid_notification`` (or 413 ``payload_too_large``) from ``sending.py``,
+which this module never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .exceptions import APIError, BadRequestError, RequestTooLarge
+from .models import Models
+
+#: deepest nesting of arrays and objects accepted in a body (``data`` is free-form)
+MAX_DEPTH = 32
+MAX_ID = 2**63 - 1
+STATUSES = ("scheduled", "queued", "sending", "done", "cancelled")
+MAX_PER_PAGE = 100
+MAX_PAGE = 100_000
+#: times from here on are refused: year 9999 leaves no room for a ttl to be added
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+                      r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_CHUNK = 1000
+
+_TEXT_FIELDS = ("body", "url", "urgency", "topic", "category", "icon", "image", "badge", "tag")
+_BOOL_FIELDS = ("require_interaction", "silent")
+FIELDS = frozenset(("user_ids", "title", "devices", "ttl", "send_at", "actions", "data",
+                    *_TEXT_FIELDS, *_BOOL_FIELDS))
+
+
+class TooManyUsers(APIError, RequestEntityTooLarge):
+    """More user ids than WEBPUSH_API_MAX_USERS in one request."""
+
+    error = "too_many_users"
+
+
+@dataclass(frozen=True)
+class NotifyRequest:
+    """A well-formed ``POST notifications`` body: the ids and notify_users' keyword arguments."""
+
+    user_ids: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical request: equal for equal meaning, whatever the spelling."""
+        canonical = {"user_ids": self.user_ids, **self.options}
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          default=lambda v: v.isoformat())
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- the body ---------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number is out of range")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("an object has the same key twice")
+    return result
+
+
+def _check_tree(value: Any, depth: int = 0) -> None:
+    """Depth limit, and text that can be stored and encoded (no lone surrogates)."""
+    if depth > MAX_DEPTH:
+        raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequestError("The body holds text that is not valid Unicode "
+                                  "(a lone surrogate escape).") from exc
+    elif isinstance(value, list):
+        for item in value:
+            _check_tree(item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(key, depth + 1)
+            _check_tree(item, depth + 1)
+
+
+def read_json_body(limit: int) -> Any:
+    """The request's JSON body, at most ``limit`` bytes, strict UTF-8 JSON with finite numbers."""
+    too_large = RequestTooLarge(f"The body is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    if not request.is_json:
+        raise BadRequestError("Send JSON with Content-Type: application/json.")
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                           parse_float=_finite, object_pairs_hook=_no_duplicates)
+    except RecursionError as exc:
+        raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our own checks
+        raise BadRequestError(f"The body is not valid JSON ({exc}).") from exc
+    _check_tree(value)
+    return value
+
+
+def _integer(value: Any) -> int | None:
+    """An int for a JSON integer (``3`` or ``3.0``, as JSON Schema counts them), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _user_id(value: Any, index: int) -> str:
+    number = _integer(value)
+    if number is not None:
+        if not -MAX_ID - 1 <= number <= MAX_ID:
+            raise BadRequestError(f"user_ids[{index}] is an integer out of the 64-bit range.")
+        return str(number)
+    if not isinstance(value, str):
+        raise BadRequestError(f"user_ids[{index}] must be a string or an integer.")
+    if "\x00" in value:
+        raise BadRequestError(f"user_ids[{index}] must not contain NUL characters.")
+    return value
+
+
+def _devices(value: Any) -> Any:
+    if isinstance(value, str):
+        return value  # "all" | "latest"; another word is refused by sending.py (422)
+    if not isinstance(value, list):
+        raise BadRequestError("devices must be 'all', 'latest' or a list of subscription ids.")
+    ids = []
+    for index, item in enumerate(value):
+        number = _integer(item)
+        if number is None or not 1 <= number <= MAX_ID:
+            raise BadRequestError(f"devices[{index}] must be a subscription id (a positive "
+                                  "64-bit integer).")
+        ids.append(number)
+    return ids
+
+
+def _actions(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise BadRequestError("actions must be a list of {'action', 'title', 'icon'?} objects.")
+    for index, item in enumerate(value):
+        if (not isinstance(item, dict) or set(item) - {"action", "title", "icon"}
+                or not {"action", "title"} <= set(item)
+                or not all(isinstance(v, str) for v in item.values())):
+            raise BadRequestError(f"actions[{index}] must be an object with the strings "
+                                  "'action' and 'title', and optionally 'icon'.")
+    return value
+
+
+def parse_notification(body: Any, max_users: int) -> NotifyRequest:
+    """Check the shape of a ``POST notifications`` body; the values are left to sending.py."""
+    if not isinstance(body, dict):
+        raise BadRequestError("The body must be a JSON object.")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise BadRequestError(f"Unknown field(s): {', '.join(unknown)}.")
+    raw_ids = body.get("user_ids")
+    if not isinstance(raw_ids, list):
+        raise BadRequestError("user_ids is required: a list of user ids (strings or integers).")
+    if len(raw_ids) > max_users:
+        raise TooManyUsers(f"{len(raw_ids)} user ids in one request; at most {max_users} are "
+                           "accepted. Send a larger audience in several requests.")
+    user_ids = [_user_id(v, i) for i, v in enumerate(raw_ids)]
+    if not isinstance(body.get("title"), str):
+        raise BadRequestError("title is required and must be a string.")
+    # null means "not given": the library's default applies.
+    given = {k: v for k, v in body.items() if v is not None and k != "user_ids"}
+    options: dict[str, Any] = {"title": given.pop("title")}
+    for name in _TEXT_FIELDS:
+        if name in given and not isinstance(given[name], str):
+            raise BadRequestError(f"{name} must be a string.")
+    if "category" in given and "\x00" in given["category"]:
+        raise BadRequestError("category must not contain NUL characters.")
+    for name in _BOOL_FIELDS:
+        if name in given and not isinstance(given[name], bool):
+            raise BadRequestError(f"{name} must be true or false.")
+    if "ttl" in given:
+        ttl = _integer(given["ttl"])
+        if ttl is None:
+            raise BadRequestError("ttl must be an integer number of seconds.")
+        given["ttl"] = ttl
+    if "devices" in given:
+        given["devices"] = _devices(given["devices"])
+    if "actions" in given:
+        given["actions"] = _actions(given["actions"])
+    if "send_at" in given:
+        given["send_at"] = parse_rfc3339(given["send_at"], "send_at")
+    options.update(given)
+    return NotifyRequest(user_ids, options)
+
+
+# -- times, query strings, headers -------------------------------------------------------------
+
+
+def parse_rfc3339(value: Any, name: str) -> datetime:
+    """An RFC 3339 date-time with its offset (``Z`` or ``+01:00``), as an aware UTC datetime."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise BadRequestError(
+            f"{name} must be an RFC 3339 date-time with an offset, e.g. "
+            "'2026-12-01T09:00:00+01:00' or '2026-12-01T08:00:00Z'; a time without an "
+            "offset is ambiguous and refused.")
+    text = value.upper().replace("Z", "+00:00")
+    try:
+        when = datetime.fromisoformat(text).astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        raise BadRequestError(f"{name} is not a valid date-time ({exc}).") from exc
+    if when >= LATEST:
+        # Scheduling adds a validity period and a grace time: leave room before year 9999.
+        raise BadRequestError(f"{name} is not a valid date-time (after {LATEST.year}).")
+    return when
+
+
+def _int_arg(args: Mapping[str, str], name: str, default: int, top: int) -> int:
+    text = args.get(name)
+    if text is None:
+        return default
+    if (not text.isascii() or not text.isdigit() or len(text.lstrip("0")) > 9
+            or not 1 <= int(text) <= top):
+        raise BadRequestError(f"{name} must be an integer from 1 to {top}.")
+    return int(text)
+
+
+def parse_list_args(args: Mapping[str, str]) -> dict[str, Any]:
+    """The filters and page of ``GET notifications``; unknown parameters are ignored, and
+    an empty one (``?since=&status=done``, as URL templates write) is as if absent."""
+    args = {k: v for k, v in args.items() if v != ""}
+    query: dict[str, Any] = {
+        "page": _int_arg(args, "page", 1, MAX_PAGE),
+        "per_page": _int_arg(args, "per_page", 25, MAX_PER_PAGE),
+    }
+    for name in ("since", "until"):
+        if args.get(name) is not None:
+            query[name] = parse_rfc3339(args[name], name)
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequestError(f"status must be one of {', '.join(STATUSES)}.")
+    category = args.get("category")
+    if category is not None and (not 0 < len(category) <= 64 or "\x00" in category):
+        raise BadRequestError("category must be 1 to 64 characters, without NUL.")
+    query.update(status=status, category=category)
+    return query
+
+
+def idempotency_key(header: str | None) -> str | None:
+    """The Idempotency-Key header: 1 to 200 visible ASCII characters, or None."""
+    if header is None:
+        return None
+    if not 0 < len(header) <= 200 or not all("!" <= c <= "~" for c in header):
+        raise BadRequestError("Idempotency-Key must be 1 to 200 visible ASCII characters "
+                              "(e.g. a UUID).")
+    return header
+
+
+def check_user_id(user_id: str) -> str:
+    """A user id from a path: 1 to 255 characters, no NUL."""
+    if not 0 < len(user_id) <= 255 or "\x00" in user_id:
+        raise BadRequestError("A user id is 1 to 255 characters, without NUL.")
+    return user_id
+
+
+# -- the per-user outcome ---------------------------------------------------------------------
+
+
+def users_without_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> list[str]:
+    """The ids, in request order, with no active (consented) device among those targeted."""
+    Sub = m.Subscription
+    wanted = list(dict.fromkeys(user_ids))
+    covered: set[str] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        query = sa.select(Sub.user_id).where(Sub.user_id.in_(wanted[start:start + _CHUNK]),
+                                             Sub.revoked_at.is_(None))
+        if isinstance(devices, list):
+            query = query.where(Sub.id.in_(devices))
+        covered.update(db.session.scalars(query.distinct()))
+    return [u for u in wanted if u not in covered]

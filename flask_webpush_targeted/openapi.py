@@ -1,0 +1,478 @@
+"""The OpenAPI 3.1 document of the push API, written by hand to match views/crm.py.
+
+tests/test_openapi.py keeps the two honest: every route under ``/api/v1`` is
+described here and everything here is routed, every example validates against
+its schema, and a property-based test finds no answer the document does not
+describe. Response objects are closed (``additionalProperties: false``) so a
+field added to an answer must be added here too.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .crm_requests import LATEST, MAX_DEPTH, MAX_ID, MAX_PAGE, MAX_PER_PAGE, STATUSES
+
+STATUS_URL = "https://shop.example/webpush/api/v1/notifications/42"
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null (null means "not given": the default applies)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"error": code, "message": message}
+
+
+_ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
+    "400": ("Malformed: not JSON, an unknown field, a wrong type, a time without offset.", {
+        "bad_filter": _error("bad_request", "status must be one of scheduled, queued, sending, "
+                             "done, cancelled."),
+        "bad_user_id": _error("bad_request", "A user id is 1 to 255 characters, without NUL."),
+        "unknown_field": _error("bad_request", "Unknown field(s): colour."),
+        "naive_time": _error("bad_request", "send_at must be an RFC 3339 date-time with an "
+                             "offset, e.g. '2026-12-01T09:00:00+01:00' or "
+                             "'2026-12-01T08:00:00Z'; a time without an offset is ambiguous "
+                             "and refused."),
+    }),
+    "401": ("No API key, or one that is unknown, wrong or revoked.", {
+        "missing": _error("api_key_required", "Send an API key: 'Authorization: Bearer wpk_...'."),
+        "invalid": _error("invalid_api_key", "The API key is not valid."),
+    }),
+    "403": ("The key lacks the scope this operation needs.", {
+        "scope": _error("insufficient_scope", "This API key lacks the 'send' scope; create one "
+                        "with `flask webpush api-key create NAME --scope send`."),
+    }),
+    "404": ("No such notification, or not one this key may see.", {
+        "missing": _error("not_found", "No notification '99' for this API key."),
+    }),
+    "409": ("Conflict.", {
+        "idempotency": _error("idempotency_conflict", "This Idempotency-Key was used with another "
+                              "request body; use a new key for a new notification."),
+        "finished": _error("not_cancellable", "Notification 42 is done already: nothing to "
+                           "cancel."),
+    }),
+    "413": ("Too large: the body, the number of user ids, or the Web Push payload.", {
+        "users": _error("too_many_users", "10001 user ids in one request; at most 10000 are "
+                        "accepted. Send a larger audience in several requests."),
+        "payload": _error("payload_too_large", "The payload is 4120 bytes with its tracking "
+                          "token; Web Push allows 3993. Shorten the body or data."),
+        "body": _error("too_large", "The body is larger than 1048576 bytes."),
+    }),
+    "422": ("Well-formed, but a value is refused (urgency, ttl, topic, url, devices...).", {
+        "urgency": _error("invalid_notification",
+                          "urgency must be one of very-low, low, normal, high."),
+    }),
+    "429": ("Over the key's rate limit (WEBPUSH_API_RATE_LIMIT per minute).", {
+        "limited": _error("rate_limited", "More than 600 requests this minute with this API "
+                          "key; try again after Retry-After seconds."),
+    }),
+}
+
+
+def _errors(*codes: str, **only: str) -> dict[str, Any]:
+    """The error responses ``codes``; ``e409="finished"`` keeps that 409 example only."""
+    responses: dict[str, Any] = {}
+    for code in codes:
+        description, examples = _ERRORS[code]
+        if f"e{code}" in only:
+            examples = {name: examples[name] for name in only[f"e{code}"].split(",")}
+        response: dict[str, Any] = {"description": description, "content": {
+            "application/json": {"schema": _ref("Error"), "examples": {
+                name: {"value": value} for name, value in examples.items()}}}}
+        if code == "429":
+            response["headers"] = {"Retry-After": {
+                "description": "Seconds until the next minute's window.", "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 60}}}
+        if code == "401":
+            response["headers"] = {"WWW-Authenticate": {
+                "description": "The Bearer challenge of RFC 6750.", "required": True,
+                "schema": {"type": "string"}}}
+        responses[code] = response
+    return responses
+
+
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+_TIME = {"type": "string", "format": "date-time"}
+#: a time a client sends: RFC 3339 with an offset, before LATEST
+_TIME_IN = {**_TIME, "description": "RFC 3339 with an offset ('Z' or '+01:00'); a time "
+            f"without one is refused (400), and so is one from {LATEST.year} on."}
+_URL_TEXT = "A path on this site ('/trips/42') or a URL on its origin."
+_URL = {"type": "string", "minLength": 1, "maxLength": 2048, "description": _URL_TEXT}
+_COUNT = {"type": "integer", "minimum": 0}
+_RATE = {"type": ["number", "null"], "minimum": 0}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "additionalProperties": False, "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "A machine-readable code."},
+            "message": {"type": "string", "description": "What is wrong, for a person."},
+        },
+    },
+    "NotificationRequest": {
+        "type": "object", "additionalProperties": False, "required": ["user_ids", "title"],
+        "description": "The arguments of notify_users. A null field is the same as an "
+                       "absent one. Fields the document does not list are refused (400).",
+        "properties": {
+            "user_ids": {
+                "type": "array", "minItems": 1, "maxItems": 10_000,
+                "description": "The users, as your user ids (Flask-Login's get_id()). At most "
+                               "WEBPUSH_API_MAX_USERS (10,000 by default; more is a 413): send "
+                               "a larger audience in several requests.",
+                "items": {"anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": 255,
+                     "pattern": "^[^\\u0000]*$"},
+                    {"type": "integer", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
+                ]},
+            },
+            "title": {"type": "string", "minLength": 1, "pattern": "\\S"},
+            "body": _nullable({"type": "string"}),
+            "url": _nullable({**_URL, "minLength": 0,
+                              "description": _URL_TEXT + " Empty or absent: '/'."}),
+            "devices": _nullable({"anyOf": [
+                {"type": "string", "enum": ["all", "latest"]},
+                {"type": "array", "minItems": 1, "items": _ID,
+                 "description": "Subscription ids, each of one of the targeted users."},
+            ]}),
+            "ttl": _nullable({"type": "integer", "minimum": 0, "maximum": 2_419_200,
+                              "description": "Validity period in seconds (RFC 8030 TTL); "
+                                            "default WEBPUSH_DEFAULT_TTL."}),
+            "urgency": _nullable({"type": "string",
+                                  "enum": ["very-low", "low", "normal", "high"]}),
+            "topic": _nullable({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$",
+                                "description": "Collapse key (RFC 8030 Topic)."}),
+            "send_at": _nullable(_TIME_IN),
+            "category": _nullable({"type": "string", "minLength": 1, "maxLength": 64,
+                                   "pattern": "^[^\\u0000]*$"}),
+            "icon": _nullable(_URL),
+            "image": _nullable(_URL),
+            "badge": _nullable(_URL),
+            "tag": _nullable({"type": "string", "minLength": 1, "maxLength": 64}),
+            "actions": _nullable({
+                "type": "array", "maxItems": 2,
+                "items": {"type": "object", "additionalProperties": False,
+                          "required": ["action", "title"], "properties": {
+                              "action": {"type": "string"}, "title": {"type": "string"},
+                              "icon": {"type": "string"}}},
+            }),
+            "data": {"description": f"Any JSON, nested at most {MAX_DEPTH} levels, handed to "
+                                    "the service worker."},
+            "require_interaction": _nullable({"type": "boolean"}),
+            "silent": _nullable({"type": "boolean"}),
+        },
+    },
+    "NotificationAccepted": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "status", "status_url", "created_at", "send_at", "targeted_users",
+                     "users_without_devices", "replayed"],
+        "properties": {
+            "id": _ID,
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "status_url": {"type": "string", "format": "uri"},
+            "created_at": _TIME,
+            "send_at": {"type": ["string", "null"], "format": "date-time"},
+            "targeted_users": _COUNT,
+            "users_without_devices": {
+                "type": "array", "items": {"type": "string"},
+                "description": "The requested ids with no active, consented device among "
+                               "those targeted, at the time of the answer."},
+            "replayed": {"type": "boolean", "description": "True when this answers an earlier "
+                         "request with the same Idempotency-Key and body."},
+        },
+    },
+    "FailureReason": {
+        "type": "object", "additionalProperties": False,
+        "required": ["status", "status_code", "reason", "count"],
+        "properties": {"status": {"type": "string"},
+                       "status_code": {"type": ["integer", "null"]},
+                       "reason": {"type": ["string", "null"]}, "count": _COUNT},
+    },
+    "PlatformFigures": {
+        "type": "object", "additionalProperties": False,
+        "required": ["platform", "deliveries", "sent", "displayed", "clicked"],
+        "properties": {"platform": {"type": "string"}, "deliveries": _COUNT, "sent": _COUNT,
+                       "displayed": _COUNT, "clicked": _COUNT},
+    },
+    "Stats": {
+        "type": "object", "additionalProperties": False,
+        "description": "The funnel of docs/design.md; rates are null until their base is > 0. "
+                       "failure_reasons, by_platform and pruned come with one notification.",
+        "required": ["targeted_users", "users_without_devices", "deliveries", "pending", "sent",
+                     "failed", "gone", "expired", "skipped", "displayed", "clicked", "closed",
+                     "display_rate", "click_rate", "click_through_rate"],
+        "properties": {
+            **{k: _COUNT for k in ("targeted_users", "users_without_devices", "deliveries",
+                                   "pending", "sent", "failed", "gone", "expired", "skipped",
+                                   "displayed", "clicked", "closed")},
+            **{k: _RATE for k in ("display_rate", "click_rate", "click_through_rate")},
+            "failure_reasons": {"type": "array", "items": _ref("FailureReason")},
+            "by_platform": {"type": "array", "items": _ref("PlatformFigures")},
+            "pruned": {"type": "boolean"},
+        },
+    },
+    "Notification": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "status", "title", "category", "urgency", "ttl", "topic",
+                     "created_at", "send_at", "finished_at", "status_url", "stats"],
+        "properties": {
+            "id": _ID,
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "title": {"type": "string"},
+            "category": {"type": ["string", "null"]},
+            "urgency": {"type": "string", "enum": ["very-low", "low", "normal", "high"]},
+            "ttl": _COUNT,
+            "topic": {"type": ["string", "null"]},
+            "created_at": _TIME,
+            "send_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "status_url": {"type": "string", "format": "uri"},
+            "stats": _ref("Stats"),
+        },
+    },
+    "NotificationList": {
+        "type": "object", "additionalProperties": False,
+        "required": ["notifications", "page", "per_page", "total", "next"],
+        "properties": {
+            "notifications": {"type": "array", "items": _ref("Notification")},
+            "page": {"type": "integer", "minimum": 1},
+            "per_page": {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
+            "total": _COUNT,
+            "next": {"type": ["string", "null"], "format": "uri",
+                     "description": "The next page, or null on the last one."},
+        },
+    },
+    "Device": {
+        "type": "object", "additionalProperties": False,
+        "description": "What a support agent may see: never the endpoint or keys.",
+        "required": ["id", "label", "push_service", "added_at", "last_used_at", "active",
+                     "consent"],
+        "properties": {
+            "id": _ID,
+            "label": {"type": ["string", "null"], "description": "e.g. 'Firefox on Linux'."},
+            "push_service": {"type": "string", "description": "The push service's host only."},
+            "added_at": _TIME,
+            "last_used_at": {**_TIME, "description": "The later of the browser's last contact "
+                             "and the last push a push service accepted for it."},
+            "active": {"type": "boolean"},
+            "consent": {
+                "type": "object", "additionalProperties": False,
+                "required": ["state", "text_version", "granted_at", "ended_at", "reason"],
+                "properties": {
+                    "state": {"type": "string", "enum": ["granted", "withdrawn", "expired"],
+                              "description": "expired: the browser ended the subscription "
+                                             "(gone, rotated); withdrawn: the customer did."},
+                    "text_version": {"type": "string"},
+                    "granted_at": _TIME,
+                    "ended_at": {"type": ["string", "null"], "format": "date-time"},
+                    "reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+    "DeviceList": {
+        "type": "object", "additionalProperties": False, "required": ["user_id", "devices"],
+        "properties": {"user_id": {"type": "string"},
+                       "devices": {"type": "array", "items": _ref("Device")}},
+    },
+}
+
+_STATS_EXAMPLE: dict[str, Any] = {
+    "targeted_users": 3, "users_without_devices": 1, "deliveries": 3, "pending": 0, "sent": 3,
+    "failed": 0, "gone": 0, "expired": 0, "skipped": 0, "displayed": 2, "clicked": 1,
+    "closed": 0, "display_rate": 0.6667, "click_rate": 0.5, "click_through_rate": 0.3333,
+}
+_NOTIFICATION_EXAMPLE: dict[str, Any] = {
+    "id": 42, "status": "done", "title": "Flight LO123 boards at gate 12", "category": "travel",
+    "urgency": "high", "ttl": 3600, "topic": "trip-42",
+    "created_at": "2026-12-01T08:00:00+00:00", "send_at": None,
+    "finished_at": "2026-12-01T08:00:03+00:00", "status_url": STATUS_URL,
+    "stats": {**_STATS_EXAMPLE, "pruned": False,
+              "failure_reasons": [],
+              "by_platform": [{"platform": "Firefox on Linux", "deliveries": 2, "sent": 2,
+                               "displayed": 2, "clicked": 1}]},
+}
+_LISTED_EXAMPLE = {**_NOTIFICATION_EXAMPLE, "stats": _STATS_EXAMPLE}
+_SEND_EXAMPLE = {
+    "user_ids": ["1042", "1043", 1044], "title": "Flight LO123 boards at gate 12",
+    "body": "Boarding closes 10:40.", "url": "/trips/42", "devices": "all", "ttl": 3600,
+    "urgency": "high", "topic": "trip-42", "category": "travel",
+}
+
+
+def _json(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
+    return {"application/json": {"schema": schema, "examples": {
+        name: {"value": value} for name, value in examples.items()}}}
+
+
+_NOTIFICATION_ID = {"name": "notification_id", "in": "path", "required": True, "schema": _ID,
+                    "example": 42}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/openapi.json": {"get": {
+            "operationId": "getOpenAPI", "summary": "This document.", "security": [],
+            "responses": {"200": {"description": "The OpenAPI 3.1 document.", "content": {
+                "application/json": {"schema": {"type": "object"}}}}},
+        }},
+        "/notifications": {
+            "post": {
+                "operationId": "createNotification",
+                "summary": "Send one notification to users of yours (scope: send).",
+                "description": "Stores and queues the notification; workers send it. Answers "
+                               "at once with its id, its status URL and which users have no "
+                               "consented device.",
+                "parameters": [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "The same key with the same body answers the first "
+                                   "notification again (no second send); with another body, "
+                                   "409. Keys are scoped to the API key.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                               "pattern": "^[!-~]+$"},
+                    "example": "crm-campaign-2026-12-01-gate-change"}],
+                "requestBody": {"required": True, "content": _json(
+                    _ref("NotificationRequest"), gate_change=_SEND_EXAMPLE,
+                    scheduled={"user_ids": ["1042"], "title": "Your table is ready at 19:30",
+                               "send_at": "2026-12-01T19:00:00+01:00", "ttl": 1800,
+                               "devices": "latest", "data": {"booking": 981}})},
+                "responses": {
+                    "202": {"description": "Accepted: stored and queued (or scheduled).",
+                            "headers": {
+                                "Location": {"description": "The status URL.", "required": True,
+                                             "schema": {"type": "string"}},
+                                "Idempotent-Replayed": {
+                                    "description": "'true' when this answers an earlier "
+                                                   "request with the same Idempotency-Key.",
+                                    "schema": {"type": "string", "enum": ["true"]}}},
+                            "content": _json(_ref("NotificationAccepted"), accepted={
+                                "id": 42, "status": "queued", "status_url": STATUS_URL,
+                                "created_at": "2026-12-01T08:00:00+00:00", "send_at": None,
+                                "targeted_users": 3, "users_without_devices": ["1044"],
+                                "replayed": False})},
+                    **_errors("400", "401", "403", "409", "413", "422", "429",
+                              e400="unknown_field,naive_time", e409="idempotency"),
+                },
+            },
+            "get": {
+                "operationId": "listNotifications",
+                "summary": "Notifications, newest first, with their funnels (scope: stats).",
+                "description": "An empty parameter is the same as an absent one; parameters "
+                               "not listed here are ignored.",
+                "parameters": [
+                    {"name": "since", "in": "query", "allowEmptyValue": True, "schema": _TIME_IN,
+                     "description": "Created at or after this time.",
+                     "example": "2026-12-01T00:00:00Z"},
+                    {"name": "until", "in": "query", "allowEmptyValue": True, "schema": _TIME_IN,
+                     "description": "Created before.", "example": "2026-12-02T00:00:00+01:00"},
+                    {"name": "status", "in": "query", "allowEmptyValue": True,
+                     "schema": {"type": "string", "enum": list(STATUSES)}, "example": "done"},
+                    {"name": "category", "in": "query", "allowEmptyValue": True,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 64,
+                                "pattern": "^[^\\u0000]*$"}, "example": "travel"},
+                    {"name": "page", "in": "query", "allowEmptyValue": True,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                "default": 1}, "example": 1},
+                    {"name": "per_page", "in": "query", "allowEmptyValue": True,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
+                                "default": 25}, "example": 25},
+                ],
+                "responses": {
+                    "200": {"description": "One page.", "content": _json(
+                        _ref("NotificationList"), page={
+                            "notifications": [_LISTED_EXAMPLE], "page": 1, "per_page": 25,
+                            "total": 1, "next": None})},
+                    **_errors("400", "401", "403", "429", e400="bad_filter"),
+                },
+            },
+        },
+        "/notifications/{notification_id}": {
+            "parameters": [_NOTIFICATION_ID],
+            "get": {
+                "operationId": "getNotification",
+                "summary": "Status and statistics (scope: stats; or send, for the key's own).",
+                "responses": {
+                    "200": {"description": "The notification.",
+                            "content": _json(_ref("Notification"), done=_NOTIFICATION_EXAMPLE)},
+                    **_errors("401", "403", "404", "429"),
+                },
+            },
+            "delete": {
+                "operationId": "cancelNotification",
+                "summary": "Cancel a notification this key created (scope: send).",
+                "description": "Works while it is scheduled, queued or still sending: "
+                               "deliveries not yet sent are skipped. Once done or cancelled, "
+                               "409.",
+                "responses": {
+                    "200": {"description": "Cancelled.", "content": _json(
+                        _ref("Notification"), cancelled={
+                            **_NOTIFICATION_EXAMPLE, "status": "cancelled",
+                            "send_at": "2026-12-01T19:00:00+00:00",
+                            "stats": {**_NOTIFICATION_EXAMPLE["stats"], **{
+                                k: 0 for k in _STATS_EXAMPLE if not k.endswith("_rate")},
+                                "display_rate": None, "click_rate": None,
+                                "click_through_rate": None, "by_platform": []}})},
+                    **_errors("401", "403", "404", "409", "429", e409="finished"),
+                },
+            },
+        },
+        "/users/{user_id}/devices": {
+            "get": {
+                "operationId": "listUserDevices",
+                "summary": "A user's devices as support may see them (scope: devices).",
+                "parameters": [{"name": "user_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "example": "1042"}],
+                "responses": {
+                    "200": {"description": "Newest first; an unknown user has none.",
+                            "content": _json(_ref("DeviceList"), one_device={
+                                "user_id": "1042", "devices": [{
+                                    "id": 7, "label": "Firefox on Linux",
+                                    "push_service": "updates.push.services.mozilla.com",
+                                    "added_at": "2026-11-02T10:00:00+00:00",
+                                    "last_used_at": "2026-12-01T08:00:01+00:00",
+                                    "active": True, "consent": {
+                                        "state": "granted", "text_version": "1",
+                                        "granted_at": "2026-11-02T10:00:00+00:00",
+                                        "ended_at": None, "reason": None}}]})},
+                    **_errors("400", "401", "403", "429", e400="bad_user_id"),
+                },
+            },
+        },
+    }
+
+
+def openapi_document(base_path: str = "/webpush/api/v1", *,
+                     max_users: int = 10_000) -> dict[str, Any]:
+    """The document, its server at ``base_path`` (the blueprint prefix + ``/api/v1``) and
+    its id cap at ``max_users`` (WEBPUSH_API_MAX_USERS)."""
+    doc: dict[str, Any] = copy.deepcopy({
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "flask-webpush-targeted push API", "version": "1",
+            "description": "Targeted Web Push for external systems (CRMs, operations, "
+                           "ticketing). JSON in, JSON out; every error is "
+                           "{\"error\": code, \"message\": text}. See docs/api.md.",
+        },
+        "servers": [{"url": base_path}],
+        "security": [{"apiKey": []}],
+        "components": {
+            "securitySchemes": {"apiKey": {
+                "type": "http", "scheme": "bearer", "bearerFormat": "wpk_<id>_<secret>",
+                "description": "`flask webpush api-key create NAME --scope send` prints one, "
+                               "once. Scopes: send, stats, devices."}},
+            "schemas": SCHEMAS,
+        },
+        "paths": _paths(),
+    })
+    doc["components"]["schemas"]["NotificationRequest"]["properties"]["user_ids"][
+        "maxItems"] = max_users
+    return doc
