@@ -63,11 +63,12 @@ DEFAULTS: dict[str, Any] = {
     #: Events (displayed, clicked, closed) accepted per client address and minute.
     "WEBPUSH_EVENTS_RATE_LIMIT": 600,
     #: Deliveries per batch job: each batch claims, sends and records its rows together.
-    "WEBPUSH_BATCH_SIZE": 100,
-    #: Concurrent requests inside one batch (threads sharing keep-alive connections).
-    "WEBPUSH_SEND_CONCURRENCY": 16,
-    #: Concurrent requests to any one push-service origin (its share of the above).
-    "WEBPUSH_PER_ORIGIN_CONCURRENCY": 16,
+    "WEBPUSH_BATCH_SIZE": 200,
+    #: Requests in flight at once in one worker process (one asyncio event loop). Results
+    #: are written every half this many answers (see benchmarks/README.md for the choice).
+    "WEBPUSH_SEND_CONCURRENCY": 64,
+    #: Requests in flight at once to any one push-service origin.
+    "WEBPUSH_PER_ORIGIN_CONCURRENCY": 64,
     #: Seconds to connect to a push service, and to wait for its answer.
     "WEBPUSH_CONNECT_TIMEOUT": 5.0,
     "WEBPUSH_READ_TIMEOUT": 10.0,

@@ -188,8 +188,11 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     ext = _ext()
     db, m = ext.db, ext.models
     config = current_app.config
-    D, Sub = m.Delivery, m.Subscription
-    n = db.session.get(m.Notification, notification_id)
+    D, Sub, N = m.Delivery, m.Subscription, m.Notification
+    # Only what a batch needs: the targeting of a large audience is megabytes of JSON.
+    n = db.session.execute(sa.select(N.id, N.status, N.payload, N.ttl, N.urgency, N.topic,
+                                     N.send_at, N.created_at).where(N.id == notification_id)
+                           ).one_or_none()
     if n is None:
         return {}
     in_batch = (D.notification_id == notification_id, D.id.between(first_id, last_id))
@@ -210,7 +213,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     db.session.commit()
     rows = db.session.execute(
         sa.select(D.id, D.subscription_id, D.attempts, Sub.endpoint, Sub.p256dh, Sub.auth,
-                  Sub.revoked_at, Sub.label)
+                  Sub.revoked_at, Sub.label, Sub.consecutive_failures)
         .outerjoin(Sub, Sub.id == D.subscription_id).where(D.claimed_by == claim)).all()
     if not rows:
         finish_if_complete(notification_id)
@@ -313,15 +316,16 @@ def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushR
     bump(db, m, nid, inc)
     Sub = m.Subscription
     gone = [subscription_of[d] for d, r in results.items() if r.outcome == "gone"]
-    sent = [subscription_of[d] for d, r in results.items() if r.outcome == "sent"]
+    had_failures = {row.id for row in rows if row.consecutive_failures}
+    sent = [subscription_of[d] for d, r in results.items()
+            if r.outcome == "sent" and d in had_failures]
     failed = [subscription_of[d] for d, r in results.items() if r.outcome in ("failed", "retry")]
     if gone:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(gone), Sub.revoked_at.is_(None))
                            .values(revoked_at=now, revoked_reason="gone"))
     if sent:
         # Only rows that had failures: a write per sent row would double the database work.
-        db.session.execute(sa.update(Sub).where(Sub.id.in_(sent), Sub.consecutive_failures > 0)
-                           .values(consecutive_failures=0))
+        db.session.execute(sa.update(Sub).where(Sub.id.in_(sent)).values(consecutive_failures=0))
     if failed:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(failed))
                            .values(consecutive_failures=Sub.consecutive_failures + 1))

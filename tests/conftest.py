@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
+def make_app(db_url: str) -> Iterator[Callable[..., tuple[Flask, SQLAlchemy, WebPush]]]:
+    """Build host apps with extra config and their tables; drop them after.
+
+    ``template_folder`` becomes the host's own template folder, for override tests.
+    """
+    made: list[tuple[Flask, SQLAlchemy]] = []
+
+    def factory(template_folder: Path | None = None,
+                **config: Any) -> tuple[Flask, SQLAlchemy, WebPush]:
+        app, db, webpush = make_host_app(db_url, **config)
+        if template_folder is not None:
+            app.template_folder = str(template_folder)
+        with app.app_context():
+            db.create_all()
+        made.append((app, db))
+        return app, db, webpush
+
+    yield factory
+    for app, db in made:
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+
+
+@pytest.fixture
 def host(db_url: str) -> Iterator[tuple[Flask, SQLAlchemy, WebPush]]:
     """(app, db, webpush) with the tables created, dropped after the test."""
     app, db, webpush = make_host_app(db_url)
@@ -90,6 +117,20 @@ def db(host: tuple[Flask, SQLAlchemy, WebPush]) -> SQLAlchemy:
 @pytest.fixture
 def webpush(host: tuple[Flask, SQLAlchemy, WebPush]) -> WebPush:
     return host[2]
+
+
+def csrf_of(html: str) -> str:
+    """The csrf_token form field of a page."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no csrf_token field in the page"
+    return match.group(1)
+
+
+def log_in(client: Any, email: str, password: str) -> Any:
+    """Log in to the example shop through its form."""
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    return client.post("/login", data={"email": email, "password": password,
+                                       "csrf_token": token})
 
 
 class LoggedInClient:

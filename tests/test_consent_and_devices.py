@@ -4,16 +4,15 @@ template overrides, and the service worker and static files."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import VAPID_PUBLIC, LoggedInClient, make_host_app, make_subscription
+from conftest import VAPID_PUBLIC, LoggedInClient, make_subscription
 from flask import Flask
-from flask_sqlalchemy import SQLAlchemy
 
 from flask_webpush_targeted import WebPush, signals
 from flask_webpush_targeted.subscriptions import SubscriptionStore
@@ -23,35 +22,6 @@ DEVICES = "/webpush/devices"
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_app(db_url: str) -> Iterator[Callable[..., tuple[Flask, SQLAlchemy, WebPush]]]:
-    """Build a host app with extra config and its tables; drop them after.
-
-    ``template_folder`` becomes the host's own template folder (Flask(template_folder=...)).
-    The host's login view is its ``/login`` page (conftest's host names the
-    ``/login/<user_id>`` helper route, which cannot be built without a user id).
-    """
-    made: list[tuple[Flask, SQLAlchemy]] = []
-
-    def factory(template_folder: Path | None = None,
-                **config: Any) -> tuple[Flask, SQLAlchemy, WebPush]:
-        app, db, webpush = make_host_app(db_url, **config)
-        if template_folder is not None:
-            app.template_folder = str(template_folder)
-        app.login_manager.login_view = "login_page"  # type: ignore[attr-defined]
-        with app.app_context():
-            db.create_all()
-        made.append((app, db))
-        return app, db, webpush
-
-    yield factory
-    for app, db in made:
-        with app.app_context():
-            db.session.remove()
-            db.drop_all()
-            db.engine.dispose()
 
 
 def subs(app: Flask, webpush: WebPush) -> dict[int, Any]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from conftest import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, make_subscription
+from conftest import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, csrf_of, log_in, make_subscription
 from flask import Flask
 
 from example_app import create_app, db
@@ -29,18 +28,6 @@ def shop(db_url: str) -> Iterator[Flask]:
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no csrf_token field in the page"
-    return match.group(1)
-
-
-def log_in(client: Any, email: str, password: str) -> Any:
-    token = csrf_of(client.get("/login").get_data(as_text=True))
-    return client.post("/login", data={"email": email, "password": password,
-                                       "csrf_token": token})
 
 
 def test_seeded_customers_and_admin_can_log_in(shop: Flask) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC
+from conftest import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, csrf_of, log_in
 from flask import Flask
 
 from example_app import create_app, db, webpush
@@ -106,18 +106,6 @@ def make_shop(db_url: str, redis_conn: Any) -> Iterator[Callable[..., Flask]]:
 @pytest.fixture
 def shop(make_shop: Callable[..., Flask]) -> Flask:
     return make_shop()
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no csrf_token field in the page"
-    return match.group(1)
-
-
-def log_in(client: Any, email: str, password: str) -> Any:
-    token = csrf_of(client.get("/login").get_data(as_text=True))
-    return client.post("/login", data={"email": email, "password": password,
-                                       "csrf_token": token})
 
 
 def client_of(app: Flask, account: tuple[str, str] | None) -> Any:

@@ -315,3 +315,25 @@ def test_send_at_must_be_aware_and_a_future_one_is_scheduled(sending: SendingHos
     sending.run_worker()
     assert time.monotonic() - start < 30
     assert sending.deliveries(nid) == []  # not due: the burst worker leaves it scheduled
+
+
+def test_send_command_notifies_users_from_options_and_a_file(
+    sending: SendingHost, tmp_path: Any,
+) -> None:
+    subs = [sending.subscribe(uid) for uid in ("1", "2", "3")]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("2\n\n3\n")
+    runner = sending.app.test_cli_runner()
+    result = runner.invoke(args=["webpush", "send", "--user", "1", "--users-file", str(ids),
+                                 "--title", "Shop closes early", "--ttl", "600",
+                                 "--urgency", "high", "--devices", "latest"])
+    assert result.exit_code == 0, result.output
+    assert "for 3 user(s)" in result.output
+    sending.run_worker()
+    for sub in subs:
+        [push] = sending.push_service.received_for(sub.endpoint)
+        assert push.json()["title"] == "Shop closes early" and push.urgency == "high"
+    bad = runner.invoke(args=["webpush", "send", "--user", "1", "--title", "x",
+                              "--url", "https://evil.example/"])
+    assert bad.exit_code != 0 and "relative or on this site" in bad.output
+    assert runner.invoke(args=["webpush", "send", "--title", "x"]).exit_code != 0

@@ -9,7 +9,7 @@ import copy
 import io
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ from conftest import (
     VAPID_PUBLIC,
     LoggedInClient,
     browser_keys,
-    make_host_app,
     make_subscription,
 )
 from cryptography.hazmat.primitives import serialization
@@ -41,26 +40,6 @@ P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_app(db_url: str) -> Iterator[Callable[..., tuple[Flask, SQLAlchemy, WebPush]]]:
-    """Build a host app with extra config (make_host_app) and its tables; drop them after."""
-    made: list[tuple[Flask, SQLAlchemy]] = []
-
-    def factory(**config: Any) -> tuple[Flask, SQLAlchemy, WebPush]:
-        app, db, webpush = make_host_app(db_url, **config)
-        with app.app_context():
-            db.create_all()
-        made.append((app, db))
-        return app, db, webpush
-
-    yield factory
-    for app, db in made:
-        with app.app_context():
-            db.session.remove()
-            db.drop_all()
-            db.engine.dispose()
 
 
 def snapshot(app: Flask, db: SQLAlchemy) -> dict[str, list[tuple[Any, ...]]]:

@@ -1,0 +1,170 @@
+"""Shared set-up for the benchmarks: PostgreSQL schema, the real Redis, a push sink,
+subscriptions in bulk, and `flask webpush worker` processes on the same config."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from hostapp import VAPID_PRIVATE, VAPID_PUBLIC, make_host_app  # noqa: E402
+
+from flask_webpush_targeted.config import b64url_encode  # noqa: E402
+
+POSTGRES_URL = os.environ.get("WEBPUSH_BENCH_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+RESULTS = ROOT / "benchmarks" / "results"
+#: a 313-byte payload once the tracking token is in, as in the issue's figures
+BODY = "Your order #48213 has shipped and will arrive tomorrow between 9:00 and 12:00. " * 2
+
+
+@contextmanager
+def push_sink() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """The lean push service in its own process; yields its origin."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "push_sink.py")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline().split()[1])
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@contextmanager
+def bench_app(origin: str, **config: Any) -> Iterator[Any]:
+    """A host app on a fresh PostgreSQL schema and a fresh queue; dropped afterwards."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    settings = {
+        "SQLALCHEMY_DATABASE_URI": f"{POSTGRES_URL}?options=-csearch_path%3D{schema}",
+        "WEBPUSH_QUEUE": f"bench-{schema}", "WEBPUSH_EXTRA_PUSH_SERVICES": [origin],
+        "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
+        **config,
+    }
+    app, db, webpush = make_host_app(settings["SQLALCHEMY_DATABASE_URI"],
+                                     **{k: v for k, v in settings.items()
+                                        if k != "SQLALCHEMY_DATABASE_URI"})
+    app.config["BENCH_SETTINGS"] = settings
+    with app.app_context():
+        db.create_all()
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+def key_pool(size: int = 64) -> list[tuple[str, str]]:
+    """Browser-like (p256dh, auth) pairs; reused across subscriptions (the sink never decrypts)."""
+    pool = []
+    for _ in range(size):
+        key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        pool.append((b64url_encode(key), b64url_encode(secrets.token_bytes(16))))
+    return pool
+
+
+def add_subscriptions(app: Any, origin: str, count: int, per_user: int = 1) -> list[str]:
+    """Insert ``count`` active subscriptions in bulk; return the distinct user ids."""
+    from flask_webpush_targeted.models import endpoint_hash, utcnow
+
+    webpush = app.extensions["webpush"]
+    pool = key_pool()
+    now = utcnow()
+    rows = []
+    for i in range(count):
+        endpoint = f"{origin}/push/{i}-{uuid.uuid4().hex[:8]}"
+        p256dh, auth = pool[i % len(pool)]
+        rows.append({"user_id": str(i // per_user), "endpoint": endpoint,
+                     "endpoint_sha256": endpoint_hash(endpoint), "p256dh": p256dh,
+                     "auth": auth, "consent_version": "1", "created_at": now,
+                     "last_seen_at": now, "consecutive_failures": 0, "label": "bench"})
+    with app.app_context():
+        table = webpush.models.Subscription.__table__
+        for start in range(0, len(rows), 5000):
+            webpush.db.session.execute(table.insert(), rows[start:start + 5000])
+        webpush.db.session.commit()
+    return sorted({r["user_id"] for r in rows}, key=int)
+
+
+def start_workers(app: Any, count: int, *extra: str) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` `flask webpush worker` processes on the app's settings."""
+    env = {**os.environ, "WEBPUSH_TEST_APP": json.dumps(app.config["BENCH_SETTINGS"]),
+           "PYTHONPATH": str(ROOT / "tests")}
+    cmd = [sys.executable, "-m", "flask", "--app", "hostapp:create_app", "webpush", "worker",
+           *extra]
+    return [subprocess.Popen(cmd, env=env, cwd=ROOT / "tests", stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for _ in range(count)]
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait(10)
+
+
+def wait_for_workers(app: Any, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` workers listen on the app's queue (they start in about a second)."""
+    from rq import Worker
+
+    from flask_webpush_targeted.queue import get_queue
+
+    deadline = time.monotonic() + timeout
+    with app.app_context():
+        queue = get_queue()
+    while len(Worker.all(queue=queue)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} workers registered")
+        time.sleep(0.05)
+
+
+def wait_done(app: Any, notification_id: int, timeout: float = 900) -> float:
+    """Poll until the notification is done; return the monotonic time it was seen done."""
+    webpush = app.extensions["webpush"]
+    N = webpush.models.Notification
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with app.app_context():
+            status = webpush.db.session.scalar(sa.select(N.status).where(N.id == notification_id))
+        if status == "done":
+            return time.monotonic()
+        time.sleep(0.02)
+    raise TimeoutError(f"notification {notification_id} not done in {timeout}s")
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
+    """Run ``measure`` ``runs`` times; return the median and every figure."""
+    figures = [measure() for _ in range(runs)]
+    return statistics.median(figures), figures
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path

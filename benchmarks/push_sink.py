@@ -1,0 +1,106 @@
+"""A lean push service for throughput runs: asyncio, keep-alive, no decryption.
+
+It answers like a push service (201 with Location; 400 without TTL; 401 for a
+missing or invalid VAPID header, verified once per distinct header value, as
+the sender reuses one per origin), counts what it accepted per subscription,
+and reports the counts on ``GET /counts``. The project's LocalPushService
+checks and decrypts everything and is meant for tests; this one exists so the
+service is not the bottleneck when the sender is measured.
+
+    python benchmarks/push_sink.py [--port 0]     # prints "listening <port>"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import time
+from collections import Counter
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+counts: Counter[str] = Counter()
+verified: dict[str, float] = {}  # Authorization header -> its exp
+origin = ""
+
+
+def _b64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def vapid_ok(header: str) -> bool:
+    """RFC 8292 check of a ``vapid t=..., k=...`` header; cached per header value."""
+    exp = verified.get(header)
+    if exp is not None:
+        return exp > time.time()
+    try:
+        params = dict(p.strip().split("=", 1) for p in header.split(" ", 1)[1].split(","))
+        head, claims_b64, sig_b64 = params["t"].split(".")
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), _b64(params["k"]))
+        sig = _b64(sig_b64)
+        key.verify(encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                        int.from_bytes(sig[32:], "big")),
+                   f"{head}.{claims_b64}".encode(), ec.ECDSA(hashes.SHA256()))
+        claims = json.loads(_b64(claims_b64))
+    except (KeyError, ValueError, IndexError, InvalidSignature):
+        return False
+    if claims.get("aud") != origin or not time.time() < claims.get("exp", 0) < time.time() + 86400:
+        return False
+    verified[header] = claims["exp"]
+    return True
+
+
+def answer(status: str, body: bytes = b"", extra: str = "") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {k.lower(): v.strip() for k, _, v in
+                       (line.partition(":") for line in lines[1:] if line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            if method == "GET" and path == "/counts":
+                data = json.dumps({"total": sum(counts.values()),
+                                   "distinct": len(counts)}).encode()
+                writer.write(answer("200 OK", data))
+            elif method != "POST" or not path.startswith("/push/"):
+                writer.write(answer("404 Not Found"))
+            elif not headers.get("ttl", "").isdigit():
+                writer.write(answer("400 Bad Request"))
+            elif not vapid_ok(headers.get("authorization", "")):
+                writer.write(answer("401 Unauthorized"))
+            elif not body or headers.get("content-encoding") != "aes128gcm":
+                writer.write(answer("400 Bad Request"))
+            else:
+                counts[path[6:]] += 1
+                writer.write(answer("201 Created", extra=f"Location: {origin}/m/1\r\n"))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port: int) -> None:
+    global origin
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    bound = server.sockets[0].getsockname()[1]
+    origin = f"http://127.0.0.1:{bound}"
+    print(f"listening {bound}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(main(parser.parse_args().port))

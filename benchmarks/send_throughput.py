@@ -1,0 +1,148 @@
+"""Send throughput: the project's whole path vs a naive pywebpush loop vs the encryption floor.
+
+    python benchmarks/send_throughput.py [--subscriptions 10000] [--runs 3] [--naive 2000]
+
+All three are measured in this run, on this machine, against the same push sink
+(a separate process that verifies VAPID and does not decrypt). The project's
+figure is end to end: notify_users() returns, a `flask webpush worker` process
+fans out to Delivery rows in PostgreSQL, claims batches, encrypts, POSTs over
+HTTP and records every result; the clock stops when the notification is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import http_ece
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from harness import (
+    BODY,
+    VAPID_PRIVATE,
+    add_subscriptions,
+    bench_app,
+    median_of,
+    push_sink,
+    start_workers,
+    stop_workers,
+    wait_done,
+    wait_for_workers,
+    write_result,
+)
+from pywebpush import webpush as pywebpush_send
+
+from flask_webpush_targeted.config import b64url_decode, load_vapid_private_key
+from flask_webpush_targeted.sending import encode_payload
+from flask_webpush_targeted.tracking import make_token
+
+
+def payload_bytes() -> bytes:
+    data = encode_payload({"title": "Order shipped", "body": BODY[:200], "url": "/orders/48213",
+                           "tag": "webpush-1"}, make_token(1, time.time() + 86400, b"k" * 32))
+    return data
+
+
+def floor_rate(subs: list[dict[str, str]], data: bytes) -> float:
+    """Messages/s for the cryptography alone: ephemeral key, ECDH, HKDF, AES-GCM."""
+    keys = [(b64url_decode(s["p256dh"]), b64url_decode(s["auth"])) for s in subs]
+    start = time.perf_counter()
+    for dh, auth in keys:
+        http_ece.encrypt(data, private_key=ec.generate_private_key(ec.SECP256R1()), dh=dh,
+                         auth_secret=auth, version="aes128gcm")
+    return len(keys) / (time.perf_counter() - start)
+
+
+def naive_rate(subs: list[dict[str, str]], data: bytes, origin: str) -> float:
+    """Messages/s for the usual loop of pywebpush.webpush(), one call per message."""
+    key = load_vapid_private_key(VAPID_PRIVATE)
+    pem = Path(tempfile.mkdtemp()) / "vapid.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    start = time.perf_counter()
+    for s in subs:
+        pywebpush_send({"endpoint": s["endpoint"], "keys": {"p256dh": s["p256dh"],
+                                                            "auth": s["auth"]}},
+                       data=data, vapid_private_key=str(pem),
+                       vapid_claims={"sub": "mailto:ops@shop.example"}, ttl=3600)
+    return len(subs) / (time.perf_counter() - start)
+
+
+def project_rate(app: object, user_ids: list[str], workers: int, count: int) -> float:
+    """Messages/s through notify_users and `workers` worker processes, end to end."""
+    procs = start_workers(app, workers, "--simple")
+    try:
+        wait_for_workers(app, workers)
+        webpush = app.extensions["webpush"]  # type: ignore[attr-defined]
+        with app.app_context():  # type: ignore[attr-defined]
+            start = time.monotonic()
+            nid = webpush.notify_users(user_ids, title="Order shipped", body=BODY[:200],
+                                       url="/orders/48213").id
+        done = wait_done(app, nid)
+        with app.app_context():  # type: ignore[attr-defined]
+            stats = webpush.stats(nid)
+        assert stats["sent"] == count, stats
+        return count / (done - start)
+    finally:
+        stop_workers(procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--naive", type=int, default=2_000,
+                        help="messages for the naive loop and the floor (they are slow)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a WEBPUSH_* setting for the workers, e.g. WEBPUSH_BATCH_SIZE=200")
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="measure only the project's path (for tuning)")
+    args = parser.parse_args()
+    settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    data = payload_bytes()
+    with push_sink() as (origin, _sink), bench_app(origin, **settings) as app:
+        user_ids = add_subscriptions(app, origin, args.subscriptions)
+        webpush = app.extensions["webpush"]
+        with app.app_context():
+            subs = [{"endpoint": s.endpoint, "p256dh": s.p256dh, "auth": s.auth}
+                    for s in webpush.db.session.scalars(
+                        sa.select(webpush.models.Subscription).limit(args.naive))]
+        if args.skip_baselines:
+            floor, floor_runs, naive, naive_runs = 1.0, [], 1.0, []
+        else:
+            floor, floor_runs = median_of(args.runs, lambda: floor_rate(subs, data))
+            naive, naive_runs = median_of(args.runs, lambda: naive_rate(subs, data, origin))
+        project = {}
+        for n in args.workers:
+            project[n] = median_of(args.runs, lambda n=n: project_rate(
+                app, user_ids, n, args.subscriptions))
+    one = project[min(project)][0]
+    rows = [("encryption floor (1 core)", floor), ("naive pywebpush loop", naive)] + [
+        (f"project, {n} worker{'s' if n > 1 else ''}", project[n][0]) for n in sorted(project)]
+    print(f"settings {settings or 'defaults'}")
+    print(f"payload {len(data)} bytes, {args.subscriptions} subscriptions, "
+          f"median of {args.runs} runs, {os.cpu_count()} cores")
+    print(f"{'path':<28}{'msgs/s':>10}{'vs naive':>10}{'vs floor':>10}")
+    for name, rate in rows:
+        print(f"{name:<28}{rate:>10.0f}{rate / naive:>9.1f}x{rate / floor:>9.0%}")
+    if len(project) > 1:
+        print(f"scaling {max(project)} workers / 1 worker: {project[max(project)][0] / one:.2f}x")
+    path = write_result("send_throughput", {
+        "settings": settings, "payload_bytes": len(data), "subscriptions": args.subscriptions,
+        "runs": args.runs,
+        "floor": {"median": floor, "runs": floor_runs},
+        "naive": {"median": naive, "runs": naive_runs},
+        "project": {str(n): {"median": m, "runs": r} for n, (m, r) in project.items()},
+    })
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
