@@ -20,10 +20,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .exceptions import APIError, BadRequestError, RequestTooLarge
+from .exceptions import APIError, BadRequestError
 from .models import Models
 
 #: deepest nesting of arrays and objects accepted in a body (``data`` is free-form)
@@ -107,14 +106,9 @@ def _check_tree(value: Any, depth: int = 0) -> None:
 
 def read_json_body(limit: int) -> Any:
     """The request's JSON body, at most ``limit`` bytes, strict UTF-8 JSON with finite numbers."""
-    too_large = RequestTooLarge(f"The body is larger than {limit} bytes.")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise too_large
-    if not request.is_json:
-        raise BadRequestError("Send JSON with Content-Type: application/json.")
+    from .views.common import json_bytes
+
+    data = json_bytes(limit)
     try:
         value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
                            parse_float=_finite, object_pairs_hook=_no_duplicates)

@@ -15,7 +15,7 @@ from .config import DEFAULTS, extra_push_origins, validate_config
 from .csrf import csrf_token
 from .exceptions import ConfigurationError, InvalidNotification
 from .models import Models, get_models
-from .stats import notification_stats
+from .stats import get_notification, notification_stats
 from .subscriptions import SubscriptionStore
 
 #: session key of the subscription ids made in this session (for unbinding at logout)
@@ -177,12 +177,7 @@ class WebPush:
 
     def get_notification(self, notification_id: int) -> Any:
         """The stored Notification, or NotificationNotFound."""
-        from .exceptions import NotificationNotFound
-
-        n = self.db.session.get(self.models.Notification, notification_id)
-        if n is None:
-            raise NotificationNotFound(f"No notification has id {notification_id}.")
-        return n
+        return get_notification(self.db, self.models, notification_id)
 
     def stats(self, notification_id: int) -> dict[str, Any]:
         """The funnel counts of one notification (see docs/design.md)."""

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from rq.job import Job
+from sqlalchemy.orm import defer
 
 from . import signals
 from .config import load_vapid_private_key
@@ -113,7 +114,7 @@ def fan_out(notification_id: int) -> None:
                     if sid in inserted:
                         add(inc, "deliveries", platform=label)
         bump(db, m, n.id, inc)
-        n.users_without_devices = without
+        n.users_without_devices, n.without_count = without, len(without)
         n.fanned_out_at = utcnow()
         db.session.commit()
     enqueue_batches(notification_id)
@@ -392,7 +393,9 @@ def recover() -> dict[str, int]:
     stale = now - timedelta(seconds=config["WEBPUSH_CLAIM_TIMEOUT"])
     queue = get_queue()
     done = {"enqueued": 0, "scheduled": 0, "batches": 0}
-    waiting = db.session.scalars(sa.select(N).where(N.status.in_(("queued", "scheduled"))))
+    waiting = db.session.scalars(sa.select(N).where(N.status.in_(("queued", "scheduled")))
+                                 .options(defer(N.targeting),
+                                          defer(N.users_without_devices)))
     for n in waiting:
         if _job_alive(n.job_id):
             continue
@@ -407,7 +410,8 @@ def recover() -> dict[str, int]:
     db.session.commit()
     sending = db.session.scalars(sa.select(N.id).where(N.status == "sending")).all()
     for nid in sending:
-        n = db.session.get(N, nid)
+        n = db.session.execute(sa.select(N.fanned_out_at, N.queued_at, N.created_at)
+                               .where(N.id == nid)).one()
         if n.fanned_out_at is None:
             if (n.queued_at or n.created_at) < stale:
                 queue.enqueue(fan_out, nid)

@@ -20,11 +20,6 @@ from sqlalchemy.types import TypeDecorator
 
 USER_ID = sa.String(255)
 
-#: Delivery states. ``pending`` until a worker claims it, ``sending`` while
-#: claimed, then one of the final ones.
-DELIVERY_STATUSES = ("pending", "sending", "sent", "delivered", "failed", "gone", "expired",
-                     "skipped")
-
 
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
@@ -164,6 +159,10 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
         targeting: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
         #: requested users with no consented, active device when fanned out
         users_without_devices: Mapped[list[str] | None] = mapped_column(sa.JSON)
+        #: the sizes of the two lists above, kept so lists and figures never load them
+        #: (the targeting of a large audience is megabytes of JSON)
+        target_count: Mapped[int] = mapped_column(nullable=False, default=0)
+        without_count: Mapped[int | None] = mapped_column()
         ttl: Mapped[int] = mapped_column(nullable=False)
         urgency: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="normal")
         topic: Mapped[str | None] = mapped_column(sa.String(32))
@@ -198,6 +197,8 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
         )
         #: kept here so a device that moves accounts keeps its past deliveries' owner
         user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+        #: pending (waiting), sending (claimed by a batch), then one of sent, failed,
+        #: gone, expired, skipped
         status: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="pending")
         status_code: Mapped[int | None] = mapped_column()
         reason: Mapped[str | None] = mapped_column(sa.String(255))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +27,6 @@ MAX_PLAINTEXT = 3993
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _CHUNK = 1000
 
-Devices = str | Sequence[int] | Callable[[Any], bool]
 
 
 def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
@@ -197,7 +196,8 @@ def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[
     now = utcnow()
     scheduled = send_at is not None and send_at > now
     n = N(idempotency_key=idempotency_key, status="scheduled" if scheduled else "queued",
-          category=category, payload=payload, targeting=targeting, ttl=ttl, urgency=urgency,
+          category=category, payload=payload, targeting=targeting,
+          target_count=len(targeting["user_ids"]), ttl=ttl, urgency=urgency,
           topic=topic, send_at=send_at, created_at=now)
     db.session.add(n)
     try:

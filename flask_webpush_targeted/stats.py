@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import defer
 
 from . import counters
 from .exceptions import NotificationNotFound
@@ -36,8 +37,7 @@ def _counts(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]
 
 
 def _funnel(n: Any, counts: dict[str, int]) -> dict[str, Any]:
-    targeted = len(n.targeting.get("user_ids", []))
-    without = len(n.users_without_devices or [])
+    targeted, without = n.target_count, n.without_count or 0
     funnel: dict[str, Any] = {"id": n.id, "status": n.status, "targeted_users": targeted,
                               "users_without_devices": without, **counts,
                               # until the worker fans out, users_without_devices is not known
@@ -48,11 +48,17 @@ def _funnel(n: Any, counts: dict[str, int]) -> dict[str, Any]:
     return funnel
 
 
-def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, Any]:
-    """The full figures of one notification: funnel, rates, failure reasons, platforms."""
+def get_notification(db: Any, m: Models, notification_id: int) -> Any:
+    """The stored Notification, or NotificationNotFound."""
     n = db.session.get(m.Notification, notification_id)
     if n is None:
         raise NotificationNotFound(f"No notification has id {notification_id}.")
+    return n
+
+
+def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, Any]:
+    """The full figures of one notification: funnel, rates, failure reasons, platforms."""
+    n = get_notification(db, m, notification_id)
     D, S = m.Delivery, m.Stat
     stats = _funnel(n, _counts(db, m, [n.id])[n.id])
     stats["by_platform"] = [
@@ -84,7 +90,7 @@ def list_notifications(db: Any, m: Models, *, page: int = 1, per_page: int = 25,
                        ) -> tuple[list[dict[str, Any]], int]:
     """One page of notifications, newest first, each with its funnel; and the total count."""
     N = m.Notification
-    query = sa.select(N)
+    query = sa.select(N).options(defer(N.targeting), defer(N.users_without_devices))
     if status:
         query = query.where(N.status == status)
     if category:
@@ -102,8 +108,7 @@ def list_notifications(db: Any, m: Models, *, page: int = 1, per_page: int = 25,
 
 def time_series(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
     """Sent, displayed and clicked per minute for the first hour after sending, then per hour."""
-    if db.session.get(m.Notification, notification_id) is None:
-        raise NotificationNotFound(f"No notification has id {notification_id}.")
+    get_notification(db, m, notification_id)
     S = m.Stat
     rows = db.session.scalars(sa.select(S).where(
         S.notification_id == notification_id, S.dimension.in_(("minute", "hour"))))

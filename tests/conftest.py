@@ -167,6 +167,15 @@ def other_client(app: Flask) -> LoggedInClient:
     return LoggedInClient(app, "2")
 
 
+def assert_no_secrets(text: str, *subscriptions: dict[str, Any]) -> None:
+    """Neither an endpoint (nor its last part) nor a key of these subscriptions is in text."""
+    for sub in subscriptions:
+        assert sub["endpoint"] not in text
+        assert sub["endpoint"].rsplit("/", 1)[-1] not in text
+        assert sub["keys"]["p256dh"] not in text
+        assert sub["keys"]["auth"] not in text
+
+
 def browser_keys() -> dict[str, str]:
     """A browser-like key pair's public half and a fresh auth secret, base64url."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -283,11 +292,9 @@ class ShopWorker:
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        from flask_webpush_targeted.testing.firefox import tail_of
+
+        return tail_of(self.log_path, lines)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the worker has registered itself in Redis for its queue."""

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import LoggedInClient, browser_keys, make_subscription
+from conftest import LoggedInClient, assert_no_secrets, browser_keys, make_subscription
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
@@ -45,14 +45,6 @@ def rows(app: Flask, db: SQLAlchemy, table: str, **where: Any) -> list[tuple[Any
 def user_rows(app: Flask, db: SQLAlchemy, user_id: str) -> dict[str, list[tuple[Any, ...]]]:
     return {t: rows(app, db, t, user_id=user_id)
             for t in ("webpush_subscription", "webpush_consent", "webpush_delivery")}
-
-
-def assert_no_secrets(text: str, *subscriptions: dict[str, Any]) -> None:
-    for sub in subscriptions:
-        assert sub["endpoint"] not in text
-        assert sub["endpoint"].rsplit("/", 1)[-1] not in text
-        assert sub["keys"]["p256dh"] not in text
-        assert sub["keys"]["auth"] not in text
 
 
 # -- export --------------------------------------------------------------------------------

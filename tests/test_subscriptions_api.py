@@ -18,6 +18,7 @@ from conftest import (
     FCM,
     VAPID_PUBLIC,
     LoggedInClient,
+    assert_no_secrets,
     browser_keys,
     make_subscription,
 )
@@ -80,14 +81,6 @@ def assert_error(resp: Any, status: int, code: str) -> None:
     assert set(body) == {"error", "message"}
     assert body["error"] == code
     assert isinstance(body["message"], str) and body["message"].strip()
-
-
-def assert_no_secrets(text: str, *subscriptions: dict[str, Any]) -> None:
-    for sub in subscriptions:
-        assert sub["endpoint"] not in text
-        assert sub["endpoint"].rsplit("/", 1)[-1] not in text
-        assert sub["keys"]["p256dh"] not in text
-        assert sub["keys"]["auth"] not in text
 
 
 def valid_body(subscription: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -108,6 +108,15 @@ navigator.serviceWorker.getRegistration(arguments[0])
 """
 
 
+def tail_of(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file (empty if it cannot be read), for error messages."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class FirefoxNotFoundError(RuntimeError):
     """The Firefox binary is not installed."""
 
@@ -180,11 +189,7 @@ class FirefoxSession:
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of Firefox's stdout/stderr, for error messages."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail_of(self.log_path, lines)
 
     @property
     def _marionette(self) -> Marionette:

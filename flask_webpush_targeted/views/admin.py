@@ -110,20 +110,13 @@ def _filters(json: bool = False) -> dict[str, Any]:
             "since": _date_arg("since", json), "until": _date_arg("until", json)}
 
 
-def _notification(nid: int) -> Any:
-    n = ext().db.session.get(ext().models.Notification, nid)
-    if n is None:
-        raise NotificationNotFound(f"No notification has id {nid}.")
-    return n
-
-
 def _notification_json(n: Any) -> dict[str, Any]:
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
     return {"id": n.id, "status": n.status, "category": n.category, "payload": n.payload,
             "devices": n.targeting.get("devices"),
-            "targeted_users": len(n.targeting.get("user_ids", [])),
+            "targeted_users": n.target_count,
             "users_without_devices": n.users_without_devices, "ttl": n.ttl,
             "urgency": n.urgency, "topic": n.topic, "send_at": iso(n.send_at),
             "created_at": iso(n.created_at), "queued_at": iso(n.queued_at),
@@ -167,7 +160,7 @@ def notification_page(nid: int) -> ResponseReturnValue:
         return refused
     webpush = ext()
     try:
-        n = _notification(nid)
+        n = ext().get_notification(nid)
     except NotificationNotFound:
         abort(404, f"No notification has id {nid}.")
     page = _int_arg("page", 1)
@@ -184,7 +177,7 @@ def notification_json(nid: int) -> ResponseReturnValue:
     """One notification's figures and time series as JSON."""
     _allowed(json=True)
     webpush = ext()
-    n = _notification(nid)
+    n = ext().get_notification(nid)
     return jsonify(notification=_notification_json(n), stats=webpush.stats(nid),
                    time_series=stats.time_series(webpush.db, webpush.models, nid))
 
@@ -207,7 +200,7 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
         return refused
     webpush = ext()
     try:
-        _notification(nid)
+        ext().get_notification(nid)
     except NotificationNotFound:
         abort(404, f"No notification has id {nid}.")
 
@@ -231,7 +224,7 @@ def deliveries_json(nid: int) -> ResponseReturnValue:
     """A page of a notification's deliveries as JSON."""
     _allowed(json=True)
     webpush = ext()
-    _notification(nid)
+    ext().get_notification(nid)
     page = _int_arg("page", 1)
     per_page = min(_int_arg("per_page", 100), 1000)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page,

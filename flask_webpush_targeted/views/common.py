@@ -24,9 +24,9 @@ def require_login_json() -> str:
     return user_id_of(current_user)
 
 
-def json_body() -> Any:
-    """The request's JSON body, read at most WEBPUSH_MAX_REQUEST_BYTES."""
-    limit = current_app.config["WEBPUSH_MAX_REQUEST_BYTES"]
+def json_bytes(limit: int) -> bytes:
+    """The raw body of a JSON request, read at most ``limit`` bytes (413 beyond, 400 if
+    it is not declared as JSON)."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(f"The body is larger than {limit} bytes.")
     data = request.stream.read(limit + 1)
@@ -34,6 +34,12 @@ def json_body() -> Any:
         raise RequestTooLarge(f"The body is larger than {limit} bytes.")
     if not request.is_json:
         raise BadRequestError("Send JSON with Content-Type: application/json.")
+    return data
+
+
+def json_body() -> Any:
+    """The request's JSON body, read at most WEBPUSH_MAX_REQUEST_BYTES."""
+    data = json_bytes(current_app.config["WEBPUSH_MAX_REQUEST_BYTES"])
     try:
         return json.loads(data)
     except ValueError as exc:  # includes UnicodeDecodeError

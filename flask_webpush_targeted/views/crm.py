@@ -241,7 +241,7 @@ def _accepted(n: Any, req: NotifyRequest, replay: bool) -> Response:
         headers["Idempotent-Replayed"] = "true"
     return _answer({
         "id": n.id, "status": n.status, "status_url": url, "created_at": _iso(n.created_at),
-        "send_at": _iso(n.send_at), "targeted_users": len(n.targeting.get("user_ids", [])),
+        "send_at": _iso(n.send_at), "targeted_users": n.target_count,
         "users_without_devices": without, "replayed": replay,
     }, 202, **headers)
 
