@@ -24,6 +24,8 @@ URGENCIES = ("very-low", "low", "normal", "high")
 MAX_TTL = 28 * 86400
 #: RFC 8291: 4096-byte record, minus 86 bytes of header, 16 of tag, 1 of padding delimiter
 MAX_PLAINTEXT = 3993
+#: the largest id an Integer primary key holds (PostgreSQL's int4)
+MAX_ROW_ID = 2**31 - 1
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _CHUNK = 1000
 
@@ -173,7 +175,10 @@ def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> di
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise InvalidNotification("devices must be a non-empty list of subscription ids (int).")
     wanted = set(user_ids)
-    owners = dict(db.session.execute(sa.select(Sub.id, Sub.user_id).where(Sub.id.in_(ids))).all())
+    # Ids outside the column's range name no subscription (and PostgreSQL refuses them).
+    possible = sorted({i for i in ids if 0 < i <= MAX_ROW_ID})
+    owners = dict(db.session.execute(sa.select(Sub.id, Sub.user_id)
+                                     .where(Sub.id.in_(possible))).all())
     strangers = sorted(i for i in set(ids) if owners.get(i) not in wanted)
     if strangers:
         raise InvalidNotification(

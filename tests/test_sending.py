@@ -112,6 +112,10 @@ def test_a_subscription_id_of_another_user_is_refused_and_nothing_is_stored(
         notify(sending, ["1"], devices=[theirs.id])
     with pytest.raises(InvalidNotification, match="do not belong"):
         notify(sending, ["1"], devices=[999999])
+    # Beyond the id column's range (found by the API's property test: PostgreSQL raised).
+    for huge in (2**31, -(2**63), 10**30):
+        with pytest.raises(InvalidNotification, match="do not belong"):
+            notify(sending, ["1"], devices=[huge])
     assert count_rows(sending) == (0, 0)
 
 
