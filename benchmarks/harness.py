@@ -157,6 +157,29 @@ def wait_done(app: Any, notification_id: int, timeout: float = 900) -> float:
     raise TimeoutError(f"notification {notification_id} not done in {timeout}s")
 
 
+def cpu_seconds(groups: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the live processes of each group.
+
+    A group is a test on (pid, command name); read from /proc, so Linux only.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys(groups, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        for group, test in groups.items():
+            if test(int(entry.name), name):
+                used[group] += (int(fields[11]) + int(fields[12])) / tick
+                break
+    return used
+
+
 def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
     """Run ``measure`` ``runs`` times; return the median and every figure."""
     figures = [measure() for _ in range(runs)]

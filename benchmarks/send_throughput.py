@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from harness import (
     VAPID_PRIVATE,
     add_subscriptions,
     bench_app,
+    cpu_seconds,
     median_of,
     push_sink,
     start_workers,
@@ -74,17 +76,30 @@ def naive_rate(subs: list[dict[str, str]], data: bytes, origin: str) -> float:
     return len(subs) / (time.perf_counter() - start)
 
 
-def project_rate(app: object, user_ids: list[str], workers: int, count: int) -> float:
-    """Messages/s through notify_users and `workers` worker processes, end to end."""
+def project_rate(app: object, user_ids: list[str], workers: int, count: int, sink_pid: int,
+                 cpu: list[dict[str, float]]) -> float:
+    """Messages/s through notify_users and `workers` worker processes, end to end.
+
+    Appends to ``cpu`` the CPU milliseconds per 1,000 messages of each process group.
+    """
     procs = start_workers(app, workers, "--simple")
+    pids = {p.pid for p in procs}
+    groups = {"workers": lambda pid, name: pid in pids,
+              "push sink": lambda pid, name: pid == sink_pid,
+              "PostgreSQL": lambda pid, name: name.startswith("postgres"),
+              "Redis": lambda pid, name: name.startswith("redis-server"),
+              "this process": lambda pid, name: pid == os.getpid()}
     try:
         wait_for_workers(app, workers)
         webpush = app.extensions["webpush"]  # type: ignore[attr-defined]
+        before = cpu_seconds(groups)
         with app.app_context():  # type: ignore[attr-defined]
             start = time.monotonic()
             nid = webpush.notify_users(user_ids, title="Order shipped", body=BODY[:200],
                                        url="/orders/48213").id
         done = wait_done(app, nid)
+        after = cpu_seconds(groups)
+        cpu.append({g: (after[g] - before[g]) * 1e6 / count for g in groups})
         with app.app_context():  # type: ignore[attr-defined]
             stats = webpush.stats(nid)
         assert stats["sent"] == count, stats
@@ -107,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     data = payload_bytes()
-    with push_sink() as (origin, _sink), bench_app(origin, **settings) as app:
+    with push_sink() as (origin, sink), bench_app(origin, **settings) as app:
         user_ids = add_subscriptions(app, origin, args.subscriptions)
         webpush = app.extensions["webpush"]
         with app.app_context():
@@ -119,10 +134,11 @@ def main() -> None:
         else:
             floor, floor_runs = median_of(args.runs, lambda: floor_rate(subs, data))
             naive, naive_runs = median_of(args.runs, lambda: naive_rate(subs, data, origin))
-        project = {}
+        project, cpu = {}, {}
         for n in args.workers:
+            cpu[n] = []
             project[n] = median_of(args.runs, lambda n=n: project_rate(
-                app, user_ids, n, args.subscriptions))
+                app, user_ids, n, args.subscriptions, sink.pid, cpu[n]))
     one = project[min(project)][0]
     rows = [("encryption floor (1 core)", floor), ("naive pywebpush loop", naive)] + [
         (f"project, {n} worker{'s' if n > 1 else ''}", project[n][0]) for n in sorted(project)]
@@ -132,6 +148,12 @@ def main() -> None:
     print(f"{'path':<28}{'msgs/s':>10}{'vs naive':>10}{'vs floor':>10}")
     for name, rate in rows:
         print(f"{name:<28}{rate:>10.0f}{rate / naive:>9.1f}x{rate / floor:>9.0%}")
+    groups = list(cpu[min(cpu)][0])
+    print("CPU ms per 1,000 messages (median):")
+    print(f"{'workers':<10}" + "".join(f"{g:>14}" for g in groups))
+    for n in sorted(cpu):
+        print(f"{n:<10}" + "".join(f"{statistics.median(c[g] for c in cpu[n]):>14.0f}"
+                                   for g in groups))
     if len(project) > 1:
         print(f"scaling {max(project)} workers / 1 worker: {project[max(project)][0] / one:.2f}x")
     path = write_result("send_throughput", {
@@ -139,7 +161,8 @@ def main() -> None:
         "runs": args.runs,
         "floor": {"median": floor, "runs": floor_runs},
         "naive": {"median": naive, "runs": naive_runs},
-        "project": {str(n): {"median": m, "runs": r} for n, (m, r) in project.items()},
+        "project": {str(n): {"median": m, "runs": r, "cpu_ms_per_1000": cpu[n]}
+                    for n, (m, r) in project.items()},
     })
     print(f"written to {path}")
 

@@ -265,6 +265,9 @@ def _retry_delay(attempts: int, hinted: float | None) -> float:
     return float(min(hinted, config["WEBPUSH_RETRY_MAX_DELAY"]))
 
 
+_RESULT_COLUMNS = ("status", "status_code", "reason", "next_attempt_at", "sent_at", "claimed_by")
+
+
 def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushResult],
             claim: str) -> dict[str, int]:
     """Write results in a few statements, whatever their number; then signals and retries."""
@@ -296,15 +299,19 @@ def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushR
                         "sent_at": now if status == "sent" else None,
                         "claimed_by": None if status == "pending" else claim})
     table = m.Delivery.__table__
-    # Only rows this batch still holds: a claim taken over by another worker is theirs.
-    written = db.session.execute(
-        table.update().where(table.c.id == sa.bindparam("b_id"), table.c.claimed_by == claim)
-        .values(status=sa.bindparam("status"), status_code=sa.bindparam("status_code"),
-                reason=sa.bindparam("reason"), next_attempt_at=sa.bindparam("next_attempt_at"),
-                sent_at=sa.bindparam("sent_at"), claimed_by=sa.bindparam("claimed_by")),
-        updates)
+    # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
+    # the database's work per delivery is what limits several workers on one server.
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for u in updates:
+        groups.setdefault(tuple(u[c] for c in _RESULT_COLUMNS), []).append(u["b_id"])
+    written = 0
+    for values, ids in groups.items():
+        # Only rows this batch still holds: a claim taken over by another worker is theirs.
+        written += db.session.execute(
+            table.update().where(table.c.id.in_(ids), table.c.claimed_by == claim)
+            .values(dict(zip(_RESULT_COLUMNS, values)))).rowcount
     mine = {u["b_id"] for u in updates}
-    if written.rowcount != len(updates):
+    if written != len(updates):
         # Rare: another worker took over part of this claim. Count only rows still ours.
         mine = set(db.session.scalars(sa.select(table.c.id).where(
             table.c.id.in_(mine), table.c.claimed_by == claim)))
