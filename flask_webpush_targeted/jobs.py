@@ -215,7 +215,8 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     rows = db.session.execute(
         sa.select(D.id, D.subscription_id, D.attempts, Sub.endpoint, Sub.p256dh, Sub.auth,
                   Sub.revoked_at, Sub.label, Sub.consecutive_failures)
-        .outerjoin(Sub, Sub.id == D.subscription_id).where(D.claimed_by == claim)).all()
+        .outerjoin(Sub, Sub.id == D.subscription_id)
+        .where(*in_batch, D.claimed_by == claim)).all()  # in_batch: no index on claimed_by
     if not rows:
         finish_if_complete(notification_id)
         return {}
@@ -242,8 +243,10 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
                         ttl, urgency, topic) for row, ttl in to_send]
     counts: dict[str, int] = {}
 
+    by_id = {row.id: row for row in rows}
+
     def record(done: list[tuple[int, PushResult]]) -> None:
-        for status, count in _record(nid, start, rows, dict(done), claim).items():
+        for status, count in _record(nid, start, by_id, dict(done), claim).items():
             counts[status] = counts.get(status, 0) + count
 
     if results:  # skipped and expired ones: recorded before anything is sent
@@ -268,7 +271,7 @@ def _retry_delay(attempts: int, hinted: float | None) -> float:
 _RESULT_COLUMNS = ("status", "status_code", "reason", "next_attempt_at", "sent_at", "claimed_by")
 
 
-def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushResult],
+def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, PushResult],
             claim: str) -> dict[str, int]:
     """Write results in a few statements, whatever their number; then signals and retries."""
     ext = _ext()
@@ -276,22 +279,19 @@ def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushR
     app = _app()
     max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
     now = utcnow()
-    attempts = {row.id: row.attempts for row in rows}
-    subscription_of = {row.id: row.subscription_id for row in rows}
-    label_of = {row.id: row.label for row in rows}
     updates: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     retry_at: datetime | None = None
     for delivery_id, result in results.items():
         status, next_at = result.outcome, None
         reason = result.reason
+        attempts = rows[delivery_id].attempts
         if status == "retry":
-            if attempts[delivery_id] >= max_attempts:
+            if attempts >= max_attempts:
                 status, reason = "failed", f"gave up after {max_attempts} attempts: {reason}"
             else:
                 status = "pending"
-                next_at = now + timedelta(seconds=_retry_delay(attempts[delivery_id],
-                                                               result.retry_after))
+                next_at = now + timedelta(seconds=_retry_delay(attempts, result.retry_after))
                 retry_at = min(retry_at or next_at, next_at)
         counts[status] = counts.get(status, 0) + 1
         updates.append({"b_id": delivery_id, "status": status, "status_code": result.status_code,
@@ -309,25 +309,26 @@ def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushR
         # Only rows this batch still holds: a claim taken over by another worker is theirs.
         written += db.session.execute(
             table.update().where(table.c.id.in_(ids), table.c.claimed_by == claim)
-            .values(dict(zip(_RESULT_COLUMNS, values)))).rowcount
+            .values(dict(zip(_RESULT_COLUMNS, values, strict=True)))).rowcount
     mine = {u["b_id"] for u in updates}
     if written != len(updates):
         # Rare: another worker took over part of this claim. Count only rows still ours.
         mine = set(db.session.scalars(sa.select(table.c.id).where(
             table.c.id.in_(mine), table.c.claimed_by == claim)))
     inc = new_increments()
+    at = bucket(start, now)
     for u in updates:
         if u["b_id"] in mine and u["status"] in FINAL_STATUSES:
             is_sent = u["status"] == "sent"
-            add(inc, u["status"], at=bucket(start, now) if is_sent else None,
-                platform=label_of[u["b_id"]] if is_sent else None)
+            add(inc, u["status"], at=at if is_sent else None,
+                platform=rows[u["b_id"]].label if is_sent else None)
     bump(db, m, nid, inc)
     Sub = m.Subscription
-    gone = [subscription_of[d] for d, r in results.items() if r.outcome == "gone"]
-    had_failures = {row.id for row in rows if row.consecutive_failures}
-    sent = [subscription_of[d] for d, r in results.items()
-            if r.outcome == "sent" and d in had_failures]
-    failed = [subscription_of[d] for d, r in results.items() if r.outcome in ("failed", "retry")]
+    gone = [rows[d].subscription_id for d, r in results.items() if r.outcome == "gone"]
+    sent = [rows[d].subscription_id for d, r in results.items()
+            if r.outcome == "sent" and rows[d].consecutive_failures]
+    failed = [rows[d].subscription_id for d, r in results.items()
+              if r.outcome in ("failed", "retry")]
     if gone:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(gone), Sub.revoked_at.is_(None))
                            .values(revoked_at=now, revoked_reason="gone"))
@@ -342,15 +343,15 @@ def _record(nid: int, start: datetime, rows: list[Any], results: dict[int, PushR
     for delivery_id, result in results.items():
         if result.outcome == "sent":
             signals.delivery_sent.send(app, delivery_id=delivery_id, notification_id=nid,
-                                       subscription_id=subscription_of[delivery_id])
+                                       subscription_id=rows[delivery_id].subscription_id)
         elif result.outcome in ("gone", "failed") or (
-            result.outcome == "retry" and attempts[delivery_id] >= max_attempts
+            result.outcome == "retry" and rows[delivery_id].attempts >= max_attempts
         ):
             if result.status_code in (400, 401, 403):
                 log.error("webpush: push service refused delivery %s (%s): check the VAPID "
                           "keys and subject", delivery_id, result.reason)
             signals.delivery_failed.send(app, delivery_id=delivery_id, notification_id=nid,
-                                         subscription_id=subscription_of[delivery_id],
+                                         subscription_id=rows[delivery_id].subscription_id,
                                          error=result.reason, status_code=result.status_code,
                                          gone=result.outcome == "gone")
     if retry_at is not None:

@@ -19,7 +19,7 @@ from flask_webpush_targeted.sending import MAX_PLAINTEXT
 
 
 def browser_keys() -> tuple[ec.EllipticCurvePrivateKey, str, bytes, str]:
-    """What a browser holds (private key, auth) and gives out (p256dh, auth), as PushManager does."""
+    """A browser's private key and auth secret, and the p256dh and auth it gives out."""
     private = ec.generate_private_key(ec.SECP256R1())
     public = private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     auth = secrets.token_bytes(16)
@@ -51,7 +51,7 @@ def test_a_key_for_another_browser_does_not_decrypt() -> None:
     _private, p256dh, auth, auth_b64 = browser_keys()
     other, _p, _a, _ab = browser_keys()
     body = encrypt(b"for someone else", p256dh, auth_b64)
-    with pytest.raises(Exception):  # http_ece raises InvalidTag from cryptography
+    with pytest.raises(http_ece.ECEException, match="InvalidTag"):
         http_ece.decrypt(body, private_key=other, auth_secret=auth, version="aes128gcm")
 
 
