@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from functools import wraps
 from typing import Any
 
@@ -101,7 +101,7 @@ def format_utc(value: datetime | None) -> str:
     """An aware datetime as 'YYYY-MM-DD HH:MM UTC'."""
     if value is None:
         return "—"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @bp.app_template_filter("duration")
@@ -218,8 +218,8 @@ def _send_at(raw: str, offset: str) -> datetime:
         if not _OFFSET.fullmatch(offset) or abs(int(offset)) > _MAX_OFFSET:
             raise FormError("The browser's time zone offset is not valid; reload the page.")
         when = when.replace(tzinfo=timezone(timedelta(minutes=int(offset))))
-    when = when.astimezone(timezone.utc)
-    if when < datetime.now(timezone.utc) - timedelta(minutes=1):
+    when = when.astimezone(UTC)
+    if when < datetime.now(UTC) - timedelta(minutes=1):
         raise FormError("The send time has passed: choose a later time, or 'Send now'.")
     return when
 

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ STATUSES = ("scheduled", "queued", "sending", "done", "cancelled")
 MAX_PER_PAGE = 100
 MAX_PAGE = 100_000
 #: times from here on are refused: year 9999 leaves no room for a ttl to be added
-LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
                       r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _CHUNK = 1000
@@ -225,7 +225,7 @@ def parse_rfc3339(value: Any, name: str) -> datetime:
             "offset is ambiguous and refused.")
     text = value.upper().replace("Z", "+00:00")
     try:
-        when = datetime.fromisoformat(text).astimezone(timezone.utc)
+        when = datetime.fromisoformat(text).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise BadRequestError(f"{name} is not a valid date-time ({exc}).") from exc
     if when >= LATEST:

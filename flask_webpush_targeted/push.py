@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -22,7 +23,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -30,6 +30,7 @@ from py_vapid import Vapid02
 
 from .config import b64url_decode
 from .exceptions import InvalidSubscription
+from .http11 import Pool, ProtocolError
 from .subscriptions import validate_endpoint
 
 log = logging.getLogger("flask_webpush_targeted")
@@ -187,14 +188,16 @@ class PushSender:
     """
 
     def __init__(self, vapid: VapidHeaders, guard: EndpointGuard, *,
-                 timeout: tuple[float, float], concurrency: int, per_origin: int) -> None:
+                 timeout: tuple[float, float], concurrency: int, per_origin: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.vapid = vapid
         self.guard = guard
         self.timeout = timeout
         self.concurrency = concurrency
         self.per_origin = per_origin
+        self.ssl_context = ssl_context
         self._loop = asyncio.new_event_loop()
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._paused: dict[str, float] = {}
 
     def send_many(self, messages: list[Message],
@@ -206,8 +209,9 @@ class PushSender:
 
     def close(self) -> None:
         """Close the connections and the event loop."""
-        if self._session is not None:
-            self._run(self._session.close())
+        if self._pool is not None:
+            self._pool.close()
+            self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
         self._loop.close()
 
     def _run(self, coroutine: Any) -> None:
@@ -241,22 +245,18 @@ class PushSender:
     async def _send_all(self, messages: list[Message],
                         on_results: Callable[[list[tuple[Any, PushResult]]], None],
                         flush_every: int) -> None:
-        if self._session is None:
+        if self._pool is None:
             connect, read = self.timeout
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency,
-                                               limit_per_host=self.per_origin,
-                                               ttl_dns_cache=60),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read),
-                auto_decompress=False, trust_env=False)
-        session = self._session
+            self._pool = Pool(connect_timeout=connect, read_timeout=read,
+                              per_origin=self.per_origin, ssl_context=self.ssl_context)
+        pool = self._pool
 
         answers: asyncio.Queue[tuple[Any, PushResult]] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()  # strong references until each is done
 
         async def one(message: Message) -> None:
             try:
-                result = await self._send_one(session, message)
+                result = await self._send_one(pool, message)
             except Exception as exc:  # an encryption bug must not leave a batch claimed
                 log.exception("webpush: message %s could not be sent", message.key)
                 result = PushResult("failed", reason=f"error: {type(exc).__name__}: {exc}"[:255])
@@ -290,7 +290,7 @@ class PushSender:
         if answered:
             on_results(answered)
 
-    async def _send_one(self, session: aiohttp.ClientSession, message: Message) -> PushResult:
+    async def _send_one(self, pool: Pool, message: Message) -> PushResult:
         problem = self.guard.problem(message.endpoint)
         if problem:
             return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
@@ -309,16 +309,15 @@ class PushSender:
         if message.topic:
             headers["Topic"] = message.topic
         try:
-            async with session.post(message.endpoint, data=body, headers=headers,
-                                    allow_redirects=False) as response:
-                text = (await response.content.read(200)).decode("utf-8", "replace")
-                result = classify(response.status, response.headers.get("Retry-After"), text)
-        except asyncio.TimeoutError:
+            response = await pool.post(message.endpoint, headers, body)
+        except TimeoutError:
             return PushResult("retry", reason="timeout")
-        except (aiohttp.ClientConnectionError, OSError) as exc:
+        except OSError as exc:  # refused, reset, DNS, TLS (ssl.SSLError is an OSError)
             return PushResult("retry", reason=f"connection error: {type(exc).__name__}")
-        except aiohttp.ClientError as exc:
+        except ProtocolError as exc:
             return PushResult("failed", reason=f"request error: {exc}"[:255])
+        text = response.body[:200].decode("utf-8", "replace")
+        result = classify(response.status, response.headers.get("retry-after"), text)
         if result.status_code == 429 and result.retry_after:
             self._paused[origin] = time.monotonic() + result.retry_after
         return result

@@ -12,7 +12,7 @@ import io
 import random
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,7 +81,7 @@ def test_every_admin_route_is_for_administrators_only_and_denied_by_default(
     sending: SendingHost, method: str, path: str, is_json: bool, admin_status: int,
 ) -> None:
     sending.subscribe("1", "Firefox on Linux")
-    nid = notify(sending, ["1"], send_at=datetime.now(timezone.utc) + timedelta(hours=1))
+    nid = notify(sending, ["1"], send_at=datetime.now(UTC) + timedelta(hours=1))
     url = ADMIN + path.format(nid=nid)
     app = sending.app
     admin, customer = LoggedInClient(app, "9"), LoggedInClient(app, "1")
@@ -119,11 +119,11 @@ def test_the_list_is_newest_first_paginated_and_filtered(sending: SendingHost) -
     ids = [notify(sending, ["nobody"], title=f"Message {i}",
                   category="travel" if i % 2 == 0 else "promo") for i in range(27)]
     scheduled = notify(sending, ["nobody"], title="Later",
-                       send_at=datetime.now(timezone.utc) + timedelta(days=1))
+                       send_at=datetime.now(UTC) + timedelta(days=1))
     with sending.app.app_context():
         sending.webpush.cancel(ids[0])
         old = sending.db.session.get(sending.webpush.models.Notification, ids[1])
-        old.created_at = datetime(2025, 1, 15, 12, 0, tzinfo=timezone.utc)
+        old.created_at = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
         sending.db.session.commit()
     newest_first = [scheduled, *ids[:1:-1], ids[0], ids[1]]
     admin = LoggedInClient(sending.app, "9").http
@@ -240,7 +240,7 @@ def test_a_scheduled_notification_can_be_cancelled_from_its_page_with_the_csrf_t
     sending: SendingHost,
 ) -> None:
     allow_admins(sending)
-    send_at = (datetime.now(timezone.utc) + timedelta(days=2)).replace(microsecond=0)
+    send_at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
     nid = notify(sending, ["1"], title="Check-in opens tomorrow", send_at=send_at)
     admin = LoggedInClient(sending.app, "9").http
     html = admin.get(f"{ADMIN}/notifications/{nid}").get_data(as_text=True)

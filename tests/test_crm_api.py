@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def test_a_key_records_when_it_was_last_used(api: Api) -> None:
     with api.host.app.app_context():
         row = api.host.db.session.scalars(sa.select(api.host.webpush.models.ApiKey)).one()
     assert row.last_used_at is not None
-    assert datetime.now(timezone.utc) - row.last_used_at < timedelta(minutes=1)
+    assert datetime.now(UTC) - row.last_used_at < timedelta(minutes=1)
 
 
 # -- authentication and scopes -------------------------------------------------------------------
@@ -438,7 +438,7 @@ def test_a_malformed_idempotency_key_gets_400(api: Api, value: str) -> None:
 def test_cancel_a_scheduled_notification_then_nothing_is_sent(api: Api) -> None:
     key = api.key()
     sub = api.host.subscribe("1")
-    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     nid = api.send(key, {**MINIMAL, "send_at": later}).body["id"]
     cancelled = api.call("DELETE", f"{NOTIFICATIONS}/{nid}", key)
     assert cancelled.status_code == 200 and cancelled.body["status"] == "cancelled"

@@ -8,7 +8,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -181,7 +181,7 @@ def test_every_page_is_for_administrators_only(shop: Flask) -> None:
     ids = ids_by_email(shop)
     with shop.app_context():
         n = webpush.notify_users([ids["alice@example.com"]], title="Hello",
-                                 send_at=datetime(2099, 1, 1, tzinfo=timezone.utc))
+                                 send_at=datetime(2099, 1, 1, tzinfo=UTC))
         nid = n.id
     pages = ["/admin/send", "/admin/notifications", f"/admin/notifications/{nid}"]
     cancel = f"/admin/notifications/{nid}/cancel"
@@ -307,9 +307,9 @@ def test_send_now_stores_one_notification_for_exactly_the_chosen_customers(shop:
 
 
 @pytest.mark.parametrize(("offset", "expected"), [
-    ("120", datetime(2030, 6, 1, 7, 30, tzinfo=timezone.utc)),   # Warsaw, summer time
-    ("-300", datetime(2030, 6, 1, 14, 30, tzinfo=timezone.utc)),  # UTC-5
-    ("", datetime(2030, 6, 1, 9, 30, tzinfo=timezone.utc)),      # no script: UTC
+    ("120", datetime(2030, 6, 1, 7, 30, tzinfo=UTC)),   # Warsaw, summer time
+    ("-300", datetime(2030, 6, 1, 14, 30, tzinfo=UTC)),  # UTC-5
+    ("", datetime(2030, 6, 1, 9, 30, tzinfo=UTC)),      # no script: UTC
 ])
 def test_send_at_is_an_aware_time_from_the_browsers_offset(shop: Flask, offset: str,
                                                             expected: datetime) -> None:

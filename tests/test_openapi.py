@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -268,7 +268,7 @@ class Fuzz:
                 for scope in ("send", "stats", "devices")}
             self.keys["all"] = create_key(host.db, m, "all", ["send", "stats", "devices"])[1]
             revoked, self.keys["revoked"] = create_key(host.db, m, "old", ["send", "stats"])
-            revoked.revoked_at = datetime.now(timezone.utc)
+            revoked.revoked_at = datetime.now(UTC)
             host.db.session.commit()
         self.keys["forged"] = "wpk_1_" + "F" * 43
         self.keys[None] = None

@@ -8,7 +8,7 @@ receives. Every test runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -134,7 +134,7 @@ def test_a_subscription_id_of_another_user_is_refused_and_nothing_is_stored(
     ({"url": "//evil.example/phish"}, InvalidNotification),
     ({"url": "javascript:alert(1)"}, InvalidNotification),
     ({"url": "http://[::1"}, InvalidNotification),
-    ({"send_at": datetime(9999, 1, 1, tzinfo=timezone.utc)}, InvalidNotification),
+    ({"send_at": datetime(9999, 1, 1, tzinfo=UTC)}, InvalidNotification),
     ({"icon": "http://evil.example/i.png"}, InvalidNotification),
     ({"title": ""}, InvalidNotification),
     ({"devices": "some"}, InvalidNotification),
@@ -311,7 +311,7 @@ def test_endpoint_guard_refuses_hosts_resolving_to_private_addresses(monkeypatch
 
 def test_send_at_must_be_aware_and_a_future_one_is_scheduled(sending: SendingHost) -> None:
     sending.subscribe("1")
-    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
     nid = notify(sending, ["1"], send_at=later)
     n = sending.notification(nid)
     assert n.status == "scheduled" and abs((n.send_at - later).total_seconds()) < 1

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -168,7 +168,7 @@ def test_send_at_is_not_received_before_its_time_and_is_received_after(
 ) -> None:
     sub = sending.subscribe("1")
     with running_workers(sending):
-        send_at = datetime.now(timezone.utc) + timedelta(seconds=3)
+        send_at = datetime.now(UTC) + timedelta(seconds=3)
         nid = notify(sending, ["1"], send_at=send_at)
         assert status_of(sending, nid) == "scheduled"
         while time.time() < send_at.timestamp() - 0.05:
@@ -187,7 +187,7 @@ def test_send_at_is_not_received_before_its_time_and_is_received_after(
 def test_cancel_stops_a_scheduled_notification_while_a_worker_runs(sending: SendingHost) -> None:
     cancelled_sub, kept_sub = sending.subscribe("1"), sending.subscribe("2")
     with running_workers(sending):
-        send_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+        send_at = datetime.now(UTC) + timedelta(seconds=2)
         cancelled = notify(sending, ["1"], send_at=send_at)
         kept = notify(sending, ["2"], send_at=send_at)
         with sending.app.app_context():

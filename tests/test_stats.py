@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -123,7 +123,7 @@ def test_stats_give_the_exact_funnel_rates_failure_reasons_and_platforms(mix: Mi
 
 def test_time_series_buckets_sent_displayed_and_clicked_per_utc_minute(mix: Mix) -> None:
     def minute(at: datetime) -> str:
-        return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:00")
+        return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:00")
 
     expected: dict[str, Counter[str]] = {}
     for d in mix.host.deliveries(mix.nid):
@@ -165,7 +165,7 @@ def listed(out: str) -> dict[str, list[str]]:
 def _finished_days_ago(mix: Mix, nid: int, days: int) -> None:
     with mix.host.app.app_context():
         n = mix.host.db.session.get(mix.host.webpush.models.Notification, nid)
-        n.finished_at = datetime.now(timezone.utc) - timedelta(days=days)
+        n.finished_at = datetime.now(UTC) - timedelta(days=days)
         mix.host.db.session.commit()
 
 

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -114,9 +114,9 @@ def test_the_event_time_is_the_servers_and_a_client_sent_time_is_refused(sent: S
     claimed = {"token": sent.token, "event": "displayed", "time": "2001-01-01T00:00:00Z"}
     assert sent.post(claimed).status_code == 400
     assert sent.delivery().displayed_at is None
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert sent.post({"token": sent.token, "event": "displayed"}).get_json()["counted"] is True
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert before <= sent.delivery().displayed_at <= after
 
 
@@ -253,7 +253,7 @@ def test_the_token_outlives_the_validity_period_so_a_late_click_counts(
         assert tracking.read_token(sent.token, now=late) == sent.delivery_id
         with pytest.raises(tracking.InvalidToken, match="expired"):
             tracking.read_token(sent.token, now=validity_end.timestamp() + 30 * 86400)
-    time.sleep(max(0.0, (validity_end - datetime.now(timezone.utc)).total_seconds()) + 0.2)
+    time.sleep(max(0.0, (validity_end - datetime.now(UTC)).total_seconds()) + 0.2)
     response = sent.post({"token": sent.token, "event": "clicked"})
     assert response.get_json() == {"counted": True}
     assert sent.counted() == {"displayed": 1, "clicked": 1, "closed": 0}

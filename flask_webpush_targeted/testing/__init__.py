@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .push_service import Ack, LocalPushService, ReceivedPush, Subscription
+from .push_service import Ack, LocalPushService, ReceivedPush, Subscription, tls_contexts
 
 if TYPE_CHECKING:
     from .firefox import FirefoxSession
 
-__all__ = ["Ack", "FirefoxSession", "LocalPushService", "ReceivedPush", "Subscription"]
+__all__ = ["Ack", "FirefoxSession", "LocalPushService", "ReceivedPush", "Subscription",
+           "tls_contexts"]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,8 @@ import contextlib
 import json
 import os
 import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -150,10 +152,22 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, service: LocalPushService, port: int) -> None:
+    def __init__(self, service: LocalPushService, port: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.service = service
         self.open_sockets: set[socket.socket] = set()
+        self.connections_accepted = 0
         super().__init__(("127.0.0.1", port), _Handler)
+        if tls is not None:
+            # The handshake runs in each connection's thread, not in the accept loop.
+            self.socket = tls.wrap_socket(self.socket, server_side=True,
+                                          do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that refuses the certificate or hangs up is its own business."""
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -162,8 +176,12 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
         super().setup()
         self.server.open_sockets.add(self.connection)
+        self.server.connections_accepted += 1
 
     def finish(self) -> None:
         self.server.open_sockets.discard(self.connection)
@@ -214,6 +232,44 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _Reply(status, reply_headers, json.dumps(body).encode())
 
 
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a new self-signed certificate for 127.0.0.1 and localhost,
+    and a client context that trusts that certificate alone."""
+    import datetime
+    import ipaddress
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "local push service")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as folder:  # load_cert_chain reads files only
+        cert_file, key_file = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        with open(cert_file, "wb") as f:
+            f.write(cert_pem)
+        with open(key_file, "wb") as f:
+            f.write(key_pem)
+        server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cadata=cert_pem.decode())
+    return server, client
+
+
 class LocalPushService:
     """A Web Push service on 127.0.0.1: HTTP for app servers, WebSocket for Firefox."""
 
@@ -224,9 +280,14 @@ class LocalPushService:
         require_vapid: bool = True,
         port: int = 0,
         websocket_port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """Ports 0 (the default) let the OS choose; fixed ones suit a demo's configuration."""
+        """Ports 0 (the default) let the OS choose; fixed ones suit a demo's configuration.
+
+        With ``tls`` (a server context, see ``tls_contexts()``) the push endpoints are https.
+        """
         self.decrypt = decrypt
+        self._tls = tls
         self._ports = (port, websocket_port)
         self.require_vapid = require_vapid
         self._lock = threading.Lock()
@@ -256,7 +317,7 @@ class LocalPushService:
 
         if self._http is not None:
             raise RuntimeError("LocalPushService is already running")
-        self._http = _HTTPServer(self, self._ports[0])
+        self._http = _HTTPServer(self, self._ports[0], self._tls)
         self._http_thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
             name="push-service-http", daemon=True,
@@ -318,7 +379,13 @@ class LocalPushService:
         """The HTTP origin, e.g. ``http://127.0.0.1:40123``; also the VAPID ``aud``."""
         if self._http is None:
             raise RuntimeError("LocalPushService is not started")
-        return f"http://127.0.0.1:{self._http.server_address[1]}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://127.0.0.1:{self._http.server_address[1]}"
+
+    @property
+    def connections_accepted(self) -> int:
+        """How many connections app servers opened (keep-alive reuses them)."""
+        return self._http.connections_accepted if self._http else 0
 
     @property
     def websocket_url(self) -> str:

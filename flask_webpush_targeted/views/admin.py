@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from flask import (
@@ -99,7 +99,7 @@ def _date_arg(name: str, json: bool) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         _bad_filter(json, f"{name} must be a date like 2026-11-26.")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _filters(json: bool = False) -> dict[str, Any]:

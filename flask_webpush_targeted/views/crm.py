@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -327,7 +327,7 @@ def _as_utc(value: datetime | None) -> datetime | None:
     """An aggregate's time, aware in UTC whatever the database returned."""
     if value is None or value.tzinfo is not None:
         return value
-    return value.replace(tzinfo=timezone.utc)
+    return value.replace(tzinfo=UTC)
 
 
 def _device_json(sub: Any, granted_at: Any, pushed_at: Any) -> dict[str, Any]:
