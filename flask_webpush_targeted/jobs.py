@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from rq.job import Job
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import defer
 
 from . import signals
@@ -47,13 +48,39 @@ def _app() -> Any:
 # -- fan-out ----------------------------------------------------------------------------------
 
 
-def _insert_deliveries(db: Any, m: Models, rows: list[dict[str, Any]]) -> set[int]:
-    """Insert deliveries, skipping any that exist; return the subscription ids inserted."""
+def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
+                       found: list[tuple[int, str, str | None]]) -> set[int]:
+    """Insert pending deliveries for (subscription id, user id, label) rows, skipping any
+    that exist; return the subscription ids inserted."""
     table = m.Delivery.__table__
+    if _is_postgresql(db):
+        # Two array parameters and unnest: one short statement whatever the chunk's size,
+        # instead of a multi-row VALUES of thousands of parameters to build and parse.
+        pairs = sa.func.unnest(
+            sa.bindparam("sids", [sid for sid, _uid, _label in found],
+                         type_=postgresql.ARRAY(sa.Integer)),
+            sa.bindparam("uids", [uid for _sid, uid, _label in found],
+                         type_=postgresql.ARRAY(sa.String)),
+        ).table_valued("sid", "uid").render_derived(name="pairs")
+        c = table.c
+        stmt = postgresql.insert(table).from_select(
+            ["notification_id", "subscription_id", "user_id", "status", "attempts", "created_at"],
+            sa.select(sa.literal(notification_id, c.notification_id.type), pairs.c.sid,
+                      pairs.c.uid, sa.literal("pending", c.status.type),
+                      sa.literal(0, c.attempts.type), sa.literal(now, c.created_at.type)))
+        return set(db.session.scalars(stmt.on_conflict_do_nothing(
+            index_elements=["notification_id", "subscription_id"])
+            .returning(table.c.subscription_id)))
     stmt = insert_for(db, table).on_conflict_do_nothing(
         index_elements=["notification_id", "subscription_id"])
-    inserted = db.session.execute(stmt.returning(table.c.subscription_id), rows)
+    inserted = db.session.execute(stmt.returning(table.c.subscription_id), [
+        {"notification_id": notification_id, "subscription_id": sid, "user_id": uid,
+         "status": "pending", "attempts": 0, "created_at": now} for sid, uid, _label in found])
     return set(inserted.scalars())
+
+
+def _is_postgresql(db: Any) -> bool:
+    return bool(db.session.get_bind().dialect.name == "postgresql")
 
 
 def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
@@ -70,11 +97,16 @@ def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
         wanted = set(user_ids)
         yield user_ids, [tuple(r) for r in found if r[1] in wanted]
         return
+    postgres = _is_postgresql(db)
     for start in range(0, len(user_ids), _CHUNK):
         chunk = user_ids[start:start + _CHUNK]
+        # PostgreSQL: one array parameter, not a thousand (the same statement every chunk).
+        of_chunk = (Sub.user_id == sa.any_(sa.bindparam("uids", chunk,
+                                                        type_=postgresql.ARRAY(sa.String)))
+                    if postgres else Sub.user_id.in_(chunk))
         rows = db.session.execute(
             sa.select(Sub.id, Sub.user_id, Sub.label)
-            .where(Sub.user_id.in_(chunk), Sub.revoked_at.is_(None))
+            .where(of_chunk, Sub.revoked_at.is_(None))
             .order_by(Sub.user_id, Sub.created_at.desc(), Sub.id.desc())).all()
         if mode == "latest":
             seen: set[str] = set()
@@ -105,10 +137,7 @@ def fan_out(notification_id: int) -> None:
             covered = {uid for _sid, uid, _label in found}
             without.extend(u for u in chunk if u not in covered)
             if found:
-                inserted = _insert_deliveries(db, m, [
-                    {"notification_id": n.id, "subscription_id": sid, "user_id": uid,
-                     "status": "pending", "attempts": 0, "created_at": now}
-                    for sid, uid, _label in found])
+                inserted = _insert_deliveries(db, m, n.id, now, found)
                 # Count only rows this run inserted: a concurrent duplicate run adds none.
                 for sid, _uid, label in found:
                     if sid in inserted:
