@@ -129,35 +129,43 @@ def fan_out(notification_id: int) -> None:
     if n.status in ("queued", "scheduled"):
         n.status = "sending"
         db.session.commit()
+    nid, last = n.id, 0
     if n.fanned_out_at is None:
         now = utcnow()
         without: list[str] = []
-        inc = new_increments()
         for chunk, found in _targets(db, m, n.targeting):
             covered = {uid for _sid, uid, _label in found}
             without.extend(u for u in chunk if u not in covered)
-            if found:
-                inserted = _insert_deliveries(db, m, n.id, now, found)
-                # Count only rows this run inserted: a concurrent duplicate run adds none.
-                for sid, _uid, label in found:
-                    if sid in inserted:
-                        add(inc, "deliveries", platform=label)
-        bump(db, m, n.id, inc)
+            if not found:
+                continue
+            inserted = _insert_deliveries(db, m, nid, now, found)
+            # Count only rows this run inserted: a concurrent duplicate run adds none.
+            inc = new_increments()
+            for sid, _uid, label in found:
+                if sid in inserted:
+                    add(inc, "deliveries", platform=label)
+            bump(db, m, nid, inc)
+            db.session.commit()
+            # Each chunk's batches go out at once: other workers send while this one
+            # goes on fanning out (the notification is done only once fanned_out_at is set).
+            last = enqueue_batches(nid, after=last)
         n.users_without_devices, n.without_count = without, len(without)
         n.fanned_out_at = utcnow()
         db.session.commit()
-    enqueue_batches(notification_id)
-    finish_if_complete(notification_id)
+    enqueue_batches(nid, after=last)
+    finish_if_complete(nid)
 
 
-def enqueue_batches(notification_id: int, *, statuses: tuple[str, ...] = ("pending",)) -> int:
-    """Enqueue send_batch jobs over the notification's deliveries in these statuses."""
+def enqueue_batches(notification_id: int, *, statuses: tuple[str, ...] = ("pending",),
+                    after: int = 0) -> int:
+    """Enqueue send_batch jobs over the notification's deliveries in these statuses with ids
+    above ``after``; return the last id covered (``after`` when there was none)."""
     ext = _ext()
     db, D = ext.db, ext.models.Delivery
     size = current_app.config["WEBPUSH_BATCH_SIZE"]
     queue = get_queue()
     ranges: list[tuple[int, int]] = []
-    last = 0
+    last = after
     while True:
         ids = db.session.scalars(
             sa.select(D.id).where(D.notification_id == notification_id, D.id > last,
