@@ -7,6 +7,7 @@ one ``PushResult``; the jobs decide what the result means for the ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hmac
 import ipaddress
@@ -211,7 +212,8 @@ class PushSender:
         """Close the connections and the event loop."""
         if self._pool is not None:
             self._pool.close()
-            self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
+            with contextlib.suppress(RuntimeError):  # another loop runs in this thread
+                self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
         self._loop.close()
 
     def _run(self, coroutine: Any) -> None:
