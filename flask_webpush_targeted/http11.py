@@ -86,7 +86,13 @@ class Pool:
             raise ProtocolError(f"the URL's path cannot go in a request line: {target[:80]!r}")
         lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        head = "\r\n".join(lines)
+        if head.count("\n") != len(lines) - 1 or "\r" in head.replace("\r\n", ""):
+            raise ProtocolError("a header holds a line break")  # would forge headers
+        try:
+            request = (head + "\r\n\r\n").encode("ascii") + body
+        except UnicodeEncodeError as exc:
+            raise ProtocolError("the URL or a header is not ASCII") from exc
 
         slots = self._slots.get(key)
         if slots is None:

@@ -245,7 +245,7 @@ def test_no_more_than_per_origin_connections_are_opened() -> None:
     run(script, test, per_origin=2)
 
 
-def test_a_refused_connection_and_a_bad_url_fail_clearly() -> None:
+def test_a_refused_connection_a_bad_url_and_forged_headers_fail_clearly() -> None:
     async def main() -> None:
         pool = Pool(connect_timeout=2.0, read_timeout=2.0, per_origin=1)
         with pytest.raises(ConnectionRefusedError):
@@ -254,5 +254,10 @@ def test_a_refused_connection_and_a_bad_url_fail_clearly() -> None:
             await pool.post("http://127.0.0.1:9/push/a b", {}, b"x")
         with pytest.raises(ProtocolError):
             await pool.post("ftp://127.0.0.1/push/x", {}, b"x")
+        for headers in ({"Topic": "a\r\nX-Forged: 1"}, {"Topic": "a\nb"}, {"Topic": "a\rb"}):
+            with pytest.raises(ProtocolError, match="line break"):
+                await pool.post("http://127.0.0.1:9/push/x", headers, b"x")
+        with pytest.raises(ProtocolError, match="not ASCII"):
+            await pool.post("http://127.0.0.1:9/push/caf\u00e9", {}, b"x")
 
     asyncio.run(main())
