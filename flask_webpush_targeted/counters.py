@@ -59,12 +59,18 @@ def new_increments() -> Increments:
 
 def add(inc: Increments, counter: str, n: int = 1, *, at: tuple[str, str] | None = None,
         platform: str | None = None) -> None:
-    """Count ``n`` in the total, and in a time bucket and a platform when given."""
+    """Count ``n`` in the total, and in a time bucket and a platform when given (see
+    ``platform_of``)."""
     inc[("total", "")][counter] += n
     if at is not None:
         inc[at][counter] += n
     if platform is not None:
-        inc[("platform", platform or "unknown")][counter] += n
+        inc[("platform", platform)][counter] += n
+
+
+def platform_of(label: str | None) -> str:
+    """The platform a device counts under: its label, or "unknown" when it has none."""
+    return label or "unknown"
 
 
 def bump(db: Any, m: Models, notification_id: int, inc: Increments) -> None:

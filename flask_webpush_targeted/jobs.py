@@ -23,7 +23,16 @@ from sqlalchemy.orm import defer
 
 from . import signals
 from .config import load_vapid_private_key
-from .counters import FINAL_STATUSES, add, bucket, bump, insert_for, new_increments, send_start
+from .counters import (
+    FINAL_STATUSES,
+    add,
+    bucket,
+    bump,
+    insert_for,
+    new_increments,
+    platform_of,
+    send_start,
+)
 from .models import Models, utcnow
 from .push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
 from .queue import enqueue_at, fanout_job_id, get_queue
@@ -143,7 +152,7 @@ def fan_out(notification_id: int) -> None:
             inc = new_increments()
             for sid, _uid, label in found:
                 if sid in inserted:
-                    add(inc, "deliveries", platform=label)
+                    add(inc, "deliveries", platform=platform_of(label))
             bump(db, m, nid, inc)
             db.session.commit()
             # Each chunk's batches go out at once: other workers send while this one
@@ -358,7 +367,7 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
         if u["b_id"] in mine and u["status"] in FINAL_STATUSES:
             is_sent = u["status"] == "sent"
             add(inc, u["status"], at=at if is_sent else None,
-                platform=rows[u["b_id"]].label if is_sent else None)
+                platform=platform_of(rows[u["b_id"]].label) if is_sent else None)
     bump(db, m, nid, inc)
     Sub = m.Subscription
     gone = [rows[d].subscription_id for d, r in results.items() if r.outcome == "gone"]

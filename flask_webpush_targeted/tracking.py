@@ -77,7 +77,7 @@ EVENT_COLUMNS = {"displayed": "displayed_at", "clicked": "clicked_at", "closed":
 
 def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | None = None) -> bool:
     """Record an event once, at server time; False when it was already counted."""
-    from .counters import add, bucket, bump, new_increments, send_start
+    from .counters import add, bucket, bump, new_increments, platform_of, send_start
     from .models import utcnow
 
     D, Sub, N = m.Delivery, m.Subscription, m.Notification
@@ -106,7 +106,7 @@ def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | No
             if kind == "closed":
                 add(inc, kind)
             else:
-                add(inc, kind, at=at, platform=row.label)
+                add(inc, kind, at=at, platform=platform_of(row.label))
         bump(db, m, row.notification_id, inc)
         if row.subscription_id is not None:
             # The device was used: this is what the devices page shows as "last used".

@@ -194,3 +194,18 @@ def test_stats_of_an_unknown_notification_raise_not_found(app: Any, webpush: Any
         webpush.stats(424242)
     result = app.test_cli_runner().invoke(args=["webpush", "stats", "424242"])
     assert result.exit_code != 0 and "No notification has id 424242" in result.output
+
+
+def test_a_device_without_a_label_counts_under_unknown_in_the_platforms(
+    sending: SendingHost,
+) -> None:
+    sending.subscribe("1", "Firefox on Linux")
+    sending.subscribe("2")  # no label: the browser told nothing
+    with sending.app.app_context():
+        nid = sending.webpush.notify_users(["1", "2"], title="Parcel ready").id
+    sending.run_worker()
+    with sending.app.app_context():
+        stats = sending.webpush.stats(nid)
+    assert {p["platform"]: (p["deliveries"], p["sent"]) for p in stats["by_platform"]} == {
+        "Firefox on Linux": (1, 1), "unknown": (1, 1)}
+    assert sum(p["deliveries"] for p in stats["by_platform"]) == stats["deliveries"]
