@@ -75,13 +75,10 @@ class Pool:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProtocolError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        key = (parts.scheme, parts.hostname, port)
+        key = (parts.scheme, parts.hostname,
+               parts.port or (443 if parts.scheme == "https" else 80))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        default_port = port == (443 if parts.scheme == "https" else 80)
-        host = parts.hostname if default_port else f"{parts.hostname}:{port}"
-        if ":" in parts.hostname:  # IPv6 literal
-            host = f"[{parts.hostname}]" if default_port else f"[{parts.hostname}]:{port}"
+        host = parts.netloc.rsplit("@", 1)[-1]  # as the URL writes it, IPv6 brackets and all
         if any(c in target for c in " \r\n\t"):
             raise ProtocolError(f"the URL's path cannot go in a request line: {target[:80]!r}")
         lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]

@@ -1,7 +1,7 @@
 """Encryption and HTTP to push services: VAPID header cache, send-time endpoint guard.
 
-Nothing here touches the database: ``PushSender.send`` turns one message into
-one ``PushResult``; the jobs decide what the result means for the ledger.
+Nothing here touches the database: ``PushSender.send_many`` turns messages into
+``PushResult``s; the jobs decide what each result means for the ledger.
 """
 
 from __future__ import annotations
@@ -109,24 +109,44 @@ class EndpointGuard:
 
     def problem(self, endpoint: str) -> str | None:
         """Why ``endpoint`` must not be contacted, or None when it may."""
+        refused, host = self._policy(endpoint)
+        if refused or host is None:
+            return refused
+        return None if self._resolves_publicly(host) else _private(host)
+
+    async def problem_in_loop(self, endpoint: str) -> str | None:
+        """The same from an event loop: a DNS lookup the cache cannot answer runs in a
+        thread, so the requests in flight go on meanwhile."""
+        refused, host = self._policy(endpoint)
+        if refused or host is None:
+            return refused
+        ok = self._cached(host)
+        if ok is None:
+            ok = await asyncio.to_thread(self._resolves_publicly, host)
+        return None if ok else _private(host)
+
+    def _policy(self, endpoint: str) -> tuple[str | None, str | None]:
+        """(why the policy refuses it, None) or (None, the host to resolve, or None for an
+        origin in WEBPUSH_EXTRA_PUSH_SERVICES)."""
         try:
             validate_endpoint(endpoint, self.extra_origins)
         except InvalidSubscription as exc:
-            return exc.message
+            return exc.message, None
         parts = urlsplit(endpoint)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}" in self.extra_origins:
-            return None
-        if not self._resolves_publicly(parts.hostname or ""):
-            return f"{parts.hostname} resolves to a private, loopback or link-local address"
-        return None
+            return None, None
+        return None, parts.hostname or ""
 
-    def _resolves_publicly(self, host: str) -> bool:
-        now = time.monotonic()
+    def _cached(self, host: str) -> bool | None:
         with self._lock:
             cached = self._resolved.get(host)
-        if cached and cached[1] > now:
-            return cached[0]
+        return cached[0] if cached and cached[1] > time.monotonic() else None
+
+    def _resolves_publicly(self, host: str) -> bool:
+        cached = self._cached(host)
+        if cached is not None:
+            return cached
         try:
             infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
             addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
@@ -134,8 +154,12 @@ class EndpointGuard:
         except (OSError, ValueError):
             ok = True  # unresolvable: the POST fails as a DNS error and is retried
         with self._lock:
-            self._resolved[host] = (ok, now + self._dns_ttl)
+            self._resolved[host] = (ok, time.monotonic() + self._dns_ttl)
         return ok
+
+
+def _private(host: str) -> str:
+    return f"{host} resolves to a private, loopback or link-local address"
 
 
 _P256 = ec.SECP256R1()
@@ -193,12 +217,10 @@ class PushSender:
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.vapid = vapid
         self.guard = guard
-        self.timeout = timeout
         self.concurrency = concurrency
-        self.per_origin = per_origin
-        self.ssl_context = ssl_context
         self._loop = asyncio.new_event_loop()
-        self._pool: Pool | None = None
+        self._pool = Pool(connect_timeout=timeout[0], read_timeout=timeout[1],
+                          per_origin=per_origin, ssl_context=ssl_context)
         self._paused: dict[str, float] = {}
 
     def send_many(self, messages: list[Message],
@@ -210,10 +232,9 @@ class PushSender:
 
     def close(self) -> None:
         """Close the connections and the event loop."""
-        if self._pool is not None:
-            self._pool.close()
-            with contextlib.suppress(RuntimeError):  # another loop runs in this thread
-                self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
+        self._pool.close()
+        with contextlib.suppress(RuntimeError):  # another loop runs in this thread
+            self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
         self._loop.close()
 
     def _run(self, coroutine: Any) -> None:
@@ -247,10 +268,6 @@ class PushSender:
     async def _send_all(self, messages: list[Message],
                         on_results: Callable[[list[tuple[Any, PushResult]]], None],
                         flush_every: int) -> None:
-        if self._pool is None:
-            connect, read = self.timeout
-            self._pool = Pool(connect_timeout=connect, read_timeout=read,
-                              per_origin=self.per_origin, ssl_context=self.ssl_context)
         pool = self._pool
 
         answers: asyncio.Queue[tuple[Any, PushResult]] = asyncio.Queue()
@@ -270,30 +287,37 @@ class PushSender:
         waiting = iter(messages)
         in_flight = 0
         answered: list[tuple[Any, PushResult]] = []
-        while True:
-            while in_flight + len(answered) < self.concurrency:
-                message = next(waiting, None)
-                if message is None:
+        try:
+            while True:
+                while in_flight + len(answered) < self.concurrency:
+                    message = next(waiting, None)
+                    if message is None:
+                        break
+                    task = asyncio.ensure_future(one(message))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    in_flight += 1
+                if not in_flight:
                     break
-                task = asyncio.ensure_future(one(message))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                in_flight += 1
-            if not in_flight:
-                break
-            answered.append(await answers.get())
-            in_flight -= 1
-            while not answers.empty():
-                answered.append(answers.get_nowait())
+                answered.append(await answers.get())
                 in_flight -= 1
-            if len(answered) >= flush_every or not in_flight:
+                while not answers.empty():
+                    answered.append(answers.get_nowait())
+                    in_flight -= 1
+                if len(answered) >= flush_every or not in_flight:
+                    on_results(answered)
+                    answered = []
+            if answered:
                 on_results(answered)
-                answered = []
-        if answered:
-            on_results(answered)
+        finally:
+            # A failed write ends the batch: requests still in flight must not finish
+            # during the next batch, sent with nobody to record them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send_one(self, pool: Pool, message: Message) -> PushResult:
-        problem = self.guard.problem(message.endpoint)
+        problem = await self.guard.problem_in_loop(message.endpoint)
         if problem:
             return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
         origin = origin_of(message.endpoint)
