@@ -24,9 +24,14 @@ FINAL_STATUSES = ("sent", "failed", "gone", "expired", "skipped")
 Increments = dict[tuple[str, str], dict[str, int]]
 
 
+def dialect_of(db: Any) -> str:
+    """``postgresql`` or ``sqlite``: the dialect of the session's database."""
+    return str(db.session.get_bind().dialect.name)
+
+
 def insert_for(db: Any, table: sa.Table) -> Any:
     """An INSERT of the session's dialect, with on_conflict_* support where it exists."""
-    dialect = db.session.get_bind().dialect.name
+    dialect = dialect_of(db)
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 

@@ -28,6 +28,7 @@ from .counters import (
     add,
     bucket,
     bump,
+    dialect_of,
     insert_for,
     new_increments,
     platform_of,
@@ -36,7 +37,7 @@ from .counters import (
 from .models import Models, utcnow
 from .push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
 from .queue import enqueue_at, fanout_job_id, get_queue
-from .sending import encode_payload
+from .sending import payload_encoder
 from .tracking import make_token, signing_key
 
 log = logging.getLogger("flask_webpush_targeted")
@@ -62,7 +63,7 @@ def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
     """Insert pending deliveries for (subscription id, user id, label) rows, skipping any
     that exist; return the subscription ids inserted."""
     table = m.Delivery.__table__
-    if _is_postgresql(db):
+    if dialect_of(db) == "postgresql":
         # Two array parameters and unnest: one short statement whatever the chunk's size,
         # instead of a multi-row VALUES of thousands of parameters to build and parse.
         pairs = sa.func.unnest(
@@ -72,7 +73,7 @@ def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
                          type_=postgresql.ARRAY(sa.String)),
         ).table_valued("sid", "uid").render_derived(name="pairs")
         c = table.c
-        stmt = postgresql.insert(table).from_select(
+        stmt = insert_for(db, table).from_select(
             ["notification_id", "subscription_id", "user_id", "status", "attempts", "created_at"],
             sa.select(sa.literal(notification_id, c.notification_id.type), pairs.c.sid,
                       pairs.c.uid, sa.literal("pending", c.status.type),
@@ -86,10 +87,6 @@ def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
         {"notification_id": notification_id, "subscription_id": sid, "user_id": uid,
          "status": "pending", "attempts": 0, "created_at": now} for sid, uid, _label in found])
     return set(inserted.scalars())
-
-
-def _is_postgresql(db: Any) -> bool:
-    return bool(db.session.get_bind().dialect.name == "postgresql")
 
 
 def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
@@ -106,7 +103,7 @@ def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
         wanted = set(user_ids)
         yield user_ids, [tuple(r) for r in found if r[1] in wanted]
         return
-    postgres = _is_postgresql(db)
+    postgres = dialect_of(db) == "postgresql"
     for start in range(0, len(user_ids), _CHUNK):
         chunk = user_ids[start:start + _CHUNK]
         # PostgreSQL: one array parameter, not a thousand (the same statement every chunk).
@@ -224,12 +221,6 @@ def _pid() -> int:
     return os.getpid()
 
 
-def _deadline(n: Any) -> datetime:
-    # Validity counts from the planned send time, or from the call when that was earlier
-    # (a send_at in the past means "now", not "already expired").
-    return send_start(n) + timedelta(seconds=n.ttl)
-
-
 def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, int]:
     """Claim the batch's due deliveries, send them concurrently, record results as they come."""
     ext = _ext()
@@ -267,15 +258,18 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         finish_if_complete(notification_id)
         return {}
 
-    nid, start, deadline = n.id, send_start(n), _deadline(n)
+    nid, start = n.id, send_start(n)
+    # Validity counts from the planned send time, or from the call when that was earlier
+    # (a send_at in the past means "now", not "already expired").
+    deadline = start + timedelta(seconds=n.ttl)
+    # Expired only once the deadline has passed: truncated to whole seconds first, a
+    # 1-second validity would always look expired. The TTL header gets the whole seconds left.
+    remaining = (deadline - now).total_seconds()
     key = signing_key()
     token_expiry = (deadline + TOKEN_GRACE).timestamp()
     results: dict[int, PushResult] = {}
     to_send = []
     for row in rows:
-        # Expired only once the deadline has passed: truncated to whole seconds first, a
-        # 1-second validity would always look expired. The TTL header gets the whole seconds left.
-        remaining = (deadline - now).total_seconds()
         if row.endpoint is None or row.revoked_at is not None:
             results[row.id] = PushResult("skipped", reason="device revoked or consent withdrawn")
         elif remaining <= 0 and not (n.ttl == 0 and row.attempts == 1):
@@ -284,9 +278,10 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
             to_send.append((row, max(int(remaining), 0)))
 
     payload, urgency, topic = n.payload, n.urgency, n.topic
+    with_token = payload_encoder(payload)
     messages = [Message(row.id, row.endpoint, row.p256dh, row.auth,
-                        encode_payload(payload, make_token(row.id, token_expiry, key)),
-                        ttl, urgency, topic) for row, ttl in to_send]
+                        with_token(make_token(row.id, token_expiry, key)), ttl, urgency, topic)
+                for row, ttl in to_send]
     counts: dict[str, int] = {}
 
     by_id = {row.id: row for row in rows}
@@ -325,7 +320,8 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
     app = _app()
     max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
     now = utcnow()
-    updates: list[dict[str, Any]] = []
+    final: dict[int, str] = {}  # delivery id -> the status written
+    groups: dict[tuple[Any, ...], list[int]] = {}  # the columns written -> delivery ids
     counts: dict[str, int] = {}
     retry_at: datetime | None = None
     for delivery_id, result in results.items():
@@ -340,34 +336,31 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
                 next_at = now + timedelta(seconds=_retry_delay(attempts, result.retry_after))
                 retry_at = min(retry_at or next_at, next_at)
         counts[status] = counts.get(status, 0) + 1
-        updates.append({"b_id": delivery_id, "status": status, "status_code": result.status_code,
-                        "reason": reason, "next_attempt_at": next_at,
-                        "sent_at": now if status == "sent" else None,
-                        "claimed_by": None if status == "pending" else claim})
+        final[delivery_id] = status
+        # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
+        # the database's work per delivery is what limits several workers on one server.
+        groups.setdefault((status, result.status_code, reason, next_at,
+                           now if status == "sent" else None,
+                           None if status == "pending" else claim), []).append(delivery_id)
     table = m.Delivery.__table__
-    # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
-    # the database's work per delivery is what limits several workers on one server.
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for u in updates:
-        groups.setdefault(tuple(u[c] for c in _RESULT_COLUMNS), []).append(u["b_id"])
     written = 0
     for values, ids in groups.items():
         # Only rows this batch still holds: a claim taken over by another worker is theirs.
         written += db.session.execute(
             table.update().where(table.c.id.in_(ids), table.c.claimed_by == claim)
             .values(dict(zip(_RESULT_COLUMNS, values, strict=True)))).rowcount
-    mine = {u["b_id"] for u in updates}
-    if written != len(updates):
+    mine = set(final)
+    if written != len(final):
         # Rare: another worker took over part of this claim. Count only rows still ours.
         mine = set(db.session.scalars(sa.select(table.c.id).where(
             table.c.id.in_(mine), table.c.claimed_by == claim)))
     inc = new_increments()
     at = bucket(start, now)
-    for u in updates:
-        if u["b_id"] in mine and u["status"] in FINAL_STATUSES:
-            is_sent = u["status"] == "sent"
-            add(inc, u["status"], at=at if is_sent else None,
-                platform=platform_of(rows[u["b_id"]].label) if is_sent else None)
+    for delivery_id, status in final.items():
+        if delivery_id in mine and status in FINAL_STATUSES:
+            is_sent = status == "sent"
+            add(inc, status, at=at if is_sent else None,
+                platform=platform_of(rows[delivery_id].label) if is_sent else None)
     bump(db, m, nid, inc)
     Sub = m.Subscription
     gone = [rows[d].subscription_id for d, r in results.items() if r.outcome == "gone"]
@@ -462,10 +455,10 @@ def recover() -> dict[str, int]:
             n.status, done["enqueued"] = "queued", done["enqueued"] + 1
         n.job_id, n.queued_at = job_id, n.queued_at or now
     db.session.commit()
-    sending = db.session.scalars(sa.select(N.id).where(N.status == "sending")).all()
-    for nid in sending:
-        n = db.session.execute(sa.select(N.fanned_out_at, N.queued_at, N.created_at)
-                               .where(N.id == nid)).one()
+    sending = db.session.execute(sa.select(N.id, N.fanned_out_at, N.queued_at, N.created_at)
+                                 .where(N.status == "sending")).all()
+    for n in sending:
+        nid = n.id
         if n.fanned_out_at is None:
             if (n.queued_at or n.created_at) < stale:
                 queue.enqueue(fan_out, nid)

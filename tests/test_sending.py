@@ -341,3 +341,15 @@ def test_send_command_notifies_users_from_options_and_a_file(
                               "--url", "https://evil.example/"])
     assert bad.exit_code != 0 and "relative or on this site" in bad.output
     assert runner.invoke(args=["webpush", "send", "--title", "x"]).exit_code != 0
+
+
+@pytest.mark.parametrize("payload", [
+    {}, {"title": "Soldes d'été ✓", "body": 'say "hi"\n', "data": {"a": [1, None]}},
+    {"title": "x", "token": "set by a caller"},
+])
+def test_the_per_batch_payload_encoder_writes_the_same_bytes(payload: dict[str, Any]) -> None:
+    from flask_webpush_targeted.sending import encode_payload, payload_encoder
+    from flask_webpush_targeted.tracking import make_token
+
+    token = make_token(123456789, 2_000_000_000, b"k" * 32)
+    assert payload_encoder(payload)(token) == encode_payload(payload, token)
