@@ -92,16 +92,10 @@ def make_app(db_url: str) -> Iterator[Callable[..., tuple[Flask, SQLAlchemy, Web
 
 
 @pytest.fixture
-def host(db_url: str) -> Iterator[tuple[Flask, SQLAlchemy, WebPush]]:
+def host(make_app: Callable[..., tuple[Flask, SQLAlchemy, WebPush]],
+         ) -> tuple[Flask, SQLAlchemy, WebPush]:
     """(app, db, webpush) with the tables created, dropped after the test."""
-    app, db, webpush = make_host_app(db_url)
-    with app.app_context():
-        db.create_all()
-    yield app, db, webpush
-    with app.app_context():
-        db.session.remove()
-        db.drop_all()
-        db.engine.dispose()
+    return make_app()
 
 
 @pytest.fixture
@@ -379,14 +373,8 @@ class SendingHost:
             self.db.create_all()
 
     def close(self) -> None:
-        from flask_webpush_targeted.queue import get_queue
-
+        empty_queue(self.app)
         with self.app.app_context():
-            queue = get_queue()
-            for registry in (queue.scheduled_job_registry, queue.failed_job_registry):
-                for job_id in registry.get_job_ids():
-                    registry.remove(job_id, delete_job=True)
-            queue.empty()
             self.db.session.remove()
             self.db.drop_all()
             self.db.engine.dispose()
@@ -452,8 +440,21 @@ class SendingHost:
 
 
 @pytest.fixture
-def sending(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[SendingHost]:
+def make_host(db_url: str, push_service: Any, redis_conn: Any,
+              ) -> Iterator[Callable[..., SendingHost]]:
+    """SendingHost(db_url, push_service, **config), closed after the test."""
+    made: list[SendingHost] = []
+
+    def make(**config: Any) -> SendingHost:
+        made.append(SendingHost(db_url, push_service, **config))
+        return made[-1]
+
+    yield make
+    for host in made:
+        host.close()
+
+
+@pytest.fixture
+def sending(make_host: Callable[..., SendingHost]) -> SendingHost:
     """A SendingHost on each database, with the real Redis and the local push service."""
-    host = SendingHost(db_url, push_service)
-    yield host
-    host.close()
+    return make_host()

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -542,10 +542,8 @@ def test_devices_show_what_support_may_see_and_never_endpoints_or_keys(api: Api)
 
 
 @pytest.fixture
-def limited(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Api]:
-    host = SendingHost(db_url, push_service, WEBPUSH_API_RATE_LIMIT=3)
-    yield Api(host)
-    host.close()
+def limited(make_host: Callable[..., SendingHost]) -> Api:
+    return Api(make_host(WEBPUSH_API_RATE_LIMIT=3))
 
 
 def test_a_key_over_its_rate_limit_gets_429_with_retry_after(limited: Api) -> None:
@@ -567,7 +565,6 @@ def redis_down(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Api]
     host = SendingHost(db_url, push_service, WEBPUSH_REDIS_URL="redis://127.0.0.1:1/0")
     yield Api(host)
     # Clean the test's queue on the real Redis.
-    host.config["WEBPUSH_REDIS_URL"] = REDIS_URL
     host.app.config["WEBPUSH_REDIS_URL"] = REDIS_URL
     host.app.extensions.pop("webpush.redis", None)
     host.close()

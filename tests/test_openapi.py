@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -294,10 +294,8 @@ class Fuzz:
 
 
 @pytest.fixture
-def fuzz(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Fuzz]:
-    host = SendingHost(db_url, push_service, WEBPUSH_API_RATE_LIMIT=100_000)
-    yield Fuzz(host)
-    host.close()
+def fuzz(make_host: Callable[..., SendingHost]) -> Fuzz:
+    return Fuzz(make_host(WEBPUSH_API_RATE_LIMIT=100_000))
 
 
 def _authorized(key: str | None, *scopes: str) -> bool:

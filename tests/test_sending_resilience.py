@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from browser import wait_until
 from conftest import SendingHost
 from rq import Worker
 from rq.job import Job
@@ -35,14 +36,6 @@ def notify(host: SendingHost, users: list[str], **kw: Any) -> int:
     kw.setdefault("title", "Gate change: LO123 now boards at 14")
     with host.app.app_context():
         return int(host.webpush.notify_users(users, **kw).id)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-    return result
 
 
 def status_of(host: SendingHost, nid: int) -> str:
@@ -105,20 +98,6 @@ def database_busy(host: SendingHost) -> Iterator[None]:
             conn.rollback()
 
 
-@pytest.fixture
-def make_host(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Any]:
-    """SendingHost(db_url, push_service, **config), closed after the test."""
-    made: list[SendingHost] = []
-
-    def make(**config: Any) -> SendingHost:
-        made.append(SendingHost(db_url, push_service, **config))
-        return made[-1]
-
-    yield make
-    for host in made:
-        host.close()
-
-
 class OwnRedis:
     """A redis-server of this test's own on a free port, which the test may stop."""
 
@@ -136,7 +115,7 @@ class OwnRedis:
              "--appendonly", "no", "--dir", str(self.folder), "--daemonize", "no"],
             stdout=subprocess.DEVNULL)
         conn = redis.Redis.from_url(self.url)
-        wait_until(lambda: self._answers(conn), 10, "redis-server to answer")
+        wait_until(lambda: self._answers(conn), "waited in vain for redis-server to answer", 10)
 
     @staticmethod
     def _answers(conn: redis.Redis) -> bool:
@@ -177,7 +156,7 @@ def test_send_at_is_not_received_before_its_time_and_is_received_after(
         assert status_of(sending, nid) == "scheduled"
         [push] = sending.push_service.wait_for(1, timeout=20, endpoint_or_id=sub.endpoint)
         assert push.received_at >= send_at.timestamp()
-        wait_until(lambda: status_of(sending, nid) == "done", 20, "status done")
+        wait_until(lambda: status_of(sending, nid) == "done", "waited in vain for status done", 20)
     assert [d.status for d in sending.deliveries(nid)] == ["sent"]
 
 
@@ -194,7 +173,8 @@ def test_cancel_stops_a_scheduled_notification_while_a_worker_runs(sending: Send
             assert sending.webpush.cancel(cancelled) is True
         # The uncancelled twin arriving shows the worker and its scheduler did run past send_at.
         sending.push_service.wait_for(1, timeout=20, endpoint_or_id=kept_sub.endpoint)
-        wait_until(lambda: status_of(sending, kept) == "done", 20, "the twin done")
+        wait_until(lambda: status_of(sending, kept) == "done",
+                   "waited in vain for the twin done", 20)
         time.sleep(1.5)  # one more scheduler tick
     assert sending.push_service.request_count(cancelled_sub.endpoint) == 0
     assert status_of(sending, cancelled) == "cancelled"
@@ -259,9 +239,11 @@ def test_two_workers_on_one_notification_send_each_subscription_exactly_once(
         push_service.respond(sub.endpoint, 201, delay=0.05)
     with running_workers(host, count=2) as names, host.app.app_context():
         queue = get_queue()
-        wait_until(lambda: len(Worker.all(queue=queue)) == 2, 30, "both workers listening")
+        wait_until(lambda: len(Worker.all(queue=queue)) == 2,
+                   "waited in vain for both workers listening", 30)
         nid = notify(host, users)
-        wait_until(lambda: status_of(host, nid) == "done", 90, "notification done")
+        wait_until(lambda: status_of(host, nid) == "done",
+                   "waited in vain for notification done", 90)
         jobs = Job.fetch_many(queue.finished_job_registry.get_job_ids(), queue.connection)
     assert [push_service.request_count(s.endpoint) for s in subs] == [1] * len(subs)
     assert all(len(push_service.received_for(s.endpoint)) == 1 for s in subs)
@@ -291,7 +273,8 @@ def test_a_worker_killed_mid_batch_resends_only_what_was_in_flight(
     nid = notify(host, users)
     worker = host.start_worker()
     try:
-        wait_until(lambda: sum(received().values()) >= 7, 60, "7 pushes (mid second batch)")
+        wait_until(lambda: sum(received().values()) >= 7,
+                   "waited in vain for 7 pushes (mid second batch)", 60)
         # The worst moment: an answer is in but not yet written down (the database is busy).
         with database_busy(host):
             time.sleep(0.6)  # > the 0.3 s a push takes: whatever was started has arrived
@@ -412,7 +395,7 @@ def test_a_long_running_worker_sends_a_429_retry_once_retry_after_has_passed(
     with running_workers(sending):
         nid = notify(sending, ["1"])
         [push] = sending.push_service.wait_for(1, timeout=15, endpoint_or_id=sub.endpoint)
-        wait_until(lambda: status_of(sending, nid) == "done", 10, "status done")
+        wait_until(lambda: status_of(sending, nid) == "done", "waited in vain for status done", 10)
     [d] = sending.deliveries(nid)
     assert (d.status, d.attempts) == ("sent", 2)
     assert push.received_at - d.created_at.timestamp() >= 1  # not before Retry-After

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -218,12 +218,8 @@ def test_no_cookie_and_no_csrf_token_are_needed_and_none_is_set(sent: Sent) -> N
 
 
 @pytest.fixture
-def limited(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Sent]:
-    host = SendingHost(db_url, push_service, WEBPUSH_EVENTS_RATE_LIMIT=3)
-    try:
-        yield send_for_real(host)
-    finally:
-        host.close()
+def limited(make_host: Callable[..., SendingHost]) -> Sent:
+    return send_for_real(make_host(WEBPUSH_EVENTS_RATE_LIMIT=3))
 
 
 def test_the_fourth_event_in_a_minute_from_one_address_is_rate_limited(limited: Sent) -> None:
