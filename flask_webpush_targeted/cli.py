@@ -9,6 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .apikeys import SCOPES
 from .config import generate_vapid_keys
 
 webpush_cli = AppGroup("webpush", help="Targeted Web Push: keys, users' data, sending, stats.")
@@ -164,7 +165,7 @@ webpush_cli.add_command(api_key_cli)
 
 @api_key_cli.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(["send", "stats", "devices"]),
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(SCOPES),
               help="What the key may do (repeatable); default: send.")
 def api_key_create_command(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key named NAME; print it once, on stdout (only its hash is stored)."""

@@ -59,7 +59,7 @@ def get_notification(db: Any, m: Models, notification_id: int) -> Any:
 def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, Any]:
     """The full figures of one notification: funnel, rates, failure reasons, platforms."""
     n = get_notification(db, m, notification_id)
-    D, S = m.Delivery, m.Stat
+    S = m.Stat
     stats = _funnel(n, _counts(db, m, [n.id])[n.id])
     stats["by_platform"] = [
         {"platform": row.key, "deliveries": row.deliveries, "sent": row.sent,
@@ -69,28 +69,38 @@ def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, An
             .order_by(S.deliveries.desc(), S.key).limit(20))
     ]
     stats["pruned"] = bool(n.totals)
-    if n.totals:
-        stats["failure_reasons"] = n.totals.get("failure_reasons", [])
-        return stats
-    stats["failure_reasons"] = [
+    stats["failure_reasons"] = (n.totals.get("failure_reasons", []) if n.totals
+                                else _failure_reasons(db, m, n.id))
+    return stats
+
+
+def _failure_reasons(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
+    """The 20 most frequent (status, code, reason) of the unsuccessful deliveries."""
+    D = m.Delivery
+    return [
         {"status": status, "status_code": code, "reason": reason, "count": count}
         for status, code, reason, count in db.session.execute(
             sa.select(D.status, D.status_code, D.reason, sa.func.count())
-            .where(D.notification_id == n.id, D.status.in_(("failed", "gone", "expired",
-                                                            "skipped")))
+            .where(D.notification_id == notification_id,
+                   D.status.in_(("failed", "gone", "expired", "skipped")))
             .group_by(D.status, D.status_code, D.reason)
             .order_by(sa.func.count().desc()).limit(20))
     ]
-    return stats
 
 
 def list_notifications(db: Any, m: Models, *, page: int = 1, per_page: int = 25,
                        status: str | None = None, category: str | None = None,
                        since: datetime | None = None, until: datetime | None = None,
-                       ) -> tuple[list[dict[str, Any]], int]:
-    """One page of notifications, newest first, each with its funnel; and the total count."""
+                       lists: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """One page of notifications, newest first, each with its funnel; and the total count.
+
+    ``lists``: load the targeting and the users without devices too (megabytes for a large
+    audience; left out otherwise, and never loaded one row at a time).
+    """
     N = m.Notification
-    query = sa.select(N).options(defer(N.targeting), defer(N.users_without_devices))
+    query = sa.select(N)
+    if not lists:
+        query = query.options(defer(N.targeting), defer(N.users_without_devices))
     if status:
         query = query.where(N.status == status)
     if category:
@@ -171,8 +181,7 @@ def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
     for nid in ids:
         if not db.session.scalar(sa.select(sa.exists().where(D.notification_id == nid))):
             continue
-        reasons = notification_stats(db, m, nid)["failure_reasons"]
-        db.session.get(N, nid).totals = {"failure_reasons": reasons}
+        db.session.get(N, nid).totals = {"failure_reasons": _failure_reasons(db, m, nid)}
         deleted += db.session.execute(sa.delete(D).where(D.notification_id == nid)).rowcount or 0
         db.session.commit()
         pruned += 1

@@ -30,13 +30,13 @@ from werkzeug.exceptions import Forbidden
 
 from .. import stats
 from ..charts import series_svg
+from ..crm_requests import STATUSES
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import APIError, BadRequestError, CSRFError, LoginRequired, NotificationNotFound
 from .common import ext
 from .pages import _login_page
 
 PER_PAGE = 25
-STATUSES = ("scheduled", "queued", "sending", "done", "cancelled")
 
 
 class AccessDenied(APIError, Forbidden):
@@ -148,7 +148,8 @@ def notifications_json() -> ResponseReturnValue:
     page, filters = _int_arg("page", 1), _filters(json=True)
     webpush = ext()
     items, total = stats.list_notifications(webpush.db, webpush.models, page=page,
-                                            per_page=_int_arg("per_page", PER_PAGE), **filters)
+                                            per_page=_int_arg("per_page", PER_PAGE),
+                                            lists=True, **filters)
     return jsonify(total=total, page=page, notifications=[
         {**_notification_json(i["notification"]), "funnel": i["funnel"]} for i in items])
 
@@ -160,7 +161,7 @@ def notification_page(nid: int) -> ResponseReturnValue:
         return refused
     webpush = ext()
     try:
-        n = ext().get_notification(nid)
+        n = webpush.get_notification(nid)
     except NotificationNotFound:
         abort(404, f"No notification has id {nid}.")
     page = _int_arg("page", 1)
@@ -177,7 +178,7 @@ def notification_json(nid: int) -> ResponseReturnValue:
     """One notification's figures and time series as JSON."""
     _allowed(json=True)
     webpush = ext()
-    n = ext().get_notification(nid)
+    n = webpush.get_notification(nid)
     return jsonify(notification=_notification_json(n), stats=webpush.stats(nid),
                    time_series=stats.time_series(webpush.db, webpush.models, nid))
 
@@ -200,7 +201,7 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
         return refused
     webpush = ext()
     try:
-        ext().get_notification(nid)
+        webpush.get_notification(nid)
     except NotificationNotFound:
         abort(404, f"No notification has id {nid}.")
 
@@ -224,7 +225,7 @@ def deliveries_json(nid: int) -> ResponseReturnValue:
     """A page of a notification's deliveries as JSON."""
     _allowed(json=True)
     webpush = ext()
-    ext().get_notification(nid)
+    webpush.get_notification(nid)
     page = _int_arg("page", 1)
     per_page = min(_int_arg("per_page", 100), 1000)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page,

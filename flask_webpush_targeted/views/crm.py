@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -279,7 +279,6 @@ def cancel_notification(notification_id: str) -> ResponseReturnValue:
     webpush = ext()
     if not webpush.cancel(n.id):
         raise NotCancellable(f"Notification {n.id} is {n.status} already: nothing to cancel.")
-    webpush.db.session.refresh(n)
     return _answer(_notification_json(n, webpush.stats(n.id), detail=True))
 
 
@@ -323,16 +322,8 @@ def user_devices(user_id: str) -> ResponseReturnValue:
         _device_json(s, granted.get(s.id), pushed.get(s.id)) for s in subs]})
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    """An aggregate's time, aware in UTC whatever the database returned."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _device_json(sub: Any, granted_at: Any, pushed_at: Any) -> dict[str, Any]:
-    last_push = _as_utc(pushed_at)
-    last_used = max(filter(None, (sub.last_seen_at, last_push)))
+    last_used = max(filter(None, (sub.last_seen_at, pushed_at)))
     if sub.revoked_at is None:
         state = "granted"
     elif sub.revoked_reason in ("gone", "rotated"):
@@ -344,6 +335,6 @@ def _device_json(sub: Any, granted_at: Any, pushed_at: Any) -> dict[str, Any]:
         "added_at": _iso(sub.created_at), "last_used_at": _iso(last_used),
         "active": sub.active,
         "consent": {"state": state, "text_version": sub.consent_version,
-                    "granted_at": _iso(_as_utc(granted_at) or sub.created_at),
+                    "granted_at": _iso(granted_at or sub.created_at),
                     "ended_at": _iso(sub.revoked_at), "reason": sub.revoked_reason},
     }
