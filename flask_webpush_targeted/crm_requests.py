@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .exceptions import APIError, BadRequestError
-from .models import Models
 
 #: deepest nesting of arrays and objects accepted in a body (``data`` is free-form)
 MAX_DEPTH = 32
@@ -35,7 +33,6 @@ MAX_PAGE = 100_000
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
                       r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
-_CHUNK = 1000
 
 _TEXT_FIELDS = ("body", "url", "urgency", "topic", "category", "icon", "image", "badge", "tag")
 _BOOL_FIELDS = ("require_interaction", "silent")
@@ -280,20 +277,3 @@ def check_user_id(user_id: str) -> str:
     if not 0 < len(user_id) <= 255 or "\x00" in user_id:
         raise BadRequestError("A user id is 1 to 255 characters, without NUL.")
     return user_id
-
-
-# -- the per-user outcome ---------------------------------------------------------------------
-
-
-def users_without_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> list[str]:
-    """The ids, in request order, with no active (consented) device among those targeted."""
-    Sub = m.Subscription
-    wanted = list(dict.fromkeys(user_ids))
-    covered: set[str] = set()
-    for start in range(0, len(wanted), _CHUNK):
-        query = sa.select(Sub.user_id).where(Sub.user_id.in_(wanted[start:start + _CHUNK]),
-                                             Sub.revoked_at.is_(None))
-        if isinstance(devices, list):
-            query = query.where(Sub.id.in_(devices))
-        covered.update(db.session.scalars(query.distinct()))
-    return [u for u in wanted if u not in covered]

@@ -120,6 +120,16 @@ def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
         yield chunk, [tuple(r) for r in rows]
 
 
+def users_without(db: Any, m: Models, targeting: dict[str, Any]) -> list[str]:
+    """The targeted users, in order, whom no chosen active device covers, as the fan-out
+    will find them (the push API answers with them at once)."""
+    without: list[str] = []
+    for chunk, found in _targets(db, m, targeting):
+        covered = {uid for _sid, uid, _label in found}
+        without.extend(u for u in chunk if u not in covered)
+    return without
+
+
 def fan_out(notification_id: int) -> None:
     """Write one pending Delivery per chosen device, then enqueue the batches."""
     ext = _ext()

@@ -32,7 +32,6 @@ from ..crm_requests import (
     parse_list_args,
     parse_notification,
     read_json_body,
-    users_without_devices,
 )
 from ..exceptions import (
     APIError,
@@ -41,6 +40,7 @@ from ..exceptions import (
     QueueUnavailable,
     RateLimited,
 )
+from ..jobs import users_without
 from ..models import utcnow
 from ..openapi import openapi_document
 from ..queue import REDIS_ERRORS, redis_connection
@@ -233,8 +233,7 @@ def _claim(key_id: int, idem: str, digest: str) -> tuple[Any, bool]:
 
 def _accepted(n: Any, req: NotifyRequest, replay: bool) -> Response:
     webpush = ext()
-    without = users_without_devices(webpush.db, webpush.models, req.user_ids,
-                                    req.options.get("devices", "all"))
+    without = users_without(webpush.db, webpush.models, n.targeting)
     url = _status_url(n.id)
     headers = {"Location": url}
     if replay:
