@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .counters import add, bump, new_increments
 from .models import Models
 
 
@@ -55,11 +56,23 @@ def export_user(db: Any, m: Models, user_id: str) -> dict[str, Any]:
 
 def forget_user(db: Any, m: Models, user_id: str) -> dict[str, int]:
     """Delete the user's deliveries, consents and subscriptions; return what went."""
-    counts = {}
+    D = m.Delivery
     # Children first, in one transaction: no foreign key is left dangling on any database.
-    for name, model in (("deliveries", m.Delivery), ("consents", m.Consent)):
-        result = db.session.execute(sa.delete(model).where(model.user_id == user_id))
-        counts[name] = result.rowcount or 0
+    gone = db.session.execute(sa.delete(D).where(D.user_id == user_id)
+                              .returning(D.notification_id, D.status)).all()
+    # A delivery erased before its result is counted as skipped: the counters, which
+    # tell a worker when a notification is done, then still add up.
+    unsent: dict[int, int] = {}
+    for notification_id, status in gone:
+        if status in ("pending", "sending"):
+            unsent[notification_id] = unsent.get(notification_id, 0) + 1
+    for notification_id, count in sorted(unsent.items()):
+        inc = new_increments()
+        add(inc, "skipped", count)
+        bump(db, m, notification_id, inc)
+    counts = {"deliveries": len(gone)}
+    result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))
+    counts["consents"] = result.rowcount or 0
     # Rows of other users may still point at this user's devices (a device that moved
     # accounts keeps its earlier owner's history): cut those links here, as ON DELETE
     # SET NULL would, because SQLite does not enforce it and reuses deleted ids.

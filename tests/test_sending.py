@@ -218,6 +218,28 @@ def test_consent_withdrawn_between_call_and_send_means_not_sent(sending: Sending
     assert statuses[kept.id][0] == "sent"
 
 
+def test_a_user_erased_before_their_delivery_is_sent_counts_skipped_and_the_send_finishes(
+        sending: SendingHost) -> None:
+    sending.subscribe("1")
+    kept = sending.subscribe("2")
+    with sending.app.app_context():
+        nid = sending.webpush.notify_users(["1", "2"], title="Hi").id
+    with sending.app.app_context():
+        from flask_webpush_targeted.jobs import fan_out
+        from flask_webpush_targeted.queue import get_queue
+
+        get_queue().empty()
+        fan_out(nid)  # the delivery rows exist, pending, when the user is erased
+        assert sending.webpush.forget_user("1")["deliveries"] == 1
+    sending.run_worker()
+    assert sending.push_service.request_count(kept.endpoint) == 1
+    with sending.app.app_context():
+        stats = sending.webpush.stats(nid)
+    # The counters still add up (they tell the worker when a notification is done).
+    assert (stats["deliveries"], stats["sent"], stats["skipped"]) == (2, 1, 1)
+    assert sending.notification(nid).status == "done"
+
+
 @pytest.mark.parametrize(("code", "status", "active"), [
     (404, "gone", False), (410, "gone", False),
     (400, "failed", True), (401, "failed", True), (403, "failed", True), (413, "failed", True),
