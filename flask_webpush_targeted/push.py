@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import struct
@@ -32,7 +33,7 @@ from py_vapid import Vapid02
 from .config import b64url_decode
 from .exceptions import InvalidSubscription
 from .http11 import Pool, ProtocolError
-from .subscriptions import validate_endpoint
+from .subscriptions import check_endpoint_text, validate_endpoint
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -59,6 +60,16 @@ def origin_of(endpoint: str) -> str:
     """``scheme://host[:port]`` of an endpoint, as VAPID's ``aud`` wants it."""
     parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\]*(?=/)")
+
+
+def origin_prefix(endpoint: str) -> str | None:
+    """``scheme://netloc`` of an endpoint with a path and no user name, or None: the part
+    thousands of endpoints share, whose parsing and checks are then done once."""
+    match = _PREFIX.match(endpoint)
+    return match.group() if match else None
 
 
 def parse_retry_after(value: str | None, default: float) -> float:
@@ -105,6 +116,7 @@ class EndpointGuard:
         self.extra_origins = frozenset(extra_origins)
         self._dns_ttl = dns_ttl
         self._resolved: dict[str, tuple[bool, float]] = {}
+        self._origins: dict[str, tuple[str | None, str | None]] = {}  # prefix -> _policy
         self._lock = threading.Lock()
 
     def problem(self, endpoint: str) -> str | None:
@@ -128,6 +140,23 @@ class EndpointGuard:
     def _policy(self, endpoint: str) -> tuple[str | None, str | None]:
         """(why the policy refuses it, None) or (None, the host to resolve, or None for an
         origin in WEBPUSH_EXTRA_PUSH_SERVICES)."""
+        prefix = origin_prefix(endpoint)
+        if prefix is None:
+            return self._origin_policy(endpoint)
+        # What the policy says depends on the origin, and on the rest of the URL only for
+        # its characters: the origin's verdict is reused by the thousands of its endpoints.
+        try:
+            check_endpoint_text(endpoint)
+        except InvalidSubscription as exc:
+            return exc.message, None
+        verdict = self._origins.get(prefix)
+        if verdict is None:
+            verdict = self._origin_policy(prefix + "/")
+            if len(self._origins) < 10_000:
+                self._origins[prefix] = verdict
+        return verdict
+
+    def _origin_policy(self, endpoint: str) -> tuple[str | None, str | None]:
         try:
             validate_endpoint(endpoint, self.extra_origins)
         except InvalidSubscription as exc:
@@ -222,6 +251,7 @@ class PushSender:
         self._pool = Pool(connect_timeout=timeout[0], read_timeout=timeout[1],
                           per_origin=per_origin, ssl_context=ssl_context)
         self._paused: dict[str, float] = {}
+        self._origins: dict[str, str] = {}  # origin_prefix -> origin_of
 
     def send_many(self, messages: list[Message],
                   on_results: Callable[[list[tuple[Any, PushResult]]], None],
@@ -269,46 +299,46 @@ class PushSender:
                         on_results: Callable[[list[tuple[Any, PushResult]]], None],
                         flush_every: int) -> None:
         pool = self._pool
-
-        answers: asyncio.Queue[tuple[Any, PushResult]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()  # strong references until each is done
+        answered: list[tuple[Any, PushResult]] = []
+        in_flight = 0
+        wake: asyncio.Future[None] | None = None  # set when an answer comes
 
         async def one(message: Message) -> None:
+            nonlocal in_flight
             try:
                 result = await self._send_one(pool, message)
             except Exception as exc:  # an encryption bug must not leave a batch claimed
                 log.exception("webpush: message %s could not be sent", message.key)
                 result = PushResult("failed", reason=f"error: {type(exc).__name__}: {exc}"[:255])
-            answers.put_nowait((message.key, result))
+            answered.append((message.key, result))
+            in_flight -= 1
+            if wake is not None and not wake.done():
+                wake.set_result(None)
 
         # A slot is freed only once its answer is recorded: at any moment at most
         # `concurrency` messages are sent but unrecorded, which bounds what a killed
         # worker can leave to be sent twice.
         waiting = iter(messages)
-        in_flight = 0
-        answered: list[tuple[Any, PushResult]] = []
         try:
             while True:
                 while in_flight + len(answered) < self.concurrency:
                     message = next(waiting, None)
                     if message is None:
                         break
-                    task = asyncio.ensure_future(one(message))
+                    task = loop.create_task(one(message))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     in_flight += 1
-                if not in_flight:
+                if answered and (len(answered) >= flush_every or not in_flight):
+                    done, answered = answered, []
+                    on_results(done)
+                elif in_flight:
+                    wake = loop.create_future()
+                    await wake
+                else:
                     break
-                answered.append(await answers.get())
-                in_flight -= 1
-                while not answers.empty():
-                    answered.append(answers.get_nowait())
-                    in_flight -= 1
-                if len(answered) >= flush_every or not in_flight:
-                    on_results(answered)
-                    answered = []
-            if answered:
-                on_results(answered)
         finally:
             # A failed write ends the batch: requests still in flight must not finish
             # during the next batch, sent with nobody to record them.
@@ -320,7 +350,12 @@ class PushSender:
         problem = await self.guard.problem_in_loop(message.endpoint)
         if problem:
             return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
-        origin = origin_of(message.endpoint)
+        prefix = origin_prefix(message.endpoint)
+        origin = self._origins.get(prefix) if prefix else None
+        if origin is None:
+            origin = origin_of(message.endpoint)
+            if prefix and len(self._origins) < 10_000:
+                self._origins[prefix] = origin
         paused = self._paused.get(origin, 0.0) - time.monotonic()
         if paused > 0:
             return PushResult("retry", 429, "push service asked to slow down", paused)

@@ -58,10 +58,8 @@ def _host_is_known(host: str) -> bool:
     return False
 
 
-def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
-    """Return the endpoint if the worker may POST to it, else raise InvalidSubscription."""
-    if not isinstance(endpoint, str) or not endpoint:
-        raise BadRequestError("subscription.endpoint must be a non-empty string.")
+def check_endpoint_text(endpoint: str) -> None:
+    """The checks of ``validate_endpoint`` that look at the whole URL, not its origin."""
     if len(endpoint) > MAX_ENDPOINT_LENGTH:
         raise InvalidSubscription(f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters.")
     # urlsplit and the HTTP client disagree about such characters (a backslash ends the
@@ -71,6 +69,15 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
             "The endpoint contains characters a URL may not hold (spaces, control "
             "characters, backslashes or non-ASCII)."
         )
+    if "#" in endpoint:
+        raise InvalidSubscription("The endpoint must not have a fragment.")
+
+
+def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
+    """Return the endpoint if the worker may POST to it, else raise InvalidSubscription."""
+    if not isinstance(endpoint, str) or not endpoint:
+        raise BadRequestError("subscription.endpoint must be a non-empty string.")
+    check_endpoint_text(endpoint)
     try:
         parts = urlsplit(endpoint)
         port = parts.port
@@ -81,8 +88,6 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
         raise InvalidSubscription("The endpoint has no host.")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidSubscription("The endpoint must not carry a user name or password.")
-    if parts.fragment or "#" in endpoint:
-        raise InvalidSubscription("The endpoint must not have a fragment.")
     default_port = 443 if parts.scheme == "https" else 80
     origin = f"{parts.scheme}://{host}:{port or default_port}"
     if origin in extra_origins:

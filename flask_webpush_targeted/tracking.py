@@ -42,7 +42,7 @@ def make_token(delivery_id: int, expires_at: float, key: bytes | None = None) ->
     """A token for ``delivery_id`` valid until ``expires_at`` (unix seconds)."""
     key = key or _key()
     data = struct.pack(">QI", delivery_id, int(expires_at))
-    mac = hmac.new(key, data, hashlib.sha256).digest()[:_MAC_BYTES]
+    mac = hmac.digest(key, data, "sha256")[:_MAC_BYTES]
     return f"{b64url_encode(data)}.{b64url_encode(mac)}"
 
 
