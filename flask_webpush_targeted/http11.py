@@ -103,9 +103,14 @@ class _Slots:
         self.free = size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def take(self) -> None:
+    def try_take(self) -> bool:
         if self.free > 0 and not self._waiters:
             self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -143,6 +148,7 @@ class Pool:
         self._idle: dict[_Key, list[_Connection]] = {}
         self._slots: dict[_Key, _Slots] = {}
         self._origins: dict[str, tuple[_Key, str]] = {}  # "scheme://netloc" -> key, Host
+        self._blocks: dict[tuple[tuple[str, str], ...], bytes] = {}  # headers -> encoded
         self.opened = 0  # connections opened so far, for tests and figures
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> Response:
@@ -150,20 +156,17 @@ class Pool:
         key, host, target = self._split(url)
         if any(c in target for c in " \r\n\t"):
             raise ProtocolError(f"the URL's path cannot go in a request line: {target[:80]!r}")
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        head = "\r\n".join(lines)
-        if head.count("\n") != len(lines) - 1 or "\r" in head.replace("\r\n", ""):
-            raise ProtocolError("a header holds a line break")  # would forge headers
         try:
-            request = (head + "\r\n\r\n").encode("ascii") + body
+            start = f"POST {target} HTTP/1.1\r\nHost: {host}\r\n".encode("ascii")
         except UnicodeEncodeError as exc:
             raise ProtocolError("the URL or a header is not ASCII") from exc
-
+        request = b"".join((start, b"Content-Length: %d\r\n" % len(body),
+                            self._encoded(headers), body))
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = _Slots(self.per_origin)
-        await slots.take()
+        if not slots.try_take():
+            await slots.take()
         try:
             connection = self._take(key) or await self._open(key)
             loop = asyncio.get_running_loop()
@@ -186,6 +189,25 @@ class Pool:
             return response
         finally:
             slots.release()
+
+    def _encoded(self, headers: dict[str, str]) -> bytes:
+        """The header lines and the blank line, checked; encoded once per distinct set."""
+        shape = tuple(headers.items())
+        encoded = self._blocks.get(shape)
+        if encoded is not None:
+            return encoded
+        lines = [f"{name}: {value}" for name, value in shape]
+        block = "".join(line + "\r\n" for line in lines) + "\r\n"
+        if block.count("\n") != len(lines) + 1 or "\r" in block.replace("\r\n", ""):
+            raise ProtocolError("a header holds a line break")  # would forge headers
+        try:
+            encoded = block.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise ProtocolError("the URL or a header is not ASCII") from exc
+        if len(self._blocks) > 1000:
+            self._blocks.clear()
+        self._blocks[shape] = encoded
+        return encoded
 
     def close(self) -> None:
         """Close every idle connection."""

@@ -138,6 +138,16 @@ class EndpointGuard:
             ok = await asyncio.to_thread(self._resolves_publicly, host)
         return None if ok else _private(host)
 
+    def known_problem(self, endpoint: str) -> str | None | bool:
+        """``problem`` when the caches can answer without a DNS lookup, else False."""
+        refused, host = self._policy(endpoint)
+        if refused or host is None:
+            return refused
+        ok = self._cached(host)
+        if ok is None:
+            return False
+        return None if ok else _private(host)
+
     def _policy(self, endpoint: str) -> tuple[str | None, str | None]:
         """(why the policy refuses it, None) or (None, the host to resolve, or None for an
         origin in WEBPUSH_EXTRA_PUSH_SERVICES)."""
@@ -257,6 +267,7 @@ class PushSender:
                           per_origin=per_origin, ssl_context=ssl_context)
         self._paused: dict[str, float] = {}
         self._origins: dict[str, str] = {}  # origin_prefix -> origin_of
+        self._headers: dict[tuple[str, int, str, str | None], dict[str, str]] = {}
 
     def send_many(self, messages: list[Message], on_results: OnResults,
                   flush_every: int) -> None:
@@ -371,7 +382,9 @@ class PushSender:
                 await asyncio.wait([writing])
 
     async def _send_one(self, pool: Pool, message: Message) -> PushResult:
-        problem = await self.guard.problem_in_loop(message.endpoint)
+        problem = self.guard.known_problem(message.endpoint)
+        if problem is False:
+            problem = await self.guard.problem_in_loop(message.endpoint)
         if problem:
             return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
         prefix = origin_prefix(message.endpoint)
@@ -384,15 +397,23 @@ class PushSender:
         if paused > 0:
             return PushResult("retry", 429, "push service asked to slow down", paused)
         body = encrypt(message.payload, message.p256dh, message.auth)
-        headers = {
-            "Authorization": self.vapid.header(origin),
-            "Content-Encoding": "aes128gcm",
-            "Content-Type": "application/octet-stream",
-            "TTL": str(message.ttl),
-            "Urgency": message.urgency,
-        }
-        if message.topic:
-            headers["Topic"] = message.topic
+        authorization = self.vapid.header(origin)
+        # One dict for all the messages of a batch: the pool encodes it once.
+        shape = (authorization, message.ttl, message.urgency, message.topic)
+        headers = self._headers.get(shape)
+        if headers is None:
+            headers = {
+                "Authorization": authorization,
+                "Content-Encoding": "aes128gcm",
+                "Content-Type": "application/octet-stream",
+                "TTL": str(message.ttl),
+                "Urgency": message.urgency,
+            }
+            if message.topic:
+                headers["Topic"] = message.topic
+            if len(self._headers) > 1000:
+                self._headers.clear()
+            self._headers[shape] = headers
         try:
             response = await pool.post(message.endpoint, headers, body)
         except TimeoutError:

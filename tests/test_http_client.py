@@ -245,6 +245,26 @@ def test_no_more_than_per_origin_connections_are_opened() -> None:
     run(script, test, per_origin=2)
 
 
+def test_a_request_cancelled_while_waiting_for_a_connection_gives_its_turn_away() -> None:
+    async def script(_n: int, _request: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.1)
+        writer.write(CREATED.encode())
+
+    async def test(pool: Pool, url: str, requests: list[bytes], connections: list[int]) -> None:
+        first = asyncio.ensure_future(pool.post(url, {}, b"1"))
+        waiting = asyncio.ensure_future(pool.post(url, {}, b"2"))
+        third = asyncio.ensure_future(pool.post(url, {}, b"3"))
+        await asyncio.sleep(0.02)
+        waiting.cancel()
+        assert [(await first).status, (await third).status] == [201, 201]
+        assert waiting.cancelled()
+        # No turn was lost: one connection, and it still serves.
+        assert (await pool.post(url, {}, b"4")).status == 201
+        assert [r[-1:] for r in requests] == [b"1", b"3", b"4"] and len(connections) == 1
+
+    run(script, test, per_origin=1)
+
+
 def test_a_refused_connection_a_bad_url_and_forged_headers_fail_clearly() -> None:
     async def main() -> None:
         pool = Pool(connect_timeout=2.0, read_timeout=2.0, per_origin=1)

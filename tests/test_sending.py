@@ -331,6 +331,22 @@ def test_endpoint_guard_refuses_hosts_resolving_to_private_addresses(monkeypatch
     assert "not a known" in (guard.problem("https://evil.example/x") or "")
 
 
+def test_endpoint_guard_checks_every_endpoint_of_an_origin_it_already_knows() -> None:
+    from flask_webpush_targeted.push import EndpointGuard
+
+    # The origin's verdict is computed once; each endpoint's own characters still count.
+    guard = EndpointGuard(["http://127.0.0.1:9"])
+    assert guard.problem("http://127.0.0.1:9/push/a") is None
+    assert guard.problem("http://127.0.0.1:9/push/b") is None
+    assert "fragment" in (guard.problem("http://127.0.0.1:9/push/a#x") or "")
+    assert "characters" in (guard.problem("http://127.0.0.1:9/push/a\\b") or "")
+    assert "longer" in (guard.problem("http://127.0.0.1:9/" + "a" * 3000) or "")
+    assert "user name" in (guard.problem("http://u@127.0.0.1:9/push/a") or "")
+    for _ in range(2):  # a refused origin stays refused, from its cached verdict too
+        assert "https" in (guard.problem("http://fcm.googleapis.com/fcm/send/x") or "")
+        assert "localhost" in (guard.problem("https://push.localhost/x") or "")
+
+
 def test_send_at_must_be_aware_and_a_future_one_is_scheduled(sending: SendingHost) -> None:
     sending.subscribe("1")
     later = datetime.now(UTC) + timedelta(hours=1)
