@@ -9,7 +9,6 @@ older than WEBPUSH_CLAIM_TIMEOUT belongs to a dead worker and may be taken again
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import logging
 import os
 import uuid
@@ -297,20 +296,13 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     counts: dict[str, int] = {}
 
     by_id = {row.id: row for row in rows}
-    app = _app()
 
-    def write(done: list[tuple[int, PushResult]]) -> None:
-        with app.app_context():  # a session of the writer thread's own
-            for status, count in _record(nid, start, by_id, dict(done), claim).items():
-                counts[status] = counts.get(status, 0) + count
-
-    def record(done: list[tuple[int, PushResult]]) -> concurrent.futures.Future[None]:
-        # Written by a thread: while it waits for the database, the event loop goes on
-        # sending (benchmarks/README.md: the wait was a tenth of a worker's time).
-        return _writer().submit(write, done)
+    def record(done: list[tuple[int, PushResult]]) -> None:
+        for status, count in _record(nid, start, by_id, dict(done), claim).items():
+            counts[status] = counts.get(status, 0) + count
 
     if results:  # skipped and expired ones: recorded before anything is sent
-        record(list(results.items())).result()
+        record(list(results.items()))
     # Results are written every half WEBPUSH_SEND_CONCURRENCY answers, and no more than
     # WEBPUSH_SEND_CONCURRENCY are ever sent but unwritten: what a killed worker can leave
     # to be sent again (the default tag and topic make the browser replace, not stack).
@@ -318,17 +310,6 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     _sender().send_many(messages, record, flush_every=max(1, concurrency // 2))
     finish_if_complete(nid)
     return counts
-
-
-def _writer() -> concurrent.futures.ThreadPoolExecutor:
-    """This process's thread for writing results, one write at a time."""
-    app = _app()
-    cached = app.extensions.get("webpush.writer")
-    if cached is None or cached[1] != _pid():
-        cached = (concurrent.futures.ThreadPoolExecutor(1, "webpush-results"), _pid())
-        app.extensions["webpush.writer"] = cached
-        atexit.register(cached[0].shutdown)
-    return cached[0]
 
 
 def _retry_delay(attempts: int, hinted: float | None) -> float:

@@ -7,7 +7,6 @@ Nothing here touches the database: ``PushSender.send_many`` turns messages into
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import hmac
@@ -230,10 +229,6 @@ def encrypt(payload: bytes, p256dh: str, auth: str) -> bytes:
     return salt + _RS_IDLEN + as_public + AESGCM(cek).encrypt(nonce, payload + b"\x02", None)
 
 
-#: what send_many hands results to: None once written, or a Future of the write under way
-OnResults = Callable[[list[tuple[Any, PushResult]]], "concurrent.futures.Future[Any] | None"]
-
-
 @dataclass(frozen=True)
 class Message:
     """One encrypted-to-be push: to whom, what, for how long."""
@@ -269,15 +264,11 @@ class PushSender:
         self._origins: dict[str, str] = {}  # origin_prefix -> origin_of
         self._headers: dict[tuple[str, int, str, str | None], dict[str, str]] = {}
 
-    def send_many(self, messages: list[Message], on_results: OnResults,
+    def send_many(self, messages: list[Message],
+                  on_results: Callable[[list[tuple[Any, PushResult]]], None],
                   flush_every: int) -> None:
         """Send every message; hand results to ``on_results`` every ``flush_every`` answers
-        (and whenever nothing else is in flight).
-
-        ``on_results`` may return a ``concurrent.futures.Future``: the results are then
-        being written elsewhere (a thread), and sending goes on meanwhile; the next results
-        wait for that write, and send_many returns once every write has ended.
-        """
+        (and whenever nothing else is in flight)."""
         self._run(self._send_all(messages, on_results, flush_every))
 
     def close(self) -> None:
@@ -316,20 +307,14 @@ class PushSender:
             raise failure[0]
 
     async def _send_all(self, messages: list[Message],
-                        on_results: OnResults,
+                        on_results: Callable[[list[tuple[Any, PushResult]]], None],
                         flush_every: int) -> None:
         pool = self._pool
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()  # strong references until each is done
         answered: list[tuple[Any, PushResult]] = []
         in_flight = 0
-        writing: asyncio.Future[Any] | None = None  # results handed over, being written
-        written_soon = 0  # how many
-        wake: asyncio.Future[None] | None = None  # set when an answer comes or a write ends
-
-        def wake_up(_: Any = None) -> None:
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+        wake: asyncio.Future[None] | None = None  # set when an answer comes
 
         async def one(message: Message) -> None:
             nonlocal in_flight
@@ -340,15 +325,16 @@ class PushSender:
                 result = PushResult("failed", reason=f"error: {type(exc).__name__}: {exc}"[:255])
             answered.append((message.key, result))
             in_flight -= 1
-            wake_up()
+            if wake is not None and not wake.done():
+                wake.set_result(None)
 
-        # A slot is freed only once its answer is written: at any moment at most
+        # A slot is freed only once its answer is recorded: at any moment at most
         # `concurrency` messages are sent but unrecorded, which bounds what a killed
         # worker can leave to be sent twice.
         waiting = iter(messages)
         try:
             while True:
-                while in_flight + len(answered) + written_soon < self.concurrency:
+                while in_flight + len(answered) < self.concurrency:
                     message = next(waiting, None)
                     if message is None:
                         break
@@ -356,30 +342,20 @@ class PushSender:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     in_flight += 1
-                if writing is not None and writing.done():
-                    writing.result()  # a failed write ends the batch here
-                    writing, written_soon = None, 0
-                elif writing is None and answered and (len(answered) >= flush_every
-                                                       or not in_flight):
+                if answered and (len(answered) >= flush_every or not in_flight):
                     done, answered = answered, []
-                    pending = on_results(done)
-                    if pending is not None:
-                        writing, written_soon = asyncio.wrap_future(pending), len(done)
-                        writing.add_done_callback(wake_up)
-                elif in_flight or writing is not None:
+                    on_results(done)
+                elif in_flight:
                     wake = loop.create_future()
                     await wake
                 else:
                     break
         finally:
             # A failed write ends the batch: requests still in flight must not finish
-            # during the next batch, sent with nobody to record them; a write under way
-            # ends before the batch does.
+            # during the next batch, sent with nobody to record them.
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if writing is not None:
-                await asyncio.wait([writing])
 
     async def _send_one(self, pool: Pool, message: Message) -> PushResult:
         problem = self.guard.known_problem(message.endpoint)

@@ -27,8 +27,7 @@ user_forgotten = _signals.signal("webpush.user-forgotten")
 notification_queued = _signals.signal("webpush.notification-queued")
 
 #: A push service accepted a delivery (201): ``delivery_id=``, ``notification_id=``,
-#: ``subscription_id=``. Sent, like ``delivery_failed``, once the result is committed,
-#: from the worker's results thread, inside an application context of its own.
+#: ``subscription_id=``.
 delivery_sent = _signals.signal("webpush.delivery-sent")
 
 #: A delivery ended without being accepted: ``delivery_id=``, ``notification_id=``,
