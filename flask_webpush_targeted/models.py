@@ -186,10 +186,10 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
             sa.Index("ix_webpush_delivery_user", "user_id"),
             sa.Index("ix_webpush_delivery_subscription", "subscription_id"),
             # A delivery is written three times (inserted, claimed, its result): with no
-            # index on a column those updates change and half of each page left free, they
-            # are HOT updates on PostgreSQL, which write no index entry (a third of the
+            # index on a column those updates change and two thirds of each page left free,
+            # they are HOT updates on PostgreSQL, which write no index entry (a third of the
             # database's work per delivery; benchmarks/README.md). Hence no index on status.
-            {"postgresql_with": {"fillfactor": 50}},
+            {"postgresql_with": {"fillfactor": 33}},
         )
 
         id: Mapped[int] = mapped_column(BigId, primary_key=True)
