@@ -358,7 +358,7 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
     for values, ids in groups.items():
         # Only rows this batch still holds: a claim taken over by another worker is theirs.
         written += db.session.execute(
-            table.update().where(table.c.id.in_(ids), table.c.claimed_by == claim)
+            table.update().where(_id_in(db, table.c.id, ids), table.c.claimed_by == claim)
             .values(dict(zip(_RESULT_COLUMNS, values, strict=True)))).rowcount
     mine = set(final)
     if written != len(final):
@@ -408,6 +408,14 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
         first, last = min(results), max(results)
         enqueue_at(get_queue(), retry_at, send_batch, nid, first, last)
     return counts
+
+
+def _id_in(db: Any, column: Any, ids: list[int]) -> Any:
+    """``column IN ids``; on PostgreSQL ``= ANY(array)``: one parameter, so the statement's
+    text is the same whatever the number of ids and is prepared once per connection."""
+    if dialect_of(db) == "postgresql":
+        return column == sa.any_(sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger)))
+    return column.in_(ids)
 
 
 def finish_if_complete(notification_id: int, *, exact: bool = False) -> bool:
