@@ -17,6 +17,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import http_ece
@@ -29,7 +30,6 @@ from harness import (
     add_subscriptions,
     bench_app,
     cpu_seconds,
-    median_of,
     push_sink,
     start_workers,
     stop_workers,
@@ -140,43 +140,56 @@ def main() -> None:
             subs = [{"endpoint": s.endpoint, "p256dh": s.p256dh, "auth": s.auth}
                     for s in webpush.db.session.scalars(
                         sa.select(webpush.models.Subscription).limit(args.naive))]
-        if args.skip_baselines:
-            floor, floor_runs, naive, naive_runs, ece, ece_runs = 1.0, [], 1.0, [], 1.0, []
-        else:
-            floor, floor_runs = median_of(args.runs, lambda: floor_rate(subs, data))
-            ece, ece_runs = median_of(args.runs, lambda: http_ece_rate(subs, data))
-            naive, naive_runs = median_of(args.runs, lambda: naive_rate(subs, data, origin))
-        project, cpu = {}, {}
+        # Rounds: each round measures every path once, in turn, so that the machine's speed
+        # drifting over the minutes (as shared machines' does) weighs on all of them alike;
+        # the ratios are taken within each round, then their median.
+        measures: dict[str, Callable[[], float]] = {}
+        if not args.skip_baselines:
+            measures["floor"] = lambda: floor_rate(subs, data)
+            measures["http_ece"] = lambda: http_ece_rate(subs, data)
+            measures["naive"] = lambda: naive_rate(subs, data, origin)
+        cpu: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
         for n in args.workers:
-            cpu[n] = []
-            project[n] = median_of(args.runs, lambda n=n: project_rate(
-                app, user_ids, n, args.subscriptions, sink.pid, cpu[n]))
-    one = project[min(project)][0]
-    rows = [("encryption floor (1 core)", floor), ("  same through http_ece", ece),
-            ("naive pywebpush loop", naive)] + [
-        (f"project, {n} worker{'s' if n > 1 else ''}", project[n][0]) for n in sorted(project)]
+            measures[f"project {n}"] = lambda n=n: project_rate(
+                app, user_ids, n, args.subscriptions, sink.pid, cpu[n])
+        rounds = [{name: measure() for name, measure in measures.items()}
+                  for _ in range(args.runs)]
+    figures = {name: [r[name] for r in rounds] for name in measures}
+    median = {name: statistics.median(values) for name, values in figures.items()}
+
+    def ratio(top: str, bottom: str) -> float:
+        if bottom not in median:
+            return float("nan")
+        return statistics.median(r[top] / r[bottom] for r in rounds)
+
+    project = {n: median[f"project {n}"] for n in args.workers}
+    one = min(args.workers)
+    rows = [("encryption floor (1 core)", "floor"), ("  same through http_ece", "http_ece"),
+            ("naive pywebpush loop", "naive")] * (not args.skip_baselines) + [
+        (f"project, {n} worker{'s' if n > 1 else ''}", f"project {n}") for n in sorted(project)]
     print(f"settings {settings or 'defaults'}")
     print(f"payload {len(data)} bytes, {args.subscriptions} subscriptions, "
           f"median of {args.runs} runs, {os.cpu_count()} cores")
-    print(f"{'path':<28}{'msgs/s':>10}{'vs naive':>10}{'vs floor':>10}")
-    for name, rate in rows:
-        print(f"{name:<28}{rate:>10.0f}{rate / naive:>9.1f}x{rate / floor:>9.0%}")
-    groups = list(cpu[min(cpu)][0])
+    print(f"{'path':<28}{'msgs/s':>10}{'vs naive':>10}{'vs floor':>10}   every round")
+    for label, name in rows:
+        print(f"{label:<28}{median[name]:>10.0f}{ratio(name, 'naive'):>9.1f}x"
+              f"{ratio(name, 'floor'):>9.0%}   {', '.join(f'{x:.0f}' for x in figures[name])}")
+    print("(ratios: the median of each round's ratio)")
+    groups = list(cpu[one][0])
     print("CPU ms per 1,000 messages (median):")
     print(f"{'workers':<10}" + "".join(f"{g:>14}" for g in groups))
     for n in sorted(cpu):
         print(f"{n:<10}" + "".join(f"{statistics.median(c[g] for c in cpu[n]):>14.0f}"
                                    for g in groups))
-    if len(project) > 1:
-        print(f"scaling {max(project)} workers / 1 worker: {project[max(project)][0] / one:.2f}x")
+    for n in sorted(project)[1:]:
+        print(f"scaling {n} workers / {one} worker: {ratio(f'project {n}', f'project {one}'):.2f}x"
+              " (median of the rounds)")
     path = write_result("send_throughput", {
         "settings": settings, "payload_bytes": len(data), "subscriptions": args.subscriptions,
-        "runs": args.runs,
-        "floor": {"median": floor, "runs": floor_runs},
-        "http_ece": {"median": ece, "runs": ece_runs},
-        "naive": {"median": naive, "runs": naive_runs},
-        "project": {str(n): {"median": m, "runs": r, "cpu_ms_per_1000": cpu[n]}
-                    for n, (m, r) in project.items()},
+        "runs": args.runs, "rounds": rounds,
+        "median": median,
+        "project": {str(n): {"median": project[n], "runs": figures[f"project {n}"],
+                             "cpu_ms_per_1000": cpu[n]} for n in project},
     })
     print(f"written to {path}")
 
