@@ -126,25 +126,24 @@ class EndpointGuard:
             return refused
         return None if self._resolves_publicly(host) else _private(host)
 
-    async def problem_in_loop(self, endpoint: str) -> str | None:
-        """The same from an event loop: a DNS lookup the cache cannot answer runs in a
-        thread, so the requests in flight go on meanwhile."""
-        refused, host = self._policy(endpoint)
-        if refused or host is None:
-            return refused
-        ok = self._cached(host)
-        if ok is None:
-            ok = await asyncio.to_thread(self._resolves_publicly, host)
-        return None if ok else _private(host)
-
     def known_problem(self, endpoint: str) -> str | None | bool:
-        """``problem`` when the caches can answer without a DNS lookup, else False."""
+        """``problem`` when the caches answer without a DNS lookup, else False."""
         refused, host = self._policy(endpoint)
         if refused or host is None:
             return refused
         ok = self._cached(host)
         if ok is None:
             return False
+        return None if ok else _private(host)
+
+    async def problem_in_loop(self, endpoint: str) -> str | None:
+        """``problem`` from an event loop: a DNS lookup the cache cannot answer runs in a
+        thread, so the requests in flight go on meanwhile."""
+        known = self.known_problem(endpoint)
+        if known is not False:
+            return known  # type: ignore[return-value]
+        host = self._policy(endpoint)[1] or ""
+        ok = await asyncio.to_thread(self._resolves_publicly, host)
         return None if ok else _private(host)
 
     def _policy(self, endpoint: str) -> tuple[str | None, str | None]:

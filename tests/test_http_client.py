@@ -265,6 +265,23 @@ def test_a_request_cancelled_while_waiting_for_a_connection_gives_its_turn_away(
     run(script, test, per_origin=1)
 
 
+def test_a_turn_released_while_its_cancelled_waiter_has_not_resumed_is_not_lost() -> None:
+    from flask_webpush_targeted.http11 import _Slots
+
+    async def main() -> None:
+        slots = _Slots(1)
+        await slots.take()
+        waiter = asyncio.ensure_future(slots.take())
+        await asyncio.sleep(0)  # it waits for the turn
+        waiter.cancel()
+        slots.release()  # before the cancelled waiter runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert slots.try_take() and not slots.try_take()
+
+    asyncio.run(main())
+
+
 def test_a_refused_connection_a_bad_url_and_forged_headers_fail_clearly() -> None:
     async def main() -> None:
         pool = Pool(connect_timeout=2.0, read_timeout=2.0, per_origin=1)
