@@ -53,6 +53,12 @@ UNION ALL
 SELECT :nid, 'minute', to_char(date_trunc('minute', sent_at AT TIME ZONE 'UTC'),
     'YYYY-MM-DD"T"HH24:MI:SS'), 0, count(*), 0, 0, 0, 0, 0, 0, 0
 FROM webpush_delivery WHERE notification_id = :nid AND sent_at IS NOT NULL GROUP BY 3
+UNION ALL
+SELECT :nid, 'reason', coalesce(status_code::text, '') || '|' || coalesce(reason, ''), 0, 0,
+    count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'gone'), 0, 0,
+    0, 0, 0
+FROM webpush_delivery WHERE notification_id = :nid AND status IN ('failed', 'gone')
+GROUP BY 3
 """
 
 

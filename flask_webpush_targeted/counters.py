@@ -63,14 +63,22 @@ def new_increments() -> Increments:
 
 
 def add(inc: Increments, counter: str, n: int = 1, *, at: tuple[str, str] | None = None,
-        platform: str | None = None) -> None:
-    """Count ``n`` in the total, and in a time bucket and a platform when given (see
-    ``platform_of``)."""
+        platform: str | None = None,
+        reason: tuple[int | None, str | None] | None = None) -> None:
+    """Count ``n`` in the total, and in a time bucket, a platform (see ``platform_of``) and
+    a failure reason (status code, reason) when given."""
     inc[("total", "")][counter] += n
     if at is not None:
         inc[at][counter] += n
     if platform is not None:
         inc[("platform", platform)][counter] += n
+    if reason is not None:
+        inc[("reason", reason_key(*reason))][counter] += n
+
+
+def reason_key(code: int | None, reason: str | None) -> str:
+    """The key of a failure-reason counter row: ``code|reason``, cut to the key's size."""
+    return f"{'' if code is None else code}|{reason or ''}"[:200]
 
 
 def platform_of(label: str | None) -> str:

@@ -331,7 +331,7 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
     app = _app()
     max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
     now = utcnow()
-    final: dict[int, str] = {}  # delivery id -> the status written
+    final: dict[int, tuple[str, int | None, str | None]] = {}  # id -> status, code, reason
     groups: dict[tuple[Any, ...], list[int]] = {}  # the columns written -> delivery ids
     counts: dict[str, int] = {}
     retry_at: datetime | None = None
@@ -347,7 +347,7 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
                 next_at = now + timedelta(seconds=_retry_delay(attempts, result.retry_after))
                 retry_at = min(retry_at or next_at, next_at)
         counts[status] = counts.get(status, 0) + 1
-        final[delivery_id] = status
+        final[delivery_id] = (status, result.status_code, reason)
         # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
         # the database's work per delivery is what limits several workers on one server.
         groups.setdefault((status, result.status_code, reason, next_at,
@@ -367,11 +367,12 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
             table.c.id.in_(mine), table.c.claimed_by == claim)))
     inc = new_increments()
     at = bucket(start, now)
-    for delivery_id, status in final.items():
+    for delivery_id, (status, code, reason) in final.items():
         if delivery_id in mine and status in FINAL_STATUSES:
-            is_sent = status == "sent"
-            add(inc, status, at=at if is_sent else None,
-                platform=platform_of(rows[delivery_id].label) if is_sent else None)
+            if status == "sent":
+                add(inc, status, at=at, platform=platform_of(rows[delivery_id].label))
+            else:
+                add(inc, status, reason=(code, reason))
     bump(db, m, nid, inc)
     Sub = m.Subscription
     gone = [rows[d].subscription_id for d, r in results.items() if r.outcome == "gone"]
@@ -517,7 +518,7 @@ def _skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> None
                                  .values(status="skipped", reason="notification cancelled"))
     if skipped.rowcount:
         inc = new_increments()
-        add(inc, "skipped", skipped.rowcount)
+        add(inc, "skipped", skipped.rowcount, reason=(None, "notification cancelled"))
         bump(db, m, notification_id, inc)
 
 

@@ -9,6 +9,9 @@ import sqlalchemy as sa
 from .counters import add, bump, new_increments
 from .models import Models
 
+#: the reason an erased delivery that was not sent yet is counted under (as skipped)
+ERASED = "user data erased before sending"
+
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
@@ -68,7 +71,7 @@ def forget_user(db: Any, m: Models, user_id: str) -> dict[str, int]:
             unsent[notification_id] = unsent.get(notification_id, 0) + 1
     for notification_id, count in sorted(unsent.items()):
         inc = new_increments()
-        add(inc, "skipped", count)
+        add(inc, "skipped", count, reason=(None, ERASED))
         bump(db, m, notification_id, inc)
     counts = {"deliveries": len(gone)}
     result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))

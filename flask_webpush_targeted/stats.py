@@ -2,10 +2,9 @@
 
 The funnel, time series and platform figures come from the running counters of
 ``webpush_stat`` (see counters.py), a few rows per notification however many
-deliveries it has. Failure reasons are grouped over the unsuccessful deliveries
-only, through the (notification_id, status) index. Nothing loads a notification's
-deliveries into memory. Pruned notifications keep their reasons in
-``Notification.totals``; their counters stay.
+deliveries it has, and so do failure reasons (one counter row per status code and
+reason). Nothing loads a notification's deliveries into memory. Pruned
+notifications keep their reasons in ``Notification.totals``; their counters stay.
 """
 
 from __future__ import annotations
@@ -70,19 +69,41 @@ def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, An
     ]
     stats["pruned"] = bool(n.totals)
     stats["failure_reasons"] = (n.totals.get("failure_reasons", []) if n.totals
-                                else _failure_reasons(db, m, n.id))
+                                else _failure_reasons(db, m, n.id, stats))
     return stats
 
 
-def _failure_reasons(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
-    """The 20 most frequent (status, code, reason) of the unsuccessful deliveries."""
+_UNSUCCESSFUL = ("failed", "gone", "expired", "skipped")
+
+
+def _failure_reasons(db: Any, m: Models, notification_id: int,
+                     counts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The 20 most frequent (status, code, reason) of the unsuccessful deliveries, from
+    the reason counters (``counts``: the notification's funnel counters)."""
+    S = m.Stat
+    reasons = []
+    for row in db.session.scalars(sa.select(S).where(S.notification_id == notification_id,
+                                                     S.dimension == "reason")):
+        code, _, reason = row.key.partition("|")
+        for status in _UNSUCCESSFUL:
+            if getattr(row, status):
+                reasons.append({"status": status, "status_code": int(code) if code else None,
+                                "reason": reason or None, "count": getattr(row, status)})
+    if not reasons and any(counts[status] for status in _UNSUCCESSFUL):
+        return _failure_reasons_of_rows(db, m, notification_id)
+    reasons.sort(key=lambda r: (-r["count"], r["status"], r["reason"] or ""))
+    return reasons[:20]
+
+
+def _failure_reasons_of_rows(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
+    """The same grouped over the deliveries: for notifications counted before reasons had
+    counters of their own (a scan of the notification's rows)."""
     D = m.Delivery
     return [
         {"status": status, "status_code": code, "reason": reason, "count": count}
         for status, code, reason, count in db.session.execute(
             sa.select(D.status, D.status_code, D.reason, sa.func.count())
-            .where(D.notification_id == notification_id,
-                   D.status.in_(("failed", "gone", "expired", "skipped")))
+            .where(D.notification_id == notification_id, D.status.in_(_UNSUCCESSFUL))
             .group_by(D.status, D.status_code, D.reason)
             .order_by(sa.func.count().desc()).limit(20))
     ]
@@ -170,8 +191,7 @@ def user_history(db: Any, m: Models, user_id: str, *, limit: int = 200) -> list[
 def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
     """Delete deliveries of notifications finished before the cutoff.
 
-    Their counters stay; the failure reasons, grouped from the deliveries, are kept
-    in ``Notification.totals``.
+    Their counters stay; the failure reasons are kept in ``Notification.totals``.
     """
     N, D = m.Notification, m.Delivery
     cutoff = utcnow() - older_than
@@ -181,7 +201,8 @@ def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
     for nid in ids:
         if not db.session.scalar(sa.select(sa.exists().where(D.notification_id == nid))):
             continue
-        db.session.get(N, nid).totals = {"failure_reasons": _failure_reasons(db, m, nid)}
+        reasons = _failure_reasons(db, m, nid, counters.totals(db, m, [nid])[nid])
+        db.session.get(N, nid).totals = {"failure_reasons": reasons}
         deleted += db.session.execute(sa.delete(D).where(D.notification_id == nid)).rowcount or 0
         db.session.commit()
         pruned += 1

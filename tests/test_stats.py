@@ -121,6 +121,25 @@ def test_stats_give_the_exact_funnel_rates_failure_reasons_and_platforms(mix: Mi
     assert [(r["status"], r["count"]) for r in expired["failure_reasons"]] == [("expired", 1)]
 
 
+def test_failure_reasons_come_from_counters_and_from_the_rows_for_older_notifications(
+        mix: Mix) -> None:
+    import sqlalchemy as sa
+
+    counted = mix.stats(mix.nid)["failure_reasons"]
+    reasons = {(r["status"], r["status_code"], r["reason"]) for r in counted}
+    assert {(status, code) for status, code, _ in reasons} == {("gone", 410), ("failed", 500)}
+    # What the rows say, as the delivery table holds it.
+    assert reasons == {(d.status, d.status_code, d.reason) for d in mix.host.deliveries(mix.nid)
+                       if d.status not in ("sent",)}
+    # Notifications counted before reasons had counters fall back to grouping their rows.
+    S = mix.host.webpush.models.Stat
+    with mix.host.app.app_context():
+        mix.host.db.session.execute(sa.delete(S).where(S.notification_id == mix.nid,
+                                                       S.dimension == "reason"))
+        mix.host.db.session.commit()
+    assert sorted(mix.stats(mix.nid)["failure_reasons"], key=repr) == sorted(counted, key=repr)
+
+
 def test_time_series_buckets_sent_displayed_and_clicked_per_utc_minute(mix: Mix) -> None:
     def minute(at: datetime) -> str:
         return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:00")
