@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ class Response:
 
 
 _Key = tuple[str, str, int]  # scheme, host, port
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\]*(?=/)")
+
+
+def origin_prefix(url: str) -> str | None:
+    """``scheme://netloc`` of a URL with a path and no user name, or None: the part
+    thousands of push endpoints share, whose parsing and checks are then done once."""
+    match = _PREFIX.match(url)
+    return match.group() if match else None
 
 
 class _Connection(asyncio.Protocol):
@@ -221,21 +230,18 @@ class Pool:
 
         The origin part is parsed once per origin: thousands of endpoints share one.
         """
-        start = url.find("://") + 3
-        slash = url.find("/", start) if start > 2 else -1
-        prefix = url[:slash] if slash > 0 else url
-        if slash > 0 and "?" not in prefix and "#" not in prefix:
-            target = url[slash:].split("#", 1)[0]
+        prefix = origin_prefix(url)
+        if prefix is not None:
             known = self._origins.get(prefix)
             if known is not None:
-                return known[0], known[1], target
+                return known[0], known[1], url[len(prefix):].split("#", 1)[0]
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProtocolError(f"not an http(s) URL: {url!r}")
         key = (parts.scheme, parts.hostname,
                parts.port or (443 if parts.scheme == "https" else 80))
         host = parts.netloc.rsplit("@", 1)[-1]  # as the URL writes it, IPv6 brackets and all
-        if slash > 0 and len(self._origins) < 10_000:
+        if prefix is not None and len(self._origins) < 10_000:
             self._origins[prefix] = (key, host)
         return key, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 

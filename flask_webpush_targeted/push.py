@@ -13,7 +13,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import re
 import socket
 import ssl
 import struct
@@ -32,7 +31,7 @@ from py_vapid import Vapid02
 
 from .config import b64url_decode
 from .exceptions import InvalidSubscription
-from .http11 import Pool, ProtocolError
+from .http11 import Pool, ProtocolError, origin_prefix
 from .subscriptions import check_endpoint_text, validate_endpoint
 
 log = logging.getLogger("flask_webpush_targeted")
@@ -60,16 +59,6 @@ def origin_of(endpoint: str) -> str:
     """``scheme://host[:port]`` of an endpoint, as VAPID's ``aud`` wants it."""
     parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
-
-
-_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\]*(?=/)")
-
-
-def origin_prefix(endpoint: str) -> str | None:
-    """``scheme://netloc`` of an endpoint with a path and no user name, or None: the part
-    thousands of endpoints share, whose parsing and checks are then done once."""
-    match = _PREFIX.match(endpoint)
-    return match.group() if match else None
 
 
 def parse_retry_after(value: str | None, default: float) -> float:
@@ -126,24 +115,15 @@ class EndpointGuard:
             return refused
         return None if self._resolves_publicly(host) else _private(host)
 
-    def known_problem(self, endpoint: str) -> str | None | bool:
-        """``problem`` when the caches answer without a DNS lookup, else False."""
+    async def problem_in_loop(self, endpoint: str) -> str | None:
+        """``problem`` from an event loop: a DNS lookup the cache cannot answer runs in a
+        thread, so the requests in flight go on meanwhile."""
         refused, host = self._policy(endpoint)
         if refused or host is None:
             return refused
         ok = self._cached(host)
         if ok is None:
-            return False
-        return None if ok else _private(host)
-
-    async def problem_in_loop(self, endpoint: str) -> str | None:
-        """``problem`` from an event loop: a DNS lookup the cache cannot answer runs in a
-        thread, so the requests in flight go on meanwhile."""
-        known = self.known_problem(endpoint)
-        if known is not False:
-            return known  # type: ignore[return-value]
-        host = self._policy(endpoint)[1] or ""
-        ok = await asyncio.to_thread(self._resolves_publicly, host)
+            ok = await asyncio.to_thread(self._resolves_publicly, host)
         return None if ok else _private(host)
 
     def _policy(self, endpoint: str) -> tuple[str | None, str | None]:
@@ -357,9 +337,7 @@ class PushSender:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send_one(self, pool: Pool, message: Message) -> PushResult:
-        problem = self.guard.known_problem(message.endpoint)
-        if problem is False:
-            problem = await self.guard.problem_in_loop(message.endpoint)
+        problem = await self.guard.problem_in_loop(message.endpoint)
         if problem:
             return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
         prefix = origin_prefix(message.endpoint)
