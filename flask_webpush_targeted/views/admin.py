@@ -205,12 +205,16 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
     except NotificationNotFound:
         abort(404, f"No notification has id {nid}.")
 
+    from ..spreadsheet import safe_row
+
     def generate() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=DELIVERY_FIELDS)
         writer.writeheader()
         for delivery, label in stats.iter_deliveries(webpush.db, webpush.models, nid):
-            writer.writerow(_delivery_row(delivery, label))
+            # Labels, reasons and actions come from customers, push services and browsers:
+            # none may run as a formula in the administrator's spreadsheet.
+            writer.writerow(safe_row(_delivery_row(delivery, label)))
             if buffer.tell() > 65536:
                 yield buffer.getvalue()
                 buffer.seek(0)
