@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import defer
 
 from . import signals
+from .clock import utcnow
 from .config import load_vapid_private_key
 from .counters import (
     FINAL_STATUSES,
@@ -35,9 +36,9 @@ from .counters import (
     send_start,
     totals,
 )
-from .models import Models, utcnow
+from .models import Models
 from .push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
-from .queue import enqueue_at, fanout_job_id, get_queue
+from .queue import REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
 from .sending import payload_encoder
 from .tracking import make_token, signing_key
 
@@ -155,6 +156,8 @@ def fan_out(notification_id: int) -> None:
             without.extend(u for u in chunk if u not in covered)
             if not found:
                 continue
+            if _status(nid) == "cancelled":
+                return  # cancel() skipped what was written; nothing more is written
             inserted = _insert_deliveries(db, m, nid, now, found)
             # Count only rows this run inserted: a concurrent duplicate run adds none.
             inc = new_increments()
@@ -290,16 +293,26 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
 
     payload, urgency, topic = n.payload, n.urgency, n.topic
     with_token = payload_encoder(payload)
-    messages = [Message(row.id, row.endpoint, row.p256dh, row.auth,
-                        with_token(make_token(row.id, token_expiry, key)), ttl, urgency, topic)
-                for row, ttl in to_send]
     counts: dict[str, int] = {}
+    cancelled = False
+    after_commit: list[tuple[Any, dict[str, Any]]] = []  # signals, sent once all is written
+
+    def messages() -> Any:
+        # Built as the sender takes them, and no more once the notification is cancelled:
+        # the sender takes new messages only after a flush, which checks the status.
+        for row, ttl in to_send:
+            if cancelled:
+                return
+            yield Message(row.id, row.endpoint, row.p256dh, row.auth,
+                          with_token(make_token(row.id, token_expiry, key)), ttl, urgency, topic)
 
     by_id = {row.id: row for row in rows}
 
     def record(done: list[tuple[int, PushResult]]) -> None:
-        for status, count in _record(nid, start, by_id, dict(done), claim).items():
+        nonlocal cancelled
+        for status, count in _record(nid, start, by_id, dict(done), claim, after_commit).items():
             counts[status] = counts.get(status, 0) + count
+        cancelled = cancelled or _status(nid) == "cancelled"
 
     if results:  # skipped and expired ones: recorded before anything is sent
         record(list(results.items()))
@@ -307,9 +320,28 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     # WEBPUSH_SEND_CONCURRENCY are ever sent but unwritten: what a killed worker can leave
     # to be sent again (the default tag and topic make the browser replace, not stack).
     concurrency = config["WEBPUSH_SEND_CONCURRENCY"]
-    _sender().send_many(messages, record, flush_every=max(1, concurrency // 2))
+    try:
+        _sender().send_many(messages(), record,
+                            flush_every=max(1, concurrency // 2))
+    finally:
+        # Host code runs only now: a receiver that raises or blocks cannot stop the
+        # batch, cancel a request in flight, or make an answer late (a resend).
+        for signal, kwargs in after_commit:
+            signal.send(_app(), **kwargs)
+    if cancelled:
+        counts["skipped"] = counts.get("skipped", 0) + _skip_claimed(db, m, nid, claim)
+        db.session.commit()
     finish_if_complete(nid)
     return counts
+
+
+def _status(notification_id: int) -> str | None:
+    """The notification's status as committed now (one primary-key read)."""
+    ext = _ext()
+    N = ext.models.Notification
+    status = ext.db.session.scalar(sa.select(N.status).where(N.id == notification_id))
+    ext.db.session.commit()  # end the read's transaction: the next read sees new commits
+    return status
 
 
 def _retry_delay(attempts: int, hinted: float | None) -> float:
@@ -324,17 +356,17 @@ _RESULT_COLUMNS = ("status", "status_code", "reason", "next_attempt_at", "sent_a
 
 
 def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, PushResult],
-            claim: str) -> dict[str, int]:
-    """Write results in a few statements, whatever their number; then signals and retries."""
+            claim: str, signals_out: list[tuple[Any, dict[str, Any]]]) -> dict[str, int]:
+    """Write results in a few statements, whatever their number; then schedule the retries.
+    The signals the results call for are appended to ``signals_out``, sent by the caller."""
     ext = _ext()
     db, m = ext.db, ext.models
-    app = _app()
     max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
     now = utcnow()
     final: dict[int, tuple[str, int | None, str | None]] = {}  # id -> status, code, reason
     groups: dict[tuple[Any, ...], list[int]] = {}  # the columns written -> delivery ids
     counts: dict[str, int] = {}
-    retry_at: datetime | None = None
+    retries: dict[datetime, tuple[int, int]] = {}  # due time -> first and last delivery id
     for delivery_id, result in results.items():
         status, next_at = result.outcome, None
         reason = result.reason
@@ -345,7 +377,11 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
             else:
                 status = "pending"
                 next_at = now + timedelta(seconds=_retry_delay(attempts, result.retry_after))
-                retry_at = min(retry_at or next_at, next_at)
+                # One retry job per due time (to the second, as RQ schedules): a job at the
+                # earliest time alone would find the later rows not yet due and leave them.
+                due = _whole_second(next_at)
+                lo, hi = retries.get(due, (delivery_id, delivery_id))
+                retries[due] = (min(lo, delivery_id), max(hi, delivery_id))
         counts[status] = counts.get(status, 0) + 1
         final[delivery_id] = (status, result.status_code, reason)
         # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
@@ -392,23 +428,36 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
     db.session.commit()
 
     for delivery_id, result in results.items():
+        if delivery_id not in mine:
+            continue  # another worker's now: it tells
         if result.outcome == "sent":
-            signals.delivery_sent.send(app, delivery_id=delivery_id, notification_id=nid,
-                                       subscription_id=rows[delivery_id].subscription_id)
+            signals_out.append((signals.delivery_sent, {
+                "delivery_id": delivery_id, "notification_id": nid,
+                "subscription_id": rows[delivery_id].subscription_id}))
         elif result.outcome in ("gone", "failed") or (
             result.outcome == "retry" and rows[delivery_id].attempts >= max_attempts
         ):
             if result.status_code in (400, 401, 403):
                 log.error("webpush: push service refused delivery %s (%s): check the VAPID "
                           "keys and subject", delivery_id, result.reason)
-            signals.delivery_failed.send(app, delivery_id=delivery_id, notification_id=nid,
-                                         subscription_id=rows[delivery_id].subscription_id,
-                                         error=result.reason, status_code=result.status_code,
-                                         gone=result.outcome == "gone")
-    if retry_at is not None:
-        first, last = min(results), max(results)
-        enqueue_at(get_queue(), retry_at, send_batch, nid, first, last)
+            signals_out.append((signals.delivery_failed, {
+                "delivery_id": delivery_id, "notification_id": nid,
+                "subscription_id": rows[delivery_id].subscription_id, "error": result.reason,
+                "status_code": result.status_code, "gone": result.outcome == "gone"}))
+    for due, (first, last) in sorted(retries.items()):
+        try:
+            enqueue_at(get_queue(), due, send_batch, nid, first, last)
+        except REDIS_ERRORS:
+            # The rows are written as pending with their due time: recover() finds them
+            # once they are overdue. The batch itself goes on.
+            log.warning("webpush: Redis unavailable; the retry of deliveries %s-%s of "
+                        "notification %s is left to recover", first, last, nid)
     return counts
+
+
+def _whole_second(at: datetime) -> datetime:
+    """``at`` rounded up to a whole second."""
+    return at.replace(microsecond=0) + timedelta(seconds=1) if at.microsecond else at
 
 
 def _id_in(db: Any, column: Any, ids: list[int]) -> Any:
@@ -487,39 +536,87 @@ def recover() -> dict[str, int]:
     db.session.commit()
     sending = db.session.execute(sa.select(N.id, N.fanned_out_at, N.queued_at, N.created_at)
                                  .where(N.status == "sending")).all()
+    # Claims older than the timeout belong to a dead worker; pending rows that long past
+    # their due time have lost their job (Redis down when it was enqueued, or Redis lost it)
+    # or wait in a long queue: either way one more job for them is harmless (claims make a
+    # second run send nothing twice), and each notification gets at most one such round per
+    # WEBPUSH_CLAIM_TIMEOUT, so a long queue is not flooded with copies.
+    stuck = sa.or_(sa.and_(D.status == "sending", D.claimed_at < stale),
+                   sa.and_(D.status == "pending",
+                           sa.func.coalesce(D.next_attempt_at, D.created_at) < stale))
     for n in sending:
         nid = n.id
         if n.fanned_out_at is None:
-            if (n.queued_at or n.created_at) < stale:
+            if (n.queued_at or n.created_at) < stale and _first_recovery(queue, "fan-out", nid):
                 queue.enqueue(fan_out, nid)
                 done["enqueued"] += 1
             continue
-        abandoned = [sa.and_(D.status == "sending", D.claimed_at < stale)]
-        if len(queue) == 0:
-            # Pending rows long overdue while nothing waits in the queue: their job was lost.
-            abandoned.append(sa.and_(D.status == "pending",
-                                     sa.func.coalesce(D.next_attempt_at, D.created_at) < stale))
-        stuck = db.session.scalar(sa.select(sa.exists().where(
-            D.notification_id == nid, sa.or_(*abandoned))))
-        if stuck:
-            before = len(queue)
-            enqueue_batches(nid, statuses=("pending", "sending"))
-            done["batches"] += len(queue) - before
-        else:
+        ids = db.session.scalars(sa.select(D.id).where(D.notification_id == nid, stuck)
+                                 .order_by(D.id)).all()
+        db.session.commit()
+        if ids and _first_recovery(queue, "batches", nid):
+            size = config["WEBPUSH_BATCH_SIZE"]
+            _enqueue_ranges(queue, nid, [(chunk[0], chunk[-1]) for chunk in
+                                         (ids[i:i + size] for i in range(0, len(ids), size))])
+            done["batches"] += -(-len(ids) // size)
+        elif not ids:
             finish_if_complete(nid, exact=True)
+    done["skipped"] = _finish_cancelled(db, m, stale)
     return done
 
 
+def _first_recovery(queue: Any, what: str, notification_id: int) -> bool:
+    """True for the first recovery of this kind for this notification within
+    WEBPUSH_CLAIM_TIMEOUT (all workers together), False for the others."""
+    key = f"webpush:{queue.name}:recovered:{what}:{notification_id}"
+    timeout = max(1, int(current_app.config["WEBPUSH_CLAIM_TIMEOUT"]))
+    return bool(queue.connection.set(key, 1, nx=True, ex=timeout))
 
-def _skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> None:
-    """Mark pending deliveries skipped (cancelled), counting them, in the caller's transaction."""
+
+def _finish_cancelled(db: Any, m: Models, stale: datetime) -> int:
+    """Skip what cancelled notifications still hold: pending rows (a fan-out chunk written as
+    the cancel committed) and claims of dead workers. Only notifications cancelled within a
+    day: later, nothing of theirs can still be open."""
+    N, D = m.Notification, m.Delivery
+    recent = utcnow() - timedelta(days=1)
+    ids = db.session.scalars(sa.select(N.id).where(N.status == "cancelled",
+                                                   N.finished_at >= recent)).all()
+    skipped = 0
+    for nid, counted in totals(db, m, ids).items():
+        if counted["deliveries"] <= sum(counted[s] for s in FINAL_STATUSES):
+            continue
+        skipped += _skip(db, m, nid, D.notification_id == nid, sa.or_(
+            D.status == "pending", sa.and_(D.status == "sending", D.claimed_at < stale)))
+        db.session.commit()
+    return skipped
+
+
+
+def _skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> int:
+    """Mark pending deliveries skipped (cancelled), counting them, in the caller's transaction;
+    return how many."""
     D = m.Delivery
-    skipped = db.session.execute(sa.update(D).where(*where, D.status == "pending")
-                                 .values(status="skipped", reason="notification cancelled"))
+    return _skip(db, m, notification_id, *where, D.status == "pending")
+
+
+def _skip_claimed(db: Any, m: Models, notification_id: int, claim: str) -> int:
+    """Mark the deliveries a batch claimed and never sent skipped (cancelled), counting them."""
+    D = m.Delivery
+    return _skip(db, m, notification_id, D.notification_id == notification_id,
+                 D.claimed_by == claim, D.status == "sending")
+
+
+def _skip(db: Any, m: Models, notification_id: int, *where: Any) -> int:
+    D = m.Delivery
+    skipped = db.session.execute(
+        sa.update(D).where(*where).values(status="skipped", reason="notification cancelled",
+                                          claimed_by=None)
+        .execution_options(synchronize_session=False))
     if skipped.rowcount:
         inc = new_increments()
         add(inc, "skipped", skipped.rowcount, reason=(None, "notification cancelled"))
         bump(db, m, notification_id, inc)
+    return int(skipped.rowcount)
 
 
 def cancel_notification(notification_id: int) -> bool:

@@ -66,6 +66,7 @@ class _AppWorkerMixin:
     """Runs every job inside the Flask app's context, and ``recover`` as maintenance."""
 
     app: Flask
+    name: str
     _parent_pid: int
 
     def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
@@ -75,15 +76,38 @@ class _AppWorkerMixin:
                 self.app.extensions["webpush"].db.engine.dispose(close=False)
             return super().perform_job(job, queue, execution)  # type: ignore[misc]
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ runs maintenance (recover, here) only between blocking dequeues, which it
+        # lets wait worker_ttl - 15 = 405 s: an idle worker would recover every ~7 minutes.
+        ttl_bound = int(super().dequeue_timeout)  # type: ignore[misc]
+        app = getattr(self, "app", None)  # RQ reads this in __init__, before make_worker sets it
+        if app is None:
+            return ttl_bound
+        return max(1, min(ttl_bound, int(app.config["WEBPUSH_RECOVER_INTERVAL"])))
+
     def run_maintenance_tasks(self) -> None:
+        starting = getattr(self, "last_cleaned_at", None) is None
         super().run_maintenance_tasks()  # type: ignore[misc]
         from .jobs import recover
 
         with self.app.app_context():
             try:
-                recover()
+                # A worker starting (often after another one died) always recovers.
+                if starting or self._recover_turn():
+                    recover()
             except Exception:  # a failed recovery must not stop the worker; it runs again
                 log.exception("webpush: recover failed")
+
+    def _recover_turn(self) -> bool:
+        """True for one worker of the queue per WEBPUSH_RECOVER_INTERVAL: with many workers,
+        recovering once per interval is enough, and each round reads the sending
+        notifications' deliveries."""
+        interval = int(self.app.config["WEBPUSH_RECOVER_INTERVAL"])
+        if interval <= 1:
+            return True
+        key = f"webpush:{self.app.config['WEBPUSH_QUEUE']}:recover-turn"
+        return bool(redis_connection(self.app).set(key, self.name, nx=True, ex=interval - 1))
 
 
 class AppWorker(_AppWorkerMixin, Worker):

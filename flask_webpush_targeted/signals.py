@@ -1,10 +1,52 @@
-"""Blinker signals. The sender is always the Flask app; data comes as keyword arguments."""
+"""Blinker signals. The sender is always the Flask app; data comes as keyword arguments.
+
+Receivers are the host's code and run after the extension's own state is committed. A
+receiver that raises is logged and skipped: it neither stops the other receivers nor
+reaches the extension's code (a batch being recorded, a request being answered).
+"""
 
 from __future__ import annotations
 
-from blinker import Namespace
+import logging
+from inspect import iscoroutinefunction
+from typing import Any
 
-_signals = Namespace()
+from blinker import NamedSignal, Namespace
+
+log = logging.getLogger("flask_webpush_targeted")
+
+
+class IsolatedSignal(NamedSignal):
+    """A signal whose receivers' exceptions are logged, never propagated."""
+
+    def send(self, sender: Any | None = None, /, *, _async_wrapper: Any = None,
+             **kwargs: Any) -> list[tuple[Any, Any]]:
+        """Call every receiver; one that raises is logged and its result is the exception."""
+        if self.is_muted:
+            return []
+        results: list[tuple[Any, Any]] = []
+        for receiver in self.receivers_for(sender):
+            try:
+                call = receiver
+                if iscoroutinefunction(receiver):
+                    if _async_wrapper is None:
+                        raise RuntimeError("Cannot send to a coroutine function.")
+                    call = _async_wrapper(receiver)
+                results.append((receiver, call(sender, **kwargs)))
+            except Exception as exc:
+                log.exception("webpush: a receiver of %s raised; ignored", self.name)
+                results.append((receiver, exc))
+        return results
+
+
+class _Namespace(Namespace):
+    def signal(self, name: str, doc: str | None = None) -> NamedSignal:
+        if name not in self:
+            self[name] = IsolatedSignal(name, doc)
+        return self[name]
+
+
+_signals = _Namespace()
 
 #: A new subscription was stored: ``subscription=``.
 subscription_created = _signals.signal("webpush.subscription-created")

@@ -1,0 +1,44 @@
+"""The time the pipeline's decisions are taken at: the wall clock, or one a test sets.
+
+Claims, retry times, validity and recovery all compare stored times with ``utcnow()``.
+A test of the pipeline's states moves a ``ManualClock`` forward instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+_source: Callable[[], datetime] | None = None
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (or the clock set by ``use_clock``)."""
+    return datetime.now(UTC) if _source is None else _source()
+
+
+class ManualClock:
+    """A clock that moves only when told to: ``advance(seconds)``."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        """Move the clock forward by ``seconds``; return the new time."""
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@contextlib.contextmanager
+def use_clock(source: Callable[[], datetime]) -> Iterator[Callable[[], datetime]]:
+    """Let ``utcnow()`` answer from ``source`` inside the block (this process only)."""
+    global _source
+    previous, _source = _source, source
+    try:
+        yield source
+    finally:
+        _source = previous

@@ -1,0 +1,185 @@
+"""Faults in the delivery pipeline that once lost or resent deliveries: each test here
+failed on the code before its fix. Jobs run in this process on an injected clock (see
+pipeline_driver), against the real Redis, both databases and the local push service;
+the idle-worker test runs a real worker process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from browser import wait_until
+from conftest import SendingHost
+from pipeline_driver import InProcessQueue
+
+from flask_webpush_targeted import signals
+from flask_webpush_targeted.clock import ManualClock, use_clock
+from flask_webpush_targeted.jobs import fan_out, send_batch
+
+FINAL = {"sent", "failed", "gone", "expired", "skipped"}
+
+
+def notify(host: SendingHost, users: list[str], **kw: Any) -> int:
+    kw.setdefault("title", "Your order has shipped")
+    with host.app.app_context():
+        return int(host.webpush.notify_users(users, **kw).id)
+
+
+def fanned_out(host: SendingHost, users: list[str], **kw: Any) -> tuple[int, int, int]:
+    """A notification fanned out in this process with its batch jobs dropped: (id, first
+    delivery id, last delivery id)."""
+    nid = notify(host, users, **kw)
+    with host.app.app_context():
+        from flask_webpush_targeted.queue import get_queue
+
+        get_queue().empty()
+        fan_out(nid)
+        get_queue().empty()
+    ids = [d.id for d in host.deliveries(nid)]
+    return nid, min(ids), max(ids)
+
+
+def test_retries_due_at_different_times_each_get_a_job_at_their_time(
+        make_host: Any, push_service: Any) -> None:
+    host = make_host(WEBPUSH_RETRY_BASE_DELAY=30)
+    soon, later = host.subscribe("1"), host.subscribe("2")
+    push_service.respond(soon.endpoint, 429, retry_after=1, times=1)
+    push_service.respond(later.endpoint, 500, times=1)
+    clock = ManualClock()
+    with use_clock(clock):
+        nid = notify(host, ["1", "2"])
+        queue = InProcessQueue(host.app, clock)
+        queue.run_all()
+        rows = {d.subscription_id: d for d in host.deliveries(nid)}
+        assert {d.status for d in rows.values()} == {"pending"}
+        jobs = [(at, args) for at, name, args in queue.scheduled() if name == "send_batch"]
+        for sub in (soon, later):
+            d = rows[sub.id]
+            # some job runs at or after the row's due time and covers it
+            assert any(at >= d.next_attempt_at.timestamp() and args[1] <= d.id <= args[2]
+                       for at, args in jobs), (sub, d.next_attempt_at, jobs)
+        clock.advance(31)
+        queue.run_all()
+    assert {d.status for d in host.deliveries(nid)} == {"sent"}
+    assert push_service.request_count(later.endpoint) == 2
+
+
+def test_cancel_stops_a_batch_already_sending_beyond_what_is_in_flight(
+        make_host: Any, push_service: Any) -> None:
+    concurrency = 2
+    host = make_host(WEBPUSH_SEND_CONCURRENCY=concurrency, WEBPUSH_BATCH_SIZE=50)
+    subs = [host.subscribe(str(i % 3 + 1)) for i in range(12)]
+    for sub in subs:
+        push_service.respond(sub.endpoint, 201, delay=0.25)
+    nid, first, last = fanned_out(host, ["1", "2", "3"])
+    batch = threading.Thread(target=lambda: _in_app(host, send_batch, nid, first, last))
+    batch.start()
+    try:
+        wait_until(lambda: sum(push_service.request_count(s.endpoint) for s in subs) >= 3,
+                   "the batch did not start sending", 15)
+        with host.app.app_context():
+            assert host.webpush.cancel(nid) is True
+        at_cancel = sum(push_service.request_count(s.endpoint) for s in subs)
+    finally:
+        batch.join(30)
+    assert not batch.is_alive()
+    total = sum(push_service.request_count(s.endpoint) for s in subs)
+    # At most what was in flight (WEBPUSH_SEND_CONCURRENCY) goes out after cancel() returns.
+    assert total <= at_cancel + concurrency, (at_cancel, total)
+    rows = host.deliveries(nid)
+    assert {d.status for d in rows} <= FINAL
+    sent = [d for d in rows if d.status == "sent"]
+    assert len(sent) == total and len(rows) - len(sent) >= len(subs) - at_cancel - concurrency
+    with host.app.app_context():
+        stats = host.webpush.stats(nid)
+    assert (stats["sent"], stats["skipped"], stats["pending"]) == (
+        len(sent), len(rows) - len(sent), 0)
+
+
+def _in_app(host: SendingHost, func: Any, *args: Any) -> Any:
+    with host.app.app_context():
+        return func(*args)
+
+
+def test_redis_down_while_a_retry_is_enqueued_sends_the_rest_and_recover_retries_later(
+        make_host: Any, push_service: Any) -> None:
+    host = make_host(WEBPUSH_SEND_CONCURRENCY=1, WEBPUSH_CLAIM_TIMEOUT=60)
+    failing = host.subscribe("1")
+    healthy = [host.subscribe("1") for _ in range(4)]
+    push_service.respond(failing.endpoint, 500, times=1)
+    clock = ManualClock()
+    with use_clock(clock):
+        nid, first, last = fanned_out(host, ["1"])
+        real = host.app.extensions["webpush.redis"]
+        # A port nothing listens on: every Redis call fails as in an outage.
+        host.app.extensions["webpush.redis"] = redis.Redis(port=1, socket_connect_timeout=0.2)
+        try:
+            _in_app(host, send_batch, nid, first, last)  # raised ConnectionError before
+        finally:
+            host.app.extensions["webpush.redis"] = real
+        rows = {d.subscription_id: d for d in host.deliveries(nid)}
+        assert [rows[s.id].status for s in healthy] == ["sent"] * 4
+        assert rows[failing.id].status == "pending" and rows[failing.id].claimed_by is None
+        queue = InProcessQueue(host.app, clock)
+        clock.advance(61 + 10)  # past its due time by more than the claim timeout
+        with host.app.app_context():
+            assert host.webpush.recover()["batches"] == 1
+        queue.run_all()
+    assert {d.status for d in host.deliveries(nid)} == {"sent"}
+    assert push_service.request_count(failing.endpoint) == 2
+    assert all(push_service.request_count(s.endpoint) == 1 for s in healthy)
+
+
+def test_a_signal_receiver_that_raises_stops_nothing_and_runs_after_the_batch_is_written(
+        make_host: Any, push_service: Any) -> None:
+    host = make_host(WEBPUSH_SEND_CONCURRENCY=2)
+    subs = [host.subscribe("1") for _ in range(6)]
+    nid, first, last = fanned_out(host, ["1"])
+    seen: list[set[str]] = []
+
+    def receiver(app: Any, **kw: Any) -> None:
+        D = host.webpush.models.Delivery
+        with host.db.engine.connect() as conn:  # what is committed, not this session's view
+            seen.append(set(conn.scalars(sa.select(D.status).where(D.notification_id == nid))))
+        raise RuntimeError("the host's receiver is broken")
+
+    with signals.delivery_sent.connected_to(receiver, sender=host.app):
+        _in_app(host, send_batch, nid, first, last)
+    assert [d.status for d in host.deliveries(nid)] == ["sent"] * 6
+    assert all(push_service.request_count(s.endpoint) == 1 for s in subs)
+    # Every receiver call came once every delivery of the batch was written.
+    assert len(seen) == 6 and all(statuses == {"sent"} for statuses in seen)
+    assert host.notification(nid).status == "done"
+
+
+def test_an_idle_worker_recovers_every_recover_interval(make_host: Any) -> None:
+    sending = make_host(WEBPUSH_RECOVER_INTERVAL=2)
+    sub = sending.subscribe("1")
+    proc = sending.start_worker()
+    try:
+        from rq import Worker
+
+        with sending.app.app_context():
+            from flask_webpush_targeted.queue import get_queue
+
+            queue = get_queue()
+        wait_until(lambda: Worker.all(queue=queue), "the worker did not start", 30)
+        time.sleep(1)  # past the start-up recovery: what follows is found by a periodic one
+        nid, _first, _last = fanned_out(sending, ["1"])
+        D = sending.webpush.models.Delivery
+        with sending.app.app_context():
+            # As a dead worker leaves it: claimed long ago, never answered, no job.
+            sending.db.session.execute(sa.update(D).where(D.notification_id == nid).values(
+                status="sending", claimed_by="dead", attempts=1,
+                claimed_at=datetime.now(UTC) - timedelta(hours=1)))
+            sending.db.session.commit()
+        wait_until(lambda: sending.push_service.request_count(sub.endpoint) == 1,
+                   "an idle worker did not recover the abandoned delivery", 20)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert [d.status for d in sending.deliveries(nid)] == ["sent"]
