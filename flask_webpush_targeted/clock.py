@@ -7,6 +7,7 @@ A test of the pipeline's states moves a ``ManualClock`` forward instead of sleep
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,11 @@ _source: Callable[[], datetime] | None = None
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (or the clock set by ``use_clock``)."""
     return datetime.now(UTC) if _source is None else _source()
+
+
+def monotonic() -> float:
+    """Seconds to measure waits with: ``time.monotonic()``, or the set clock's time."""
+    return time.monotonic() if _source is None else _source().timestamp()
 
 
 class ManualClock:

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import defer
 
 from . import signals
-from .clock import utcnow
+from .clock import monotonic, utcnow
 from .config import load_vapid_private_key
 from .counters import (
     FINAL_STATUSES,
@@ -224,6 +224,8 @@ def _sender() -> PushSender:
             timeout=(config["WEBPUSH_CONNECT_TIMEOUT"], config["WEBPUSH_READ_TIMEOUT"]),
             concurrency=config["WEBPUSH_SEND_CONCURRENCY"],
             per_origin=config["WEBPUSH_PER_ORIGIN_CONCURRENCY"],
+            max_retry_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
+            clock=monotonic,
         )
         cached = (sender, _pid())
         app.extensions["webpush.sender"] = cached
@@ -570,7 +572,13 @@ def _first_recovery(queue: Any, what: str, notification_id: int) -> bool:
     WEBPUSH_CLAIM_TIMEOUT (all workers together), False for the others."""
     key = f"webpush:{queue.name}:recovered:{what}:{notification_id}"
     timeout = max(1, int(current_app.config["WEBPUSH_CLAIM_TIMEOUT"]))
-    return bool(queue.connection.set(key, 1, nx=True, ex=timeout))
+    now = utcnow().timestamp()
+    last = queue.connection.get(key)
+    if last is not None and now - float(last) < timeout:
+        return False
+    # The time is kept in the value (the clock may be a test's); Redis forgets it later.
+    queue.connection.set(key, now, ex=2 * timeout)
+    return True
 
 
 def _finish_cancelled(db: Any, m: Models, stale: datetime) -> int:
