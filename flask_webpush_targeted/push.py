@@ -12,6 +12,7 @@ import contextvars
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import socket
 import ssl
@@ -61,17 +62,21 @@ def origin_of(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
-def parse_retry_after(value: str | None, default: float) -> float:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+def parse_retry_after(value: str | None, default: float,
+                      maximum: float = math.inf) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), at most
+    ``maximum``; ``default`` when the header is absent or not one of those forms."""
     if not value:
         return default
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return default
+    if value.isascii() and value.isdigit():  # isdigit alone takes "١٢٣" and "²"
+        seconds = float(value) if len(value) < 16 else math.inf  # no 4,300-digit int()
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return default
+    return min(max(seconds, 0.0), maximum)
 
 
 class VapidHeaders:
@@ -98,33 +103,67 @@ class VapidHeaders:
             return value
 
 
-class EndpointGuard:
-    """Checks an endpoint again right before a POST: the policy, then where its host resolves."""
+@dataclass(frozen=True)
+class Route:
+    """Where the guard lets an endpoint be reached, or why not."""
 
-    def __init__(self, extra_origins: Iterable[str], dns_ttl: float = 60.0) -> None:
+    #: the checked public addresses to connect to; empty with no problem: connect by name
+    #: (an origin of WEBPUSH_EXTRA_PUSH_SERVICES)
+    addresses: tuple[str, ...] = ()
+    #: why the endpoint must not be contacted: final
+    refused: str | None = None
+    #: its host did not resolve now: retryable, and never cached
+    lookup_error: str | None = None
+
+
+_BY_NAME = Route()
+#: 64:ff9b::/96 embeds an IPv4 address (NAT64, RFC 6052) that Python calls global whatever it is
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+Resolve = Callable[..., Iterable[tuple[Any, ...]]]
+
+
+class EndpointGuard:
+    """Checks an endpoint again right before a POST: the policy, then where its host resolves.
+
+    The host is resolved once per ``dns_ttl``, by ``resolve`` (``socket.getaddrinfo``'s
+    signature; by default that function, looked up at each call), and the connection goes to
+    the very addresses checked (``Route.addresses``). A lookup that fails is a retryable
+    ``Route.lookup_error``, never remembered as safe.
+    """
+
+    def __init__(self, extra_origins: Iterable[str], dns_ttl: float = 60.0, *,
+                 resolve: Resolve | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.extra_origins = frozenset(extra_origins)
         self._dns_ttl = dns_ttl
-        self._resolved: dict[str, tuple[bool, float]] = {}
+        self._resolve = resolve
+        self._clock = clock
+        self._resolved: dict[str, tuple[Route, float]] = {}
         self._origins: dict[str, tuple[str | None, str | None]] = {}  # prefix -> _policy
         self._lock = threading.Lock()
 
     def problem(self, endpoint: str) -> str | None:
-        """Why ``endpoint`` must not be contacted, or None when it may."""
-        refused, host = self._policy(endpoint)
-        if refused or host is None:
-            return refused
-        return None if self._resolves_publicly(host) else _private(host)
+        """Why ``endpoint`` must not be contacted now, or None when it may."""
+        route = self.route(endpoint)
+        return route.refused or route.lookup_error
 
-    async def problem_in_loop(self, endpoint: str) -> str | None:
-        """``problem`` from an event loop: a DNS lookup the cache cannot answer runs in a
+    def route(self, endpoint: str) -> Route:
+        """Where ``endpoint`` may be reached, or why not (resolving in this thread)."""
+        refused, host = self._policy(endpoint)
+        if refused:
+            return Route(refused=refused)
+        return _BY_NAME if host is None else self._lookup(host)
+
+    async def route_in_loop(self, endpoint: str) -> Route:
+        """``route`` from an event loop: a DNS lookup the cache cannot answer runs in a
         thread, so the requests in flight go on meanwhile."""
         refused, host = self._policy(endpoint)
-        if refused or host is None:
-            return refused
-        ok = self._cached(host)
-        if ok is None:
-            ok = await asyncio.to_thread(self._resolves_publicly, host)
-        return None if ok else _private(host)
+        if refused:
+            return Route(refused=refused)
+        if host is None:
+            return _BY_NAME
+        cached = self._cached(host)
+        return cached if cached is not None else await asyncio.to_thread(self._lookup, host)
 
     def _policy(self, endpoint: str) -> tuple[str | None, str | None]:
         """(why the policy refuses it, None) or (None, the host to resolve, or None for an
@@ -156,24 +195,42 @@ class EndpointGuard:
             return None, None
         return None, parts.hostname or ""
 
-    def _cached(self, host: str) -> bool | None:
+    def _cached(self, host: str) -> Route | None:
         with self._lock:
             cached = self._resolved.get(host)
-        return cached[0] if cached and cached[1] > time.monotonic() else None
+        return cached[0] if cached and cached[1] > self._clock() else None
 
-    def _resolves_publicly(self, host: str) -> bool:
+    def _lookup(self, host: str) -> Route:
         cached = self._cached(host)
         if cached is not None:
             return cached
+        resolve = self._resolve or socket.getaddrinfo
         try:
-            infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
-            addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
-            ok = bool(addresses) and all(a.is_global for a in addresses)
-        except (OSError, ValueError):
-            ok = True  # unresolvable: the POST fails as a DNS error and is retried
+            infos = resolve(host, 443, type=socket.SOCK_STREAM)
+            addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+            public = bool(addresses) and all(_public(a) for a in addresses)
+        except (OSError, ValueError) as exc:  # gaierror, a name IDNA cannot encode
+            # Fail closed: not remembered, and retried like any connection error.
+            return Route(lookup_error=f"dns error: {type(exc).__name__}: {exc}"[:200])
+        if not addresses:
+            return Route(lookup_error=f"dns error: no address for {host}")
+        route = Route(addresses=addresses) if public else Route(refused=_private(host))
         with self._lock:
-            self._resolved[host] = (ok, time.monotonic() + self._dns_ttl)
-        return ok
+            if len(self._resolved) > 10_000:
+                self._resolved.clear()
+            self._resolved[host] = (route, self._clock() + self._dns_ttl)
+        return route
+
+
+def _public(address: str) -> bool:
+    """A global unicast address (not private, loopback, link-local, reserved or multicast)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.is_global and not ip.is_multicast
 
 
 def _private(host: str) -> str:
@@ -227,15 +284,20 @@ class PushSender:
 
     One sender lives per worker process: its VAPID headers, DNS answers and keep-alive
     connections are reused by every batch. A push service answering 429 is paused for
-    its Retry-After, so one slow service does not stall the others.
+    its Retry-After, so one slow service does not stall the others; that pause, and the
+    retry time any Retry-After hints, are at most ``max_retry_delay`` seconds
+    (WEBPUSH_RETRY_MAX_DELAY): a service cannot silence itself for the life of the process.
     """
 
     def __init__(self, vapid: VapidHeaders, guard: EndpointGuard, *,
                  timeout: tuple[float, float], concurrency: int, per_origin: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, max_retry_delay: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.vapid = vapid
         self.guard = guard
         self.concurrency = concurrency
+        self.max_retry_delay = max_retry_delay
+        self._clock = clock
         self._loop = asyncio.new_event_loop()
         self._pool = Pool(connect_timeout=timeout[0], read_timeout=timeout[1],
                           per_origin=per_origin, ssl_context=ssl_context)
@@ -337,16 +399,18 @@ class PushSender:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send_one(self, pool: Pool, message: Message) -> PushResult:
-        problem = await self.guard.problem_in_loop(message.endpoint)
-        if problem:
-            return PushResult("failed", reason=f"endpoint refused: {problem}"[:255])
+        route = await self.guard.route_in_loop(message.endpoint)
+        if route.refused:
+            return PushResult("failed", reason=f"endpoint refused: {route.refused}"[:255])
+        if route.lookup_error:
+            return PushResult("retry", reason=route.lookup_error[:255])
         prefix = origin_prefix(message.endpoint)
         origin = self._origins.get(prefix) if prefix else None
         if origin is None:
             origin = origin_of(message.endpoint)
             if prefix and len(self._origins) < 10_000:
                 self._origins[prefix] = origin
-        paused = self._paused.get(origin, 0.0) - time.monotonic()
+        paused = self._paused.get(origin, 0.0) - self._clock()
         if paused > 0:
             return PushResult("retry", 429, "push service asked to slow down", paused)
         body = encrypt(message.payload, message.p256dh, message.auth)
@@ -368,7 +432,7 @@ class PushSender:
                 self._headers.clear()
             self._headers[shape] = headers
         try:
-            response = await pool.post(message.endpoint, headers, body)
+            response = await pool.post(message.endpoint, headers, body, route.addresses)
         except TimeoutError:
             return PushResult("retry", reason="timeout")
         except OSError as exc:  # refused, reset, DNS, TLS (ssl.SSLError is an OSError)
@@ -376,23 +440,28 @@ class PushSender:
         except ProtocolError as exc:
             return PushResult("failed", reason=f"request error: {exc}"[:255])
         text = response.body[:200].decode("utf-8", "replace")
-        result = classify(response.status, response.headers.get("retry-after"), text)
+        result = classify(response.status, response.headers.get("retry-after"), text,
+                          max_delay=self.max_retry_delay)
         if result.status_code == 429 and result.retry_after:
-            self._paused[origin] = time.monotonic() + result.retry_after
+            self._paused[origin] = self._clock() + result.retry_after
         return result
 
 
-def classify(code: int, retry_after: str | None, text: str = "") -> PushResult:
-    """Map a push service's status code to an outcome (see the README's table)."""
+def classify(code: int, retry_after: str | None, text: str = "", *,
+             max_delay: float = 3600.0) -> PushResult:
+    """Map a push service's status code to an outcome (see the README's table); a
+    Retry-After counts for at most ``max_delay`` seconds."""
     reason = f"{code} {text}".strip()[:255]
     if 200 <= code < 300:
         return PushResult("sent", code)
     if code in (404, 410):
         return PushResult("gone", code, reason)
     if code == 429:
-        return PushResult("retry", code, reason, parse_retry_after(retry_after, 60.0))
+        return PushResult("retry", code, reason,
+                          parse_retry_after(retry_after, min(60.0, max_delay), max_delay))
     if code >= 500:
-        return PushResult("retry", code, reason, parse_retry_after(retry_after, 0.0) or None)
+        return PushResult("retry", code, reason,
+                          parse_retry_after(retry_after, 0.0, max_delay) or None)
     if 300 <= code < 400:
         return PushResult("failed", code, f"{code} redirect not followed")
     # 400/401/403 mean our request or VAPID identity is wrong, not the subscription:
