@@ -16,6 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from .models import Models
+from .platforms import PLATFORMS as PLATFORMS  # re-exported: the keys platform_of gives
+from .platforms import platform_of as _platform_of
+from .platforms import platform_of_old_key
 
 COUNTERS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
             "clicked", "closed")
@@ -81,9 +84,10 @@ def reason_key(code: int | None, reason: str | None) -> str:
     return f"{'' if code is None else code}|{reason or ''}"[:200]
 
 
-def platform_of(label: str | None) -> str:
-    """The platform a device counts under: its label, or "unknown" when it has none."""
-    return label or "unknown"
+def platform_of(user_agent: str | None) -> str:
+    """The platform a device counts under, from its User-Agent: one of ``PLATFORMS``
+    (browser family and desktop/mobile, or "unknown"), never its label (platforms.py)."""
+    return _platform_of(user_agent)
 
 
 def bump(db: Any, m: Models, notification_id: int, inc: Increments) -> None:
@@ -111,3 +115,31 @@ def totals(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
                                                          S.dimension == "total")):
             result[row.notification_id] = {c: getattr(row, c) for c in COUNTERS}
     return result
+
+
+def fold_old_platform_rows(db: Any, m: Models, chunk: int = 1000) -> int:
+    """Fold per-platform counters keyed by device labels (written before platforms were a
+    closed set) into keys of ``PLATFORMS``; return how many rows were folded.
+
+    Once, on an existing installation: a label a customer typed is then no key of any
+    statistic. Each chunk is one transaction, so the figures add up at every moment.
+    """
+    S = m.Stat
+    folded = 0
+    while True:
+        rows = db.session.execute(
+            sa.select(S.id, S.notification_id, S.key, *(getattr(S, c) for c in COUNTERS))
+            .where(S.dimension == "platform", S.key.not_in(PLATFORMS))
+            .order_by(S.id).limit(chunk)).all()
+        if not rows:
+            return folded
+        merged: dict[int, Increments] = {}
+        for row in rows:
+            inc = merged.setdefault(row.notification_id, new_increments())
+            for counter in COUNTERS:
+                inc[("platform", platform_of_old_key(row.key))][counter] += getattr(row, counter)
+        db.session.execute(sa.delete(S).where(S.id.in_([row.id for row in rows])))
+        for notification_id, inc in sorted(merged.items()):
+            bump(db, m, notification_id, inc)
+        db.session.commit()
+        folded += len(rows)

@@ -223,8 +223,10 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
 
         One row per (notification, dimension, key): dimension ``total`` (key ""), the
         funnel; ``minute`` / ``hour`` (key = UTC bucket start), the time series;
-        ``platform`` (key = device label). Figures for a million deliveries are then
-        a few rows away, and survive pruning the deliveries themselves.
+        ``platform`` (key = browser family and form factor from the User-Agent, one of
+        ``platforms.PLATFORMS``: never the label a customer typed); ``reason`` (key =
+        ``status code|reason``). Figures for a million deliveries are then a few rows
+        away, and survive pruning the deliveries and erasing a user.
         """
 
         __tablename__ = "webpush_stat"

@@ -97,7 +97,8 @@ def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | No
             counted.append(kind)
     if counted:
         row = db.session.execute(
-            sa.select(D.notification_id, D.subscription_id, Sub.label, N.send_at, N.created_at)
+            sa.select(D.notification_id, D.subscription_id, Sub.user_agent, N.send_at,
+                      N.created_at)
             .join(N, N.id == D.notification_id).outerjoin(Sub, Sub.id == D.subscription_id)
             .where(D.id == delivery_id)).one()
         inc = new_increments()
@@ -106,7 +107,7 @@ def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | No
             if kind == "closed":
                 add(inc, kind)
             else:
-                add(inc, kind, at=at, platform=platform_of(row.label))
+                add(inc, kind, at=at, platform=platform_of(row.user_agent))
         bump(db, m, row.notification_id, inc)
         if row.subscription_id is not None:
             # The device was used: this is what the devices page shows as "last used".

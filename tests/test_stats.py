@@ -19,19 +19,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from agents import AGENTS, subscribe_with_agent
 from conftest import SendingHost
 
 from flask_webpush_targeted.exceptions import NotificationNotFound
 from flask_webpush_targeted.stats import time_series
 
-#: user -> (device label, what the push service answers); user "7" has no device
+#: user -> (the label the customer typed, their browser, what the push service answers);
+#: user "7" has no device. Platforms come from the browsers' User-Agents, never the labels.
 DEVICES = {
-    "1": ("Firefox on Linux", "201"),
-    "2": ("Chrome on Android", "410"),
-    "3": ("Chrome on Android", "429 then 201"),
-    "4": ("Safari on macOS", "500 always"),
-    "5": ("Firefox on Linux", "201"),
-    "6": ("Edge on Windows", "201"),
+    "1": ("Anna's laptop", "firefox-linux", "201"),
+    "2": ("Ben's phone", "chrome-android", "410"),
+    "3": (None, "chrome-android", "429 then 201"),
+    "4": ("=HYPERLINK(\"https://evil.example\")", "safari-macos", "500 always"),
+    "5": ("Work PC", "firefox-linux", "201"),
+    "6": ("Firefox on Linux", "edge-windows", "201"),
 }
 #: user -> events their device reports
 EVENTS = {"1": ("displayed", "clicked"), "3": ("displayed",), "5": ("displayed", "closed")}
@@ -78,10 +80,11 @@ def mix(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Mix]:
     host = SendingHost(db_url, push_service, WEBPUSH_MAX_ATTEMPTS=2,
                        WEBPUSH_RETRY_BASE_DELAY=0.2)
     try:
-        subs = {user: host.subscribe(user, label) for user, (label, _) in DEVICES.items()}
-        push_service.respond(subs["2"].endpoint, 410)
-        push_service.respond(subs["3"].endpoint, 429, retry_after=1, times=1)
-        push_service.respond(subs["4"].endpoint, 500)
+        subs = {user: subscribe_with_agent(host, user, AGENTS[browser][0], label)[1]
+                for user, (label, browser, _) in DEVICES.items()}
+        push_service.respond(subs["2"], 410)
+        push_service.respond(subs["3"], 429, retry_after=1, times=1)
+        push_service.respond(subs["4"], 500)
         nid = notify(host, [*DEVICES, "7"], title="Winter sale: 20% off boots", url="/sale",
                      ttl=3600, category="promo")
         host.run_worker()
@@ -91,7 +94,7 @@ def mix(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Mix]:
         client = host.app.test_client(use_cookies=False)
         address = "10.{}.{}.{}".format(*(random.randint(1, 254) for _ in range(3)))
         for user, events in EVENTS.items():
-            [push] = [p for p in push_service.received_for(subs[user].endpoint) if p.ok]
+            [push] = [p for p in push_service.received_for(subs[user]) if p.ok]
             for event in events:
                 response = client.post("/webpush/events", environ_base={"REMOTE_ADDR": address},
                                        json={"token": push.json()["token"], "event": event})
@@ -109,8 +112,8 @@ def test_stats_give_the_exact_funnel_rates_failure_reasons_and_platforms(mix: Mi
         ("gone", 410): 1, ("failed", 500): 1}
     assert {p["platform"]: (p["deliveries"], p["sent"], p["displayed"], p["clicked"])
             for p in stats["by_platform"]} == {
-        "Firefox on Linux": (2, 2, 2, 1), "Chrome on Android": (2, 1, 1, 0),
-        "Safari on macOS": (1, 0, 0, 0), "Edge on Windows": (1, 1, 0, 0)}
+        "Firefox desktop": (2, 2, 2, 1), "Chrome mobile": (2, 1, 1, 0),
+        "Safari desktop": (1, 0, 0, 0), "Edge desktop": (1, 1, 0, 0)}
     by_status = {d.user_id: (d.status, d.status_code, d.attempts)
                  for d in mix.host.deliveries(mix.nid)}
     assert by_status == {"1": ("sent", 201, 1), "2": ("gone", 410, 1), "3": ("sent", 201, 2),
@@ -166,7 +169,7 @@ def test_flask_webpush_stats_prints_one_notifications_figures_and_the_latest_lis
     printed = dict(re.findall(r"^(\w+) +(\S+)$", out, re.MULTILINE))
     assert {k: printed[k] for k in EXPECTED} == {k: str(v) for k, v in EXPECTED.items()}
     assert "status=gone, status_code=410" in out and "status=failed, status_code=500" in out
-    assert "platform=Firefox on Linux, deliveries=2, sent=2, displayed=2, clicked=1" in out
+    assert "platform=Firefox desktop, deliveries=2, sent=2, displayed=2, clicked=1" in out
 
     rows = listed(mix.cli("stats"))
     # id: status, sent, shown, clicked, not sent (failed + gone + expired)
@@ -215,16 +218,61 @@ def test_stats_of_an_unknown_notification_raise_not_found(app: Any, webpush: Any
     assert result.exit_code != 0 and "No notification has id 424242" in result.output
 
 
-def test_a_device_without_a_label_counts_under_unknown_in_the_platforms(
+def test_a_device_whose_browser_sent_no_user_agent_counts_under_unknown_in_the_platforms(
     sending: SendingHost,
 ) -> None:
-    sending.subscribe("1", "Firefox on Linux")
-    sending.subscribe("2")  # no label: the browser told nothing
+    subscribe_with_agent(sending, "1", AGENTS["firefox-linux"][0])
+    subscribe_with_agent(sending, "2", None, "Kitchen tablet")  # the browser told nothing
     with sending.app.app_context():
         nid = sending.webpush.notify_users(["1", "2"], title="Parcel ready").id
     sending.run_worker()
     with sending.app.app_context():
         stats = sending.webpush.stats(nid)
     assert {p["platform"]: (p["deliveries"], p["sent"]) for p in stats["by_platform"]} == {
-        "Firefox on Linux": (1, 1), "unknown": (1, 1)}
+        "Firefox desktop": (1, 1), "unknown": (1, 1)}
     assert sum(p["deliveries"] for p in stats["by_platform"]) == stats["deliveries"]
+
+
+def test_old_platform_rows_keyed_by_labels_fold_into_the_closed_set(app: Any, webpush: Any) -> None:
+    """Installations that counted device labels: fold_old_platform_rows leaves only keys of
+    the closed set, labels a customer typed under "unknown", and the same sums."""
+    import sqlalchemy as sa
+
+    from flask_webpush_targeted.counters import fold_old_platform_rows
+    from flask_webpush_targeted.platforms import PLATFORMS
+
+    m, db = webpush.models, webpush.db
+    old = {  # key -> deliveries, sent, displayed, clicked
+        "Firefox on Linux": (5, 4, 3, 1), "Firefox desktop": (2, 2, 1, 0),
+        "Chrome on Android": (3, 3, 2, 2), "Chromium on Linux": (1, 1, 0, 0),
+        "Safari on iPhone": (2, 2, 2, 1), "Browser": (1, 0, 0, 0),
+        "Anna's phone": (1, 1, 1, 1), "=HYPERLINK(\"https://evil.example\")": (1, 1, 0, 0),
+        "unknown": (2, 2, 0, 0),
+    }
+    with app.app_context():
+        ids = []
+        for _ in range(2):
+            n = m.Notification(payload={"title": "t"}, targeting={"user_ids": [],
+                               "devices": "all"}, ttl=60, status="done")
+            db.session.add(n)
+            db.session.flush()
+            ids.append(n.id)
+            for key, (deliveries, sent, displayed, clicked) in old.items():
+                db.session.add(m.Stat(notification_id=n.id, dimension="platform", key=key,
+                                      deliveries=deliveries, sent=sent, displayed=displayed,
+                                      clicked=clicked, failed=0, gone=0, expired=0,
+                                      skipped=0, closed=0))
+        db.session.commit()
+        assert fold_old_platform_rows(db, m, chunk=4) == 2 * (len(old) - 2)
+        assert fold_old_platform_rows(db, m) == 0  # once is enough
+        S = m.Stat
+        for nid in ids:
+            rows = {r.key: (r.deliveries, r.sent, r.displayed, r.clicked)
+                    for r in db.session.scalars(sa.select(S).where(
+                        S.notification_id == nid, S.dimension == "platform"))}
+            assert rows == {"Firefox desktop": (7, 6, 4, 1), "Chrome mobile": (3, 3, 2, 2),
+                            "Chrome desktop": (1, 1, 0, 0), "Safari mobile": (2, 2, 2, 1),
+                            "other desktop": (1, 0, 0, 0), "unknown": (4, 4, 1, 1)}
+            assert set(rows) <= set(PLATFORMS)
+            assert [sum(column) for column in zip(*rows.values(), strict=True)] == [
+                sum(column) for column in zip(*old.values(), strict=True)]

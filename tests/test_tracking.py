@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from agents import AGENTS, subscribe_with_agent
 from conftest import SendingHost
 from flask import Flask
 
@@ -118,6 +119,24 @@ def test_the_event_time_is_the_servers_and_a_client_sent_time_is_refused(sent: S
     assert sent.post({"token": sent.token, "event": "displayed"}).get_json()["counted"] is True
     after = datetime.now(UTC)
     assert before <= sent.delivery().displayed_at <= after
+
+
+def test_events_count_under_the_platform_of_the_browsers_user_agent_never_its_label(
+        sending: SendingHost) -> None:
+    agent, platform = AGENTS["samsung-internet"]
+    _sid, endpoint = subscribe_with_agent(sending, "1", agent, "Anna's phone")
+    with sending.app.app_context():
+        nid = int(sending.webpush.notify_user("1", title="Parcel ready").id)
+    make_worker(sending.app, simple=True).work(burst=True)
+    [push] = sending.push_service.received_for(endpoint)
+    sent = Sent(sending, nid, sending.deliveries(nid)[0].id, push.json()["token"])
+    for event in ("displayed", "clicked"):
+        assert sent.post({"token": sent.token, "event": event}).get_json() == {"counted": True}
+    with sending.app.app_context():
+        by_platform = sending.webpush.stats(nid)["by_platform"]
+    assert [(p["platform"], p["displayed"], p["clicked"]) for p in by_platform
+            if p["displayed"] or p["clicked"]] == [(platform, 1, 1)]
+    assert "Anna's phone" not in {p["platform"] for p in by_platform}
 
 
 def test_a_click_on_an_action_button_records_the_action(
