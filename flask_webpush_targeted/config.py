@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_VAPID_PRIVATE_KEY": None,
     #: base64url of the 65-byte uncompressed public point matching the private key.
     "WEBPUSH_VAPID_PUBLIC_KEY": None,
-    #: ``mailto:`` or ``https:`` URI the push services may contact (RFC 8292).
+    #: ``mailto:`` or ``https:`` URI the push services may contact (RFC 8292): an email
+    #: address (``mailto:ops@shop.example``) or a site (``https://shop.example``, no path).
     "WEBPUSH_VAPID_SUBJECT": None,
     #: Redis URL of the queue. Unset only in development (the demo embeds a Redis).
     "WEBPUSH_REDIS_URL": None,
@@ -163,6 +166,91 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
 
 
+_SUBJECT_HINT = ("Write a mailto: or https: URI push services can use to contact you, "
+                 "e.g. 'mailto:ops@shop.example' or 'https://shop.example'.")
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=^_`{|}~-]+)*")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def vapid_subject(value: Any) -> str:
+    """WEBPUSH_VAPID_SUBJECT checked and normalised (scheme and host lower-case, an
+    https: URI's lone trailing slash dropped); raise ConfigurationError saying why.
+
+    What passes is what py_vapid signs (its ``_check_sub``: ``mailto:`` with an address
+    whose domain has a dot, or ``https://`` and a host with nothing after it) narrowed
+    to what push services accept: Apple refuses localhost and spaces, so no loopback,
+    private or local hosts, no whitespace, no second ``mailto:``.
+    """
+    def refuse(why: str) -> ConfigurationError:
+        return ConfigurationError(f"WEBPUSH_VAPID_SUBJECT {value!r} {why}. {_SUBJECT_HINT}")
+
+    if not isinstance(value, str) or not value:
+        raise refuse("is not set" if value is None or value == "" else "is not a string")
+    if any(c.isspace() for c in value):
+        raise refuse("holds a space or line break (push services, Apple's among them, "
+                     "refuse such a subject)")
+    if not value.isascii():
+        raise refuse("is not ASCII (write a domain in its xn-- form)")
+    lowered = value.lower()
+    if lowered.startswith("mailto:"):
+        address = value[len("mailto:"):]
+        if address.lower().startswith("mailto:"):
+            raise refuse("says mailto: twice")
+        local, at, domain = address.rpartition("@")
+        if not at or not local:
+            raise refuse("has no email address after mailto: (an address is name@domain)")
+        if not _LOCAL_PART.fullmatch(local):
+            raise refuse(f"has {local!r} before the '@', which is not an address's name "
+                         "(nothing like ?, :, <> or a second '@')")
+        return f"mailto:{local}@{_subject_host(domain, refuse, 'email domain')}"
+    if lowered.startswith("https://"):
+        rest = value[len("https://"):]
+        host, slash, after = rest.partition("/")
+        if slash and after or "?" in host or "#" in host:
+            raise refuse("has a path, query or fragment: py_vapid signs an https: subject "
+                         "only as https://host (write 'https://shop.example', or a mailto:)")
+        if "@" in host:
+            raise refuse("has a user name in it")
+        if ":" in host and not host.startswith("["):
+            raise refuse("has a port: py_vapid signs an https: subject only as https://host")
+        return f"https://{_subject_host(host, refuse, 'host')}"
+    if lowered.startswith("http://"):
+        raise refuse("is not https: (push services want a mailto: or an https: URI)")
+    if "@" in value and ":" not in value:
+        raise refuse("is an email address without mailto: in front")
+    raise refuse("is neither a mailto: nor an https: URI")
+
+
+def _subject_host(host: str, refuse: Callable[[str], ConfigurationError], what: str) -> str:
+    """The subject's host, lower-case, if it is a public domain name."""
+    host = host.lower()
+    if not host:
+        raise refuse(f"has no {what}")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        if ip.version == 6:
+            raise refuse(f"has the IPv6 address {host} as its {what}: py_vapid cannot sign "
+                         "it; write a domain name")
+        if not ip.is_global:
+            raise refuse(f"has {host} as its {what}, a private, loopback or reserved address "
+                         "no push service can reach")
+        if what == "email domain":
+            raise refuse(f"has the IP address {host} as its email domain; write a domain")
+        return host
+    labels = host.split(".")
+    if host == "localhost.localdomain" or labels[-1] in ("localhost", "local"):
+        raise refuse(f"has {host} as its {what}, a name of this machine or network: Apple "
+                     "refuses localhost subjects, and no push service can reach it")
+    if (len(labels) < 2 or len(host) > 253 or labels[-1].isdigit()
+            or not all(_LABEL.fullmatch(label) for label in labels)):
+        raise refuse(f"has {host!r} as its {what}, which is not a domain name (dot-separated "
+                     "letters, digits and inner hyphens, like shop.example)")
+    return host
+
+
 def validate_config(config: dict[str, Any]) -> None:
     """Check the settings once, at init_app, with errors that say how to fix them."""
     hint = "Run `flask webpush generate-vapid-keys` and paste its output into your config."
@@ -189,14 +277,7 @@ def validate_config(config: dict[str, Any]) -> None:
             "WEBPUSH_VAPID_PUBLIC_KEY does not match WEBPUSH_VAPID_PRIVATE_KEY "
             "(expected the 65-byte uncompressed point of that key). " + hint
         )
-    if not isinstance(subject, str) or not (
-        subject.startswith("mailto:") and "@" in subject
-        or subject.startswith("https://") and len(subject) > len("https://")
-    ):
-        raise ConfigurationError(
-            "WEBPUSH_VAPID_SUBJECT must be a mailto: or https: URI that push services "
-            "can use to contact you, e.g. 'mailto:ops@shop.example'."
-        )
+    vapid_subject(subject)
     ttl = config.get("WEBPUSH_DEFAULT_TTL")
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= 28 * 86400:
         raise ConfigurationError(

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
 
-from .config import b64url_decode
+from .config import b64url_decode, vapid_subject
 from .exceptions import InvalidSubscription
 from .http11 import Pool, ProtocolError, origin_prefix
 from .subscriptions import check_endpoint_text, validate_endpoint
@@ -56,10 +56,19 @@ class PushResult:
     retry_after: float | None = None
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def origin_of(endpoint: str) -> str:
-    """``scheme://host[:port]`` of an endpoint, as VAPID's ``aud`` wants it."""
+    """The RFC 6454 origin of an endpoint, as VAPID's ``aud`` wants it: scheme and host
+    lower-case, no default port, IPv6 brackets kept (``https://fcm.googleapis.com``)."""
     parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def parse_retry_after(value: str | None, default: float,
@@ -80,11 +89,15 @@ def parse_retry_after(value: str | None, default: float,
 
 
 class VapidHeaders:
-    """One signed VAPID Authorization header per push-service origin, reused until near expiry."""
+    """One signed VAPID Authorization header per push-service origin, reused until near expiry.
+
+    ``subject`` is WEBPUSH_VAPID_SUBJECT, normalised as ``config.vapid_subject`` does
+    (``https://shop.example/`` signs as ``https://shop.example``).
+    """
 
     def __init__(self, private_key: ec.EllipticCurvePrivateKey, subject: str) -> None:
         self._vapid = Vapid02(private_key=private_key)
-        self._subject = subject
+        self._subject = vapid_subject(subject)
         self._cache: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
