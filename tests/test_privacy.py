@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import LoggedInClient, assert_no_secrets, browser_keys, make_subscription
+from agents import AGENTS, subscribe_with_agent
+from conftest import (
+    LoggedInClient,
+    SendingHost,
+    assert_no_secrets,
+    browser_keys,
+    make_subscription,
+)
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_webpush_targeted import WebPush, signals
 from flask_webpush_targeted.models import utcnow
+from flask_webpush_targeted.platforms import PLATFORMS
+from flask_webpush_targeted.queue import make_worker
 
 
 def deliver(app: Flask, webpush: WebPush, title: str,
@@ -19,9 +31,11 @@ def deliver(app: Flask, webpush: WebPush, title: str,
     """Store a sent Notification with one Delivery per (user_id, subscription_id)."""
     m, db = webpush.models, webpush.db
     with app.app_context():
+        users = sorted({u for u, _ in targets})
         n = m.Notification(payload={"title": title, "body": "b", "url": "/orders"},
-                           targeting={"user_ids": sorted({u for u, _ in targets}),
-                                      "devices": "all"}, ttl=3600, status="done")
+                           targeting={"user_ids": users, "devices": "all"}, ttl=3600,
+                           status="done", target_count=len(users), without_count=0,
+                           users_without_devices=[], fanned_out_at=utcnow())
         db.session.add(n)
         db.session.flush()
         for user_id, sub_id in targets:
@@ -111,7 +125,12 @@ def test_forget_user_deletes_only_that_users_subscriptions_consents_and_deliveri
     assert user_rows(app, db, "1") == {"webpush_subscription": [], "webpush_consent": [],
                                        "webpush_delivery": []}
     assert user_rows(app, db, "2") == user2_before
-    assert rows(app, db, "webpush_notification") == notifications_before
+    # the notifications lose the user from their targeting, and nothing else
+    targeting = db.metadata.tables["webpush_notification"].c.keys().index("targeting")
+    assert [r[:targeting] + r[targeting + 1:] for r in rows(app, db, "webpush_notification")] == [
+        r[:targeting] + r[targeting + 1:] for r in notifications_before]
+    assert [r[targeting] for r in rows(app, db, "webpush_notification")] == [
+        {"user_ids": ["2"], "devices": "all"}, {"user_ids": [], "devices": "all"}]
     assert [r[1] for r in rows(app, db, "webpush_delivery")] == [shared]
     with app.app_context():
         assert webpush.export_user("1")["devices"] == []
@@ -165,6 +184,112 @@ def test_old_owners_history_never_points_at_a_later_device_that_reuses_the_erase
     device_ids += [c["device_id"] for c in export["consents"]]
     assert device_ids == [None, None, None]
     assert new_id not in device_ids
+
+
+# -- nothing of the person remains ----------------------------------------------------------
+
+#: an id and a label found nowhere else, so that a scan of every cell can look for them
+FORGOTTEN, LABEL = "customer-4711", "Anna's phone"
+
+
+def every_text_cell(app: Flask, db: SQLAlchemy) -> Iterator[tuple[str, str, str]]:
+    """(table, column, text) of every text and JSON cell of every webpush_ table."""
+    with app.app_context():
+        for table in db.metadata.sorted_tables:
+            if not table.name.startswith("webpush_"):
+                continue
+            columns = [c for c in table.c if isinstance(c.type, (sa.String, sa.JSON))]
+            for values in db.session.execute(sa.select(*columns)):
+                for column, value in zip(columns, values, strict=True):
+                    if value is not None:
+                        text = value if isinstance(value, str) else json.dumps(
+                            value, ensure_ascii=False)
+                        yield table.name, column.name, text
+
+
+def test_forget_user_leaves_neither_their_id_nor_their_label_in_any_table(
+        sending: SendingHost) -> None:
+    """Sent for real: a notification to a list of devices, one to everyone, one after the
+    user's device was revoked (they are a user without devices), one still scheduled, and
+    a click from their device; then erasure. Counts of the past stay, names go."""
+    host, webpush = sending, sending.webpush
+    ua, platform = AGENTS["chrome-android"]
+    mine, endpoint = subscribe_with_agent(host, FORGOTTEN, ua, LABEL)
+    theirs, _ = subscribe_with_agent(host, "2", AGENTS["firefox-linux"][0], "Laptop")
+
+    def notify(users: list[str], **kw: Any) -> int:
+        with host.app.app_context():
+            return int(webpush.notify_users(users, title="Winter sale", **kw).id)
+
+    def run_worker() -> None:
+        make_worker(host.app, simple=True).work(burst=True)
+
+    by_ids = notify([FORGOTTEN, "2"], devices=[mine, theirs])
+    to_all = notify([FORGOTTEN, "2", "3"])
+    later = notify(["2", FORGOTTEN], send_at=datetime.now(UTC) + timedelta(hours=1))
+    run_worker()
+    token = host.push_service.received_for(endpoint)[0].json()["token"]
+    address = "10.{}.{}.{}".format(*(random.randint(1, 254) for _ in range(3)))
+    assert host.app.test_client().post(
+        "/webpush/events", json={"token": token, "event": "clicked", "action": "open"},
+        environ_base={"REMOTE_ADDR": address}).get_json() == {"counted": True}
+    with host.app.app_context():
+        webpush.store.revoke(FORGOTTEN, mine)
+    without = notify([FORGOTTEN, "2"])
+    run_worker()
+    assert any(FORGOTTEN in text for _t, _c, text in every_text_cell(host.app, host.db))
+    with host.app.app_context():
+        before = {nid: webpush.stats(nid) for nid in (by_ids, to_all, without)}
+    assert before[without]["users_without_devices"] == 1
+
+    with host.app.app_context():
+        webpush.forget_user(FORGOTTEN)
+
+    left = [(t, c, text) for t, c, text in every_text_cell(host.app, host.db)
+            if FORGOTTEN in text or LABEL in text]
+    assert left == []
+    N, S = webpush.models.Notification, webpush.models.Stat
+    with host.app.app_context():
+        notifications = {n.id: n for n in host.db.session.scalars(sa.select(N))}
+        platforms = set(host.db.session.scalars(sa.select(S.key).where(S.dimension == "platform")))
+        after = {nid: webpush.stats(nid) for nid in (by_ids, to_all, without)}
+    assert notifications[by_ids].targeting == {"user_ids": ["2"], "devices": "ids",
+                                               "subscription_ids": [theirs]}
+    assert notifications[to_all].targeting["user_ids"] == ["2", "3"]
+    assert notifications[to_all].users_without_devices == ["3"]
+    assert notifications[without].users_without_devices == []
+    # the anonymous figures of what happened stay as they were counted (the erased user's
+    # unsent deliveries aside: none here); the scheduled one will not target them at all
+    assert after == before
+    assert (notifications[to_all].target_count, notifications[to_all].without_count) == (3, 1)
+    assert (notifications[without].target_count, notifications[without].without_count) == (2, 1)
+    assert notifications[later].targeting["user_ids"] == ["2"]
+    assert notifications[later].target_count == 1
+    assert platforms <= set(PLATFORMS) and platform in platforms
+
+
+def test_forget_user_finds_ids_that_json_writes_with_escapes_or_not_as_ascii(
+        app: Flask, db: SQLAlchemy, webpush: WebPush) -> None:
+    """Ids that a plain text search could miss (escaped quotes, slashes, non-ASCII, the
+    JSON escape of a quote) leave the lists all the same; a look-alike stays."""
+    odd = ['say "hi"/\\n', "Zoë 🙂", "a\\u0022b", '"quoted"', "</script>&'"]
+    m = webpush.models
+    with app.app_context():
+        ids = []
+        for user_id in odd:
+            n = m.Notification(payload={"title": "t"}, ttl=60, status="queued",
+                               targeting={"user_ids": [user_id, "keep", user_id + "x"],
+                                          "devices": "all"}, target_count=3)
+            db.session.add(n)
+            db.session.flush()
+            ids.append(n.id)
+        db.session.commit()
+        for user_id in odd:
+            webpush.forget_user(user_id)
+        db.session.expire_all()
+        assert [(n.targeting["user_ids"], n.target_count)
+                for n in (db.session.get(m.Notification, i) for i in ids)] == [
+            (["keep", u + "x"], 2) for u in odd]
 
 
 # -- the CLI -------------------------------------------------------------------------------
