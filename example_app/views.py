@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 import sqlalchemy as sa
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -15,6 +18,23 @@ from . import db
 from .models import Customer, Product
 
 bp = Blueprint("shop", __name__)
+
+#: what a browser would drop from a URL or read as "/" (tab, newline, other controls,
+#: space, backslash): "/\t/evil.example" and "/\\evil.example" both lead off-site
+_URL_TRICKS = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def is_local_path(target: str) -> bool:
+    """Whether ``target`` is a path on this site, safe to redirect to after login.
+
+    Only local paths are followed: an open redirect would be a phishing aid. A path is
+    "/" then anything but a second "/" (``//host`` is another site), with none of the
+    characters browsers strip or rewrite, and no scheme or host once parsed.
+    """
+    if not target.startswith("/") or target.startswith("//") or _URL_TRICKS.search(target):
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc
 
 
 @bp.route("/")
@@ -42,8 +62,7 @@ def login() -> ResponseReturnValue:
         if user and check_password_hash(user.password_hash, request.form.get("password", "")):
             login_user(user)
             target = request.args.get("next", "")
-            # Only local paths: an open redirect would be a phishing aid.
-            if not target.startswith("/") or target.startswith("//"):
+            if not is_local_path(target):
                 target = url_for("shop.account")
             return redirect(target)
         error = "Wrong email or password."

@@ -9,10 +9,37 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .apikeys import SCOPES
+from .apikeys import PREFIX, SCOPES
 from .config import generate_vapid_keys
+from .exceptions import WebPushError
+from .sending import MAX_ROW_ID, storable
 
-webpush_cli = AppGroup("webpush", help="Targeted Web Push: keys, users' data, sending, stats.")
+#: the longest retention prune accepts (100 years): more overflows the date arithmetic
+MAX_PRUNE_DAYS = 36_500
+
+
+class WebPushGroup(AppGroup):
+    """The command group: an error of the extension is a message and exit code 1, never a
+    traceback (every command below reaches the extension's public functions)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning a WebPushError into a ClickException."""
+        try:
+            return super().invoke(ctx)
+        except WebPushError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _storable_arg(value: str, hint: str) -> str:
+    """``value`` if it can be stored (no NUL, no lone surrogate), else a usage error."""
+    if not storable(value):
+        raise click.BadParameter("must not contain NUL characters or lone surrogates",
+                                 param_hint=hint)
+    return value
+
+
+webpush_cli = WebPushGroup("webpush",
+                           help="Targeted Web Push: keys, users' data, sending, stats.")
 
 
 @webpush_cli.command("generate-vapid-keys")
@@ -28,7 +55,7 @@ def generate_vapid_keys_command() -> None:
 @click.argument("user_id")
 def export_user_command(user_id: str) -> None:
     """Print, as JSON, what is stored about USER_ID (no endpoints or keys)."""
-    data = current_app.extensions["webpush"].export_user(user_id)
+    data = current_app.extensions["webpush"].export_user(_storable_arg(user_id, "USER_ID"))
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -37,6 +64,7 @@ def export_user_command(user_id: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def forget_user_command(user_id: str, yes: bool) -> None:
     """Erase USER_ID's subscriptions, consents and deliveries."""
+    _storable_arg(user_id, "USER_ID")
     if not yes:
         click.confirm(f"Erase every web push record of user {user_id!r}?", abort=True)
     counts = current_app.extensions["webpush"].forget_user(user_id)
@@ -65,7 +93,8 @@ def recover_command() -> None:
 
 @webpush_cli.command("send")
 @click.option("--user", "users", multiple=True, help="A user id (repeatable).")
-@click.option("--users-file", type=click.File("r"), help="A file of user ids, one a line.")
+@click.option("--users-file", type=click.File("rb"),
+              help="A file of user ids, one a line (UTF-8).")
 @click.option("--title", required=True)
 @click.option("--body", default="")
 @click.option("--url", default=None, help="Opened on click: a path or a URL on this site.")
@@ -88,7 +117,10 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
 
     ids = list(users)
     if users_file is not None:
-        lines = users_file.read().splitlines()
+        try:
+            lines = users_file.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(f"not UTF-8 text ({exc})", param_hint="--users-file") from exc
         with click.progressbar(lines, label="Reading user ids") as bar:
             ids.extend(line.strip() for line in bar if line.strip())
     if not ids:
@@ -98,7 +130,7 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
         try:
             when = datetime.fromisoformat(send_at)
         except ValueError as exc:
-            raise click.BadParameter(f"not an ISO 8601 time: {send_at}",
+            raise click.BadParameter(f"not an ISO 8601 time: {send_at!r}",
                                      param_hint="--send-at") from exc
     try:
         n = current_app.extensions["webpush"].notify_users(
@@ -113,7 +145,8 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
 
 @webpush_cli.command("stats")
 @click.argument("notification_id", type=int, required=False)
-@click.option("--limit", default=20, help="How many notifications to list without an ID.")
+@click.option("--limit", default=20, type=click.IntRange(1, 1000),
+              help="How many notifications to list without an ID (1 to 1000).")
 def stats_command(notification_id: int | None, limit: int) -> None:
     """Print one notification's figures, or the latest notifications with their funnels."""
     from . import stats
@@ -146,7 +179,7 @@ def stats_command(notification_id: int | None, limit: int) -> None:
 
 
 @webpush_cli.command("prune")
-@click.option("--older-than", "days", type=click.IntRange(min=1), required=True,
+@click.option("--older-than", "days", type=click.IntRange(1, MAX_PRUNE_DAYS), required=True,
               help="Remove deliveries of notifications finished more than DAYS days ago.")
 def prune_command(days: int) -> None:
     """Delete old deliveries, keeping each notification's totals."""
@@ -172,6 +205,7 @@ def api_key_create_command(name: str, scopes: tuple[str, ...]) -> None:
     from .apikeys import create_key
 
     webpush = current_app.extensions["webpush"]
+    _storable_arg(name, "NAME")
     try:
         row, key = create_key(webpush.db, webpush.models, name, scopes or ("send",))
     except ValueError as exc:
@@ -209,7 +243,13 @@ def api_key_revoke_command(key: str) -> None:
     from .apikeys import find_keys, revoke_key
 
     webpush = current_app.extensions["webpush"]
-    rows = [r for r in find_keys(webpush.db, webpush.models, key) if r.revoked_at is None]
+    number = key.removeprefix(PREFIX).split("_", 1)[0] if key.startswith(PREFIX) else key
+    # A name that cannot be stored, or an id the column cannot hold, names no key (and
+    # the database would refuse the query).
+    too_big = number.isdigit() and not (number.isascii() and len(number) <= 10
+                                        and int(number) <= MAX_ROW_ID)
+    found = [] if too_big or not storable(key) else find_keys(webpush.db, webpush.models, key)
+    rows = [r for r in found if r.revoked_at is None]
     if not rows:
         raise click.ClickException(f"No active API key {key!r}.")
     if len(rows) > 1:

@@ -82,7 +82,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _check_tree(value: Any, depth: int = 0) -> None:
+def check_tree(value: Any, depth: int = 0) -> None:
     """Depth limit, and text that can be stored and encoded (no lone surrogates)."""
     if depth > MAX_DEPTH:
         raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.")
@@ -94,11 +94,11 @@ def _check_tree(value: Any, depth: int = 0) -> None:
                                   "(a lone surrogate escape).") from exc
     elif isinstance(value, list):
         for item in value:
-            _check_tree(item, depth + 1)
+            check_tree(item, depth + 1)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_tree(key, depth + 1)
-            _check_tree(item, depth + 1)
+            check_tree(key, depth + 1)
+            check_tree(item, depth + 1)
 
 
 def read_json_body(limit: int) -> Any:
@@ -113,7 +113,7 @@ def read_json_body(limit: int) -> Any:
         raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our own checks
         raise BadRequestError(f"The body is not valid JSON ({exc}).") from exc
-    _check_tree(value)
+    check_tree(value)
     return value
 
 

@@ -31,6 +31,15 @@ class ConfigurationError(WebPushError, RuntimeError):
     """A WEBPUSH_* setting is missing or invalid."""
 
 
+class InvalidUserId(WebPushError, ValueError):
+    """A user (or user id) given to the extension is not one it can store.
+
+    A user id is a string (or an int) of 1 to 255 characters without NUL or lone
+    surrogates: PostgreSQL refuses NUL in text, and a lone surrogate is not UTF-8.
+    A ValueError too, so host code written against earlier versions still catches it.
+    """
+
+
 class APIError(WebPushError, HTTPException):
     """An error answered to a client as JSON."""
 

@@ -13,7 +13,12 @@ from markupsafe import Markup
 from . import privacy, sending
 from .config import DEFAULTS, extra_push_origins, validate_config
 from .csrf import csrf_token
-from .exceptions import ConfigurationError, InvalidNotification
+from .exceptions import (
+    ConfigurationError,
+    InvalidNotification,
+    InvalidUserId,
+    NotificationNotFound,
+)
 from .models import Models, get_models
 from .stats import get_notification, notification_stats
 from .subscriptions import SubscriptionStore
@@ -22,16 +27,42 @@ from .subscriptions import SubscriptionStore
 SESSION_SUBSCRIPTIONS = "_webpush_subscriptions"
 
 
+#: the largest notification id (the column is a 64-bit integer)
+MAX_NOTIFICATION_ID = 2**63 - 1
+
+
 def user_id_of(user: Any) -> str:
-    """The id string of a Flask-Login user object, or of an id given directly."""
+    """The id string of a Flask-Login user object, or of an id given directly.
+
+    Raises InvalidUserId for anything else: a user id is 1 to 255 characters of text
+    that can be stored (no NUL, which PostgreSQL refuses, no lone surrogate).
+    """
     if hasattr(user, "get_id"):
         user = user.get_id()
     if user is None or isinstance(user, bool) or not isinstance(user, (str, int)):
-        raise TypeError("expected a Flask-Login user (with get_id()) or a user id (str or int)")
+        raise InvalidUserId(
+            "expected a Flask-Login user (with get_id()) or a user id (str or int)")
+    # 255 digits at most: checked before str(), which refuses ints of 4,300 digits or more.
+    if isinstance(user, int) and abs(user) >= 10**255:
+        raise InvalidUserId("a user id is 1 to 255 characters")
     user_id = str(user)
     if not user_id or len(user_id) > 255:
-        raise ValueError("a user id is 1 to 255 characters")
+        raise InvalidUserId("a user id is 1 to 255 characters")
+    if not sending.storable(user_id):
+        raise InvalidUserId("a user id must not contain NUL characters or lone surrogates")
     return user_id
+
+
+def notification_id_of(notification_id: Any) -> int:
+    """A notification id as given by host code; NotificationNotFound when it names none.
+
+    Ids a bigint column cannot hold (or that are not ints) name no notification; without
+    this check the database would raise its own error for them.
+    """
+    if (isinstance(notification_id, bool) or not isinstance(notification_id, int)
+            or not 0 < notification_id <= MAX_NOTIFICATION_ID):
+        raise NotificationNotFound(f"No notification has id {str(notification_id)[:40]!r}.")
+    return notification_id
 
 
 class WebPush:
@@ -152,7 +183,7 @@ class WebPush:
             raise InvalidNotification("users must be a list of users or user ids.")
         try:
             user_ids = list(dict.fromkeys(user_id_of(u) for u in users))
-        except (TypeError, ValueError) as exc:
+        except InvalidUserId as exc:
             raise InvalidNotification(f"Invalid user: {exc}.") from exc
         if not user_ids:
             raise InvalidNotification("No user to notify.")
@@ -173,15 +204,15 @@ class WebPush:
         """Stop a scheduled, queued or still-sending notification; False if already over."""
         from .jobs import cancel_notification
 
-        return cancel_notification(notification_id)
+        return cancel_notification(notification_id_of(notification_id))
 
     def get_notification(self, notification_id: int) -> Any:
         """The stored Notification, or NotificationNotFound."""
-        return get_notification(self.db, self.models, notification_id)
+        return get_notification(self.db, self.models, notification_id_of(notification_id))
 
     def stats(self, notification_id: int) -> dict[str, Any]:
         """The funnel counts of one notification (see docs/design.md)."""
-        return notification_stats(self.db, self.models, notification_id)
+        return notification_stats(self.db, self.models, notification_id_of(notification_id))
 
     def prune(self, older_than: timedelta) -> dict[str, int]:
         """Delete deliveries of notifications finished before ``older_than`` ago, keeping totals."""

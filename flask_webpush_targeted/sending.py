@@ -7,11 +7,12 @@ row is written: a bad call raises a specific exception and stores nothing.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import sqlalchemy as sa
 from flask import current_app, has_request_context, request
@@ -30,12 +31,50 @@ _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _CHUNK = 1000
 
 
+#: no URL in a notification holds these anywhere: C0 controls, space, DEL, backslash.
+#: Browsers drop tabs and newlines from a URL and read "\" as "/" (WHATWG URL), so
+#: "/\evil.example/p.png" and "/\t/evil.example" both open //evil.example, off-site.
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: deepest nesting of lists and objects in ``data`` (as the push API accepts): a worker
+#: encodes data from deeper in its stack than notify_users ran, and JSON near Python's
+#: recursion limit that passed here would fail there, on every retry
+MAX_DATA_DEPTH = 32
+#: send_at outside these is a mistake, and near the ends of datetime's range adding a
+#: validity period or converting to UTC overflows
+EARLIEST_SEND_AT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_SEND_AT = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def storable(text: str) -> bool:
+    """True when ``text`` can be stored and sent: no NUL (PostgreSQL refuses it in text)
+    and no lone surrogate (not encodable as UTF-8)."""
+    return "\x00" not in text and _SURROGATE.search(text) is None
+
+
+def _text(name: str, value: Any) -> None:
+    if isinstance(value, str) and not storable(value):
+        raise InvalidNotification(f"{name} must not contain NUL characters or lone "
+                                  "surrogates (text that is not valid Unicode).")
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    """The RFC 6454 origin of a parsed URL: scheme and host lower-cased, default port."""
+    scheme = parts.scheme.lower()
+    port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
 
 def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
+    """``url`` if it is a path on this site or a URL on its origin; InvalidNotification else."""
     if url is None and allow_none:
         return None
     if not isinstance(url, str) or not url or len(url) > 2048:
         raise InvalidNotification(f"{name} must be a URL string of at most 2048 characters.")
+    if _URL_FORBIDDEN.search(url) or not storable(url):
+        raise InvalidNotification(
+            f"{name} must not contain spaces, control characters, backslashes or lone "
+            f"surrogates (percent-encode them): {url!r}.")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a malformed port or host
@@ -47,10 +86,11 @@ def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
         return url
     site = current_app.config["WEBPUSH_SITE_URL"] or (
         request.host_url if has_request_context() else None)
-    if site:
-        ours = urlsplit(site)
-        if (parts.scheme, parts.netloc.lower()) == (ours.scheme, ours.netloc.lower()):
-            return url
+    # A user name before the host ("https://shop.example@evil.example") is refused: it
+    # only ever serves to make an address look like another.
+    if (site and parts.username is None and "@" not in parts.netloc
+            and _origin(parts) == _origin(urlsplit(site))):
+        return url
     raise InvalidNotification(
         f"{name} must be relative or on this site's origin (WEBPUSH_SITE_URL): {url!r}.")
 
@@ -61,11 +101,42 @@ def ttl_seconds(ttl: Any) -> int:
         return int(current_app.config["WEBPUSH_DEFAULT_TTL"])
     if isinstance(ttl, timedelta):
         ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl != int(ttl):
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+            or (isinstance(ttl, float) and not math.isfinite(ttl)) or ttl != int(ttl)):
         raise InvalidNotification("ttl must be whole seconds (int) or a timedelta.")
     if not 0 <= ttl <= MAX_TTL:
         raise InvalidNotification(f"ttl must be between 0 and {MAX_TTL} seconds (28 days).")
     return int(ttl)
+
+
+def _check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise InvalidNotification(f"data is nested deeper than {MAX_DATA_DEPTH} levels.")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_depth(item, depth + 1)
+
+
+def _check_actions(actions: Any) -> list[dict[str, str]]:
+    if not isinstance(actions, list) or len(actions) > 2 or not all(
+        isinstance(a, dict) and isinstance(a.get("action"), str)
+        and isinstance(a.get("title"), str) for a in actions
+    ):
+        raise InvalidNotification(
+            "actions must be a list of at most 2 {'action': str, 'title': str} objects.")
+    checked = []
+    for index, action in enumerate(actions):
+        _text(f"actions[{index}].action", action["action"])
+        _text(f"actions[{index}].title", action["title"])
+        item = {"action": action["action"], "title": action["title"]}
+        if action.get("icon") is not None:
+            # Shown by the browser like the notification's own icon: on the site too.
+            item["icon"] = _check_url(f"actions[{index}].icon", action["icon"], allow_none=False)
+        checked.append(item)
+    return checked
 
 
 def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: Any = None,
@@ -76,6 +147,8 @@ def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: A
         raise InvalidNotification("title must be a non-empty string.")
     if body is not None and not isinstance(body, str):
         raise InvalidNotification("body must be a string.")
+    _text("title", title)
+    _text("body", body)
     payload: dict[str, Any] = {"title": title, "body": body or "",
                                "url": _check_url("url", url, allow_none=False) if url else "/"}
     for name, value in (("icon", icon), ("image", image), ("badge", badge)):
@@ -84,21 +157,19 @@ def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: A
     if tag is not None:
         if not isinstance(tag, str) or not tag or len(tag) > 64:
             raise InvalidNotification("tag must be a string of 1 to 64 characters.")
+        _text("tag", tag)
         payload["tag"] = tag
     if actions is not None:
-        if not isinstance(actions, list) or len(actions) > 2 or not all(
-            isinstance(a, dict) and isinstance(a.get("action"), str)
-            and isinstance(a.get("title"), str) for a in actions
-        ):
-            raise InvalidNotification(
-                "actions must be a list of at most 2 {'action': str, 'title': str} objects.")
-        payload["actions"] = [{k: a[k] for k in ("action", "title", "icon") if k in a}
-                              for a in actions]
+        payload["actions"] = _check_actions(actions)
     if data is not None:
+        _check_depth(data)
         try:
-            json.dumps(data)
-        except (TypeError, ValueError) as exc:
-            raise InvalidNotification("data must be JSON-serialisable.") from exc
+            # As the worker encodes it: strict JSON (no NaN or Infinity, which PostgreSQL's
+            # json type and browsers' JSON.parse refuse) in UTF-8 (no lone surrogates).
+            json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidNotification(
+                "data must be JSON: finite numbers, valid Unicode text, string keys.") from exc
         payload["data"] = data
     for name, flag in (("require_interaction", require_interaction), ("silent", silent)):
         if not isinstance(flag, bool):
@@ -153,13 +224,20 @@ def check_options(*, urgency: Any, topic: Any, send_at: Any, category: Any,
     if send_at is not None and (not isinstance(send_at, datetime) or send_at.tzinfo is None
                                 or send_at.utcoffset() is None):
         raise InvalidNotification("send_at must be a timezone-aware datetime.")
-    if send_at is not None and send_at.year >= 9000:
-        raise InvalidNotification("send_at must be before the year 9000.")
+    if send_at is not None:
+        try:
+            in_utc = send_at.astimezone(UTC)
+        except (OverflowError, ValueError) as exc:  # year 1 at +05:00 is before datetime.min
+            raise InvalidNotification("send_at must be between the years 2000 and 9000.") from exc
+        if not EARLIEST_SEND_AT <= in_utc < LATEST_SEND_AT:
+            raise InvalidNotification("send_at must be between the years 2000 and 9000.")
     if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
         raise InvalidNotification("category must be a string of 1 to 64 characters.")
+    _text("category", category)
     if idempotency_key is not None and (not isinstance(idempotency_key, str)
                                         or not 0 < len(idempotency_key) <= 255):
         raise InvalidNotification("idempotency_key must be a string of 1 to 255 characters.")
+    _text("idempotency_key", idempotency_key)
 
 
 def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,10 +24,12 @@ from . import signals
 from .config import KNOWN_PUSH_SERVICE_HOSTS, b64url_decode
 from .exceptions import BadRequestError, ConsentRequired, InvalidSubscription, SubscriptionNotFound
 from .models import Models, endpoint_hash, utcnow
+from .sending import MAX_ROW_ID
 
 MAX_ENDPOINT_LENGTH = 2048
 #: anything but printable ASCII, and the backslash
 _UNSAFE_URL_CHARACTER = re.compile(r"[^\x21-\x5b\x5d-\x7e]")
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,13 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
         raise InvalidSubscription("The endpoint has no host.")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidSubscription("The endpoint must not carry a user name or password.")
-    default_port = 443 if parts.scheme == "https" else 80
-    origin = f"{parts.scheme}://{host}:{port or default_port}"
+    scheme = parts.scheme.lower()
+    default_port = 443 if scheme == "https" else 80
+    origin = f"{scheme}://{host}:{port or default_port}"
+    normalised = normalise_endpoint(parts)
     if origin in extra_origins:
-        return endpoint
-    if parts.scheme != "https":
+        return normalised
+    if scheme != "https":
         raise InvalidSubscription("The endpoint must use https.")
     if port not in (None, 443):
         raise InvalidSubscription("The endpoint must use the https port 443.")
@@ -109,7 +113,33 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
             f"{host} is not a known browser push service. A site operator can admit another "
             "origin with WEBPUSH_EXTRA_PUSH_SERVICES."
         )
-    return endpoint
+    return normalised
+
+
+def normalise_endpoint(parts: SplitResult) -> str:
+    """The endpoint with its RFC 6454 origin part normalised: scheme and host in lower
+    case, the scheme's default port dropped; path and query as the push service wrote them.
+
+    One subscription spelled two ways is then one row (the unique key is the hash of this
+    text), and the VAPID ``aud`` built from it is the origin the push service expects.
+    """
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal (only ever from WEBPUSH_EXTRA_PUSH_SERVICES)
+    port = parts.port
+    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path, parts.query, ""))
+
+
+def lookup_endpoint(endpoint: str) -> str:
+    """The stored spelling of an endpoint given by a client (e.g. the old one of a
+    rotation), or the text itself when it does not parse: then it matches no row."""
+    try:
+        return normalise_endpoint(urlsplit(endpoint))
+    except ValueError:
+        return endpoint
 
 
 def validate_keys(p256dh: Any, auth: Any) -> tuple[str, str]:
@@ -183,8 +213,18 @@ def parse_subscribe_request(
         raise ConsentRequired("The consent was given for another version of the consent text; "
                               "reload the page, read the current text and agree again.")
     info = parse_subscription(body["subscription"], extra_origins)
-    clean_label = " ".join(label.split())[:200] if label else None
-    return SubscribeRequest(info, consent_version, clean_label or None)
+    return SubscribeRequest(info, consent_version, clean_text(label, 200))
+
+
+def clean_text(text: str | None, limit: int) -> str | None:
+    """Free text a person or a browser wrote (a device label, a User-Agent header), made
+    storable rather than refused: control characters (NUL among them: PostgreSQL refuses
+    it) and lone surrogates become spaces, runs of spaces one, at most ``limit`` characters;
+    None when nothing is left."""
+    if not text:
+        return None
+    cleaned = " ".join(_CONTROL_OR_SURROGATE.sub(" ", text).split())[:limit]
+    return cleaned or None
 
 
 class SubscriptionStore:
@@ -201,7 +241,7 @@ class SubscriptionStore:
         self.db.session.add(self.m.Consent(
             user_id=user_id, subscription_id=subscription_id, action=action, reason=reason,
             notifications=granted, link_to_account=granted, text_version=text_version,
-            user_agent=(user_agent or "")[:512] or None,
+            user_agent=clean_text(user_agent, 512),
         ))
 
     def subscribe(self, user_id: str, req: SubscribeRequest,
@@ -242,8 +282,8 @@ class SubscriptionStore:
         if is_new:
             sub.created_at = now
         sub.p256dh, sub.auth = info.p256dh, info.auth
-        sub.label = req.device_label or sub.label
-        sub.user_agent = (user_agent or "")[:512] or None
+        sub.label = clean_text(req.device_label, 200) or sub.label
+        sub.user_agent = clean_text(user_agent, 512)
         sub.consent_version = req.text_version
         sub.last_seen_at = now
         sub.revoked_at = sub.revoked_reason = None
@@ -269,6 +309,10 @@ class SubscriptionStore:
 
     def get_own(self, user_id: str, subscription_id: int) -> Any:
         """One of the user's own subscriptions, or SubscriptionNotFound (never another's)."""
+        # An id the column cannot hold (a URL's <int:...> takes any size) names none.
+        if (isinstance(subscription_id, bool) or not isinstance(subscription_id, int)
+                or not 0 < subscription_id <= MAX_ROW_ID):
+            raise SubscriptionNotFound("You have no device with this id.")
         sub = self.db.session.get(self.m.Subscription, subscription_id)
         if sub is None or sub.user_id != user_id:
             raise SubscriptionNotFound("You have no device with this id.")
@@ -311,9 +355,9 @@ class SubscriptionStore:
         Sub = self.m.Subscription
         if not isinstance(old_endpoint, str) or not isinstance(old_auth, str):
             raise BadRequestError("'old' needs the previous endpoint and keys.auth as strings.")
+        old_hash = endpoint_hash(lookup_endpoint(old_endpoint))
         sub = self.db.session.execute(
-            sa.select(Sub).where(Sub.endpoint_sha256 == endpoint_hash(old_endpoint))
-            .with_for_update()
+            sa.select(Sub).where(Sub.endpoint_sha256 == old_hash).with_for_update()
         ).scalar_one_or_none()
         # Same answer for "unknown" and "wrong secret": nothing to learn by probing.
         if sub is None or sub.revoked_at is not None or not hmac.compare_digest(

@@ -243,6 +243,18 @@ def test_devices_page_revoke_of_another_users_device_is_a_404_html_page(
     assert (subs(app, webpush), ledger_rows(app, webpush)) == before
 
 
+@pytest.mark.parametrize("sid", [2**31, 2**63, 10**30])
+def test_devices_page_revoke_of_an_id_beyond_the_column_is_a_404_html_page(
+        app: Flask, webpush: WebPush, client: LoggedInClient, sid: int) -> None:
+    # <int:...> in the route takes any size; the database refused the query (a 500).
+    client.subscribe(make_subscription())
+    before = (subs(app, webpush), ledger_rows(app, webpush))
+    resp = client.http.post(f"{DEVICES}/{sid}/revoke", data={"csrf_token": client.csrf})
+    assert resp.status_code == 404 and resp.mimetype == "text/html"
+    assert "You have no device with this id." in resp.get_data(as_text=True)
+    assert (subs(app, webpush), ledger_rows(app, webpush)) == before
+
+
 def test_devices_page_revoke_without_csrf_is_400_and_changes_nothing(
         app: Flask, webpush: WebPush, client: LoggedInClient) -> None:
     sid = client.subscribe(make_subscription()).get_json()["id"]

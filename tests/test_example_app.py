@@ -59,6 +59,29 @@ def test_login_never_redirects_off_site(shop: Flask) -> None:
     assert response.location.endswith("/account")
 
 
+@pytest.mark.parametrize("target", [
+    "/%09/evil.example/",  # a browser drops the tab: //evil.example/
+    "/%0a/evil.example/", "/%0d%0a/evil.example/", "/%5cevil.example/", "%5c%5cevil.example/",
+    "/%5c/evil.example/", "%20//evil.example/", "https://evil.example/", "javascript:alert(1)",
+    "/%00/evil.example/",
+])
+def test_login_refuses_next_targets_a_browser_would_take_off_site(
+        shop: Flask, target: str) -> None:
+    client = shop.test_client()
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    response = client.post(f"/login?next={target}", data={
+        "email": "alice@example.com", "password": "alice-pass", "csrf_token": token})
+    assert response.status_code == 302 and response.location == "/account", response.location
+
+
+def test_login_follows_a_local_next_path(shop: Flask) -> None:
+    client = shop.test_client()
+    token = csrf_of(client.get("/login").get_data(as_text=True))
+    response = client.post("/login?next=/products/2%3Fcolour%3Dred", data={
+        "email": "alice@example.com", "password": "alice-pass", "csrf_token": token})
+    assert response.status_code == 302 and response.location == "/products/2?colour=red"
+
+
 def test_product_pages_are_public(shop: Flask) -> None:
     client = shop.test_client()
     assert "Rain jacket" in client.get("/").get_data(as_text=True)

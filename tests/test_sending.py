@@ -7,8 +7,9 @@ receives. Every test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -142,6 +143,44 @@ def test_a_subscription_id_of_another_user_is_refused_and_nothing_is_stored(
     ({"actions": [{"action": "a"}]}, InvalidNotification),
     ({"data": {"when": datetime.now()}}, InvalidNotification),
     ({"idempotency_key": ""}, InvalidNotification),
+    # Text that cannot be stored or encoded: lone surrogates (not UTF-8), NUL (PostgreSQL)
+    ({"title": "\ud800"}, InvalidNotification),
+    ({"body": "ok \udfff"}, InvalidNotification),
+    ({"title": "a\x00b"}, InvalidNotification),
+    ({"tag": "\ud800"}, InvalidNotification),
+    ({"category": "sale\x00"}, InvalidNotification),
+    ({"category": "\ud800"}, InvalidNotification),
+    ({"idempotency_key": "k\x00"}, InvalidNotification),
+    ({"idempotency_key": "\ud800"}, InvalidNotification),
+    ({"data": {"\ud800": 1}}, InvalidNotification),
+    # Not JSON, though Python's json writes it: PostgreSQL and browsers refuse NaN/Infinity
+    ({"data": float("nan")}, InvalidNotification),
+    ({"data": {"x": [math.inf]}}, InvalidNotification),
+    ({"data": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+     InvalidNotification),  # 34 deep; the limit is 32
+    ({"ttl": math.inf}, InvalidNotification),
+    ({"ttl": math.nan}, InvalidNotification),
+    ({"ttl": 10**400}, InvalidNotification),
+    ({"send_at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))}, InvalidNotification),
+    ({"send_at": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))},
+     InvalidNotification),
+    ({"icon": {"src": "/i.png"}}, InvalidNotification),
+    # URLs a browser resolves off-site: "\" is "/" to it, tabs and newlines are dropped
+    ({"icon": "/\\evil.example/p.png"}, InvalidNotification),
+    ({"url": "/\\evil.example/"}, InvalidNotification),
+    ({"url": "\\\\evil.example/"}, InvalidNotification),
+    ({"url": "/\t/evil.example/"}, InvalidNotification),
+    ({"url": "/\n/evil.example/"}, InvalidNotification),
+    ({"badge": "/\x00/evil.example/b.png"}, InvalidNotification),
+    ({"image": "https://shop.example@evil.example/i.png"}, InvalidNotification),
+    ({"image": "JavaScript:alert(1)"}, InvalidNotification),
+    ({"actions": [{"action": "a", "title": "A", "icon": "https://evil.example/i.png"}]},
+     InvalidNotification),
+    ({"actions": [{"action": "a", "title": "A", "icon": "/\\evil.example/i.png"}]},
+     InvalidNotification),
+    ({"actions": [{"action": "a", "title": "A", "icon": {"src": "/i.png"}}]},
+     InvalidNotification),
+    ({"actions": [{"action": "a", "title": "\ud800"}]}, InvalidNotification),
 ])
 def test_invalid_arguments_raise_a_specific_error_and_store_nothing(
     sending: SendingHost, change: dict[str, Any], error: type[Exception],
@@ -150,6 +189,27 @@ def test_invalid_arguments_raise_a_specific_error_and_store_nothing(
     with pytest.raises(error) as caught:
         notify(sending, ["1"], **change)
     assert str(caught.value)
+    assert count_rows(sending) == (0, 0)
+
+
+def test_urls_and_icons_on_the_site_are_kept_as_given(sending: SendingHost) -> None:
+    sending.subscribe("1")
+    nid = notify(sending, ["1"], url="HTTPS://Shop.Example:443/orders/7", icon="/i.png",
+                 actions=[{"action": "track", "title": "Track", "icon": "/a.png"}])
+    payload = sending.notification(nid).payload
+    assert payload["url"] == "HTTPS://Shop.Example:443/orders/7"  # the same origin
+    assert payload["actions"] == [{"action": "track", "title": "Track", "icon": "/a.png"}]
+
+
+@pytest.mark.parametrize("user_id", ["a\x00b", "\ud800", "x" * 256, 10**300])
+def test_a_user_id_that_cannot_be_stored_is_refused_before_anything_is_stored(
+    sending: SendingHost, user_id: Any,
+) -> None:
+    # One such id in a list stored the notification; on PostgreSQL every fan-out run then
+    # failed on the NUL and no user of the list got it.
+    sending.subscribe("1")
+    with pytest.raises(InvalidNotification, match="Invalid user"):
+        notify(sending, ["1", user_id])
     assert count_rows(sending) == (0, 0)
 
 
@@ -378,6 +438,24 @@ def test_send_command_notifies_users_from_options_and_a_file(
     bad = runner.invoke(args=["webpush", "send", "--user", "1", "--title", "x",
                               "--url", "https://evil.example/"])
     assert bad.exit_code != 0 and "relative or on this site" in bad.output
+
+
+def test_send_command_refuses_a_users_file_with_a_nul_and_stores_nothing(
+    sending: SendingHost, tmp_path: Any,
+) -> None:
+    sending.subscribe("1")
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"1\nbad\x00id\n")
+    runner = sending.app.test_cli_runner()
+    result = runner.invoke(args=["webpush", "send", "--users-file", str(ids), "--title", "x"])
+    assert result.exit_code == 1 and "NUL" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    not_utf8 = tmp_path / "latin1.txt"
+    not_utf8.write_bytes(b"1\nb\xe9a\n")
+    result = runner.invoke(args=["webpush", "send", "--users-file", str(not_utf8),
+                                 "--title", "x"])
+    assert result.exit_code == 2 and "UTF-8" in result.output, result.output
+    assert count_rows(sending) == (0, 0)
     assert runner.invoke(args=["webpush", "send", "--title", "x"]).exit_code != 0
 
 

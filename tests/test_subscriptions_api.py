@@ -180,18 +180,135 @@ def test_a_body_just_under_the_size_limit_is_accepted_and_the_label_is_cut(
     assert resp.get_json()["label"] == "x" * 200
 
 
-@pytest.mark.parametrize("endpoint", [
-    FCM + "abc",
-    "https://fcm.googleapis.com:443/fcm/send/abc",
-    "https://web.push.apple.com/QGx3aWNrZXQ",
-    "https://wns2-by3p.notify.windows.com/w/?token=BQYAAAB",
-    "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABk",
+# -- text a browser sends that cannot be stored as it is --------------------------------------
+
+
+def raw_post(client: LoggedInClient, url: str, text: str, **headers: str) -> Any:
+    """POST a JSON text as written (json= would refuse or re-escape what is tested here)."""
+    return client.http.post(url, data=text.encode(), headers={
+        "X-CSRF-Token": client.csrf, "Content-Type": "application/json", **headers})
+
+
+def subscribe_body(subscription: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"subscription": subscription, "consent": {
+        "notifications": True, "link_to_account": True, "text_version": "1"}, **extra}
+
+
+def test_a_lone_surrogate_in_a_label_is_a_400_and_stores_nothing(
+        app: Flask, db: SQLAlchemy, webpush: WebPush, client: LoggedInClient) -> None:
+    before = snapshot(app, db)
+    body = json.dumps(subscribe_body(make_subscription()))[:-1] + ', "device_label": "\\ud800"}'
+    resp = raw_post(client, URL, body)
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["error"] == "bad_request"
+    assert "Unicode" in resp.get_json()["message"]
+    assert snapshot(app, db) == before
+
+
+def test_nul_and_control_characters_in_a_label_and_user_agent_are_cleaned(
+        app: Flask, webpush: WebPush, client: LoggedInClient) -> None:
+    # Kept as typed, PostgreSQL refused the NUL (a 500); cleaned, the device is stored.
+    resp = client.post_json(URL, subscribe_body(make_subscription(),
+                                                device_label="Kitchen\x00 tablet\x07"),
+                            headers={"User-Agent": "Mozilla/5.0\x00(X11; Linux)\x1b"})
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert resp.get_json()["label"] == "Kitchen tablet"
+    [row] = subs_of(app, webpush)
+    assert row["label"] == "Kitchen tablet" and row["user_agent"] == "Mozilla/5.0 (X11; Linux)"
+    C = webpush.models.Consent
+    with app.app_context():
+        agents = webpush.db.session.scalars(sa.select(C.user_agent)).all()
+    assert agents == ["Mozilla/5.0 (X11; Linux)"]
+
+
+def test_a_label_of_control_characters_only_falls_back_to_the_user_agents_label(
+        app: Flask, webpush: WebPush, client: LoggedInClient) -> None:
+    resp = client.post_json(URL, subscribe_body(make_subscription(), device_label="\x00\x01"),
+                            headers={"User-Agent": "Mozilla/5.0 (X11; Linux) Firefox/120.0"})
+    assert resp.status_code == 201 and resp.get_json()["label"] == "Firefox on Linux"
+
+
+def test_a_lone_surrogate_in_a_rotation_is_a_400_and_changes_nothing(
+        app: Flask, db: SQLAlchemy, client: LoggedInClient) -> None:
+    client.subscribe(make_subscription())
+    before = snapshot(app, db)
+    new = json.dumps(make_subscription())
+    for old in ('{"endpoint": "\\ud800", "auth": "x"}',
+                '{"endpoint": "https://fcm.googleapis.com/fcm/send/a", "auth": "\\udfff"}'):
+        resp = raw_post(client, URL + "/rotate", f'{{"old": {old}, "subscription": {new}}}')
+        assert resp.status_code == 400, resp.get_data(as_text=True)
+        assert resp.get_json()["error"] == "bad_request"
+    assert snapshot(app, db) == before
+
+
+@pytest.mark.parametrize("url", [URL, URL + "/rotate", "/webpush/events"])
+def test_json_nested_thousands_deep_within_the_size_limit_is_a_400(
+        client: LoggedInClient, url: str) -> None:
+    resp = raw_post(client, url, "[" * 2000 + "]" * 2000)  # 4,000 bytes: under the limit
+    assert resp.status_code == 400, resp.get_data(as_text=True)[:200]
+    assert resp.get_json()["error"] == "bad_request"
+
+
+@pytest.mark.parametrize("sid", [2**31, 2**63, 10**30])
+def test_delete_of_an_id_beyond_the_column_is_404(
+        app: Flask, db: SQLAlchemy, client: LoggedInClient, sid: int) -> None:
+    client.subscribe(make_subscription())
+    before = snapshot(app, db)
+    resp = client.delete(f"{URL}/{sid}")
+    assert resp.status_code == 404 and resp.get_json()["error"] == "not_found"
+    assert snapshot(app, db) == before
+
+
+@pytest.mark.parametrize(("endpoint", "stored"), [
+    (FCM + "abc", FCM + "abc"),
+    # stored with its origin normalised (RFC 6454): no default port, lower-case host
+    ("https://fcm.googleapis.com:443/fcm/send/abc", FCM + "abc"),
+    ("HTTPS://FCM.googleapis.com:443/fcm/send/AbC", FCM + "AbC"),
+    ("https://web.push.apple.com/QGx3aWNrZXQ", "https://web.push.apple.com/QGx3aWNrZXQ"),
+    ("https://wns2-by3p.notify.windows.com/w/?token=BQYAAAB",
+     "https://wns2-by3p.notify.windows.com/w/?token=BQYAAAB"),
+    ("https://updates.push.services.mozilla.com/wpush/v2/gAAAAABk",
+     "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABk"),
 ])
 def test_endpoints_of_the_browsers_push_services_are_accepted(
-        app: Flask, webpush: WebPush, client: LoggedInClient, endpoint: str) -> None:
+        app: Flask, webpush: WebPush, client: LoggedInClient, endpoint: str, stored: str) -> None:
     resp = client.subscribe(make_subscription(endpoint))
     assert resp.status_code == 201, resp.get_data(as_text=True)
-    assert [r["endpoint"] for r in subs_of(app, webpush)] == [endpoint]
+    assert [r["endpoint"] for r in subs_of(app, webpush)] == [stored]
+
+
+def test_one_subscription_in_two_spellings_is_one_row(
+        app: Flask, webpush: WebPush, client: LoggedInClient) -> None:
+    sub = make_subscription(FCM + "same-browser")
+    assert client.subscribe(sub).status_code == 201
+    respelled = {**sub, "endpoint": "https://FCM.GoogleAPIs.com:443/fcm/send/same-browser"}
+    resp = client.subscribe(respelled)
+    assert resp.status_code == 200, resp.get_data(as_text=True)  # the same device again
+    assert [r["endpoint"] for r in subs_of(app, webpush)] == [FCM + "same-browser"]
+
+
+def test_an_extra_push_service_keeps_its_own_port_and_loses_the_default_one(
+        make_app: Any) -> None:
+    app, _db, webpush = make_app(WEBPUSH_EXTRA_PUSH_SERVICES=["http://Push.Test:8080",
+                                                              "https://push.test"])
+    client = LoggedInClient(app, "1")
+    for endpoint in ("HTTP://PUSH.TEST:8080/a", "https://push.test:443/b"):
+        assert client.subscribe(make_subscription(endpoint)).status_code == 201
+    assert sorted(r["endpoint"] for r in subs_of(app, webpush)) == [
+        "http://push.test:8080/a", "https://push.test/b"]
+
+
+def test_a_rotation_finds_the_old_subscription_in_another_spelling(
+        app: Flask, webpush: WebPush, client: LoggedInClient) -> None:
+    old = make_subscription(FCM + "old-one")
+    assert client.subscribe(old).status_code == 201
+    new = make_subscription(FCM + "new-one")
+    resp = client.http.post("/webpush/subscriptions/rotate", json={
+        "old": {"endpoint": "https://fcm.googleapis.com:443/fcm/send/old-one",
+                "auth": old["keys"]["auth"]},
+        "subscription": new})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert [r["endpoint"] for r in subs_of(app, webpush)] == [FCM + "new-one"]
 
 
 # -- authentication and CSRF ---------------------------------------------------------------

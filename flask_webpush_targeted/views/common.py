@@ -38,12 +38,19 @@ def json_bytes(limit: int) -> bytes:
 
 
 def json_body() -> Any:
-    """The request's JSON body, read at most WEBPUSH_MAX_REQUEST_BYTES."""
+    """The request's JSON body, read at most WEBPUSH_MAX_REQUEST_BYTES; nested at most
+    MAX_DEPTH levels, its text valid Unicode (a lone surrogate escape is refused)."""
+    from ..crm_requests import MAX_DEPTH, check_tree
+
     data = json_bytes(current_app.config["WEBPUSH_MAX_REQUEST_BYTES"])
     try:
-        return json.loads(data)
+        value = json.loads(data)
+    except RecursionError as exc:  # "[[[[..." a few thousand deep fits in 4 kB
+        raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.") from exc
     except ValueError as exc:  # includes UnicodeDecodeError
         raise BadRequestError("The body is not valid JSON.") from exc
+    check_tree(value)
+    return value
 
 
 def subscription_json(sub: Any) -> dict[str, Any]:

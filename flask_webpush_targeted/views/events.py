@@ -49,7 +49,8 @@ def track_event() -> ResponseReturnValue:
     if not isinstance(body, dict) or set(body) - {"token", "event", "action"}:
         raise BadRequestError("Send {'token': ..., 'event': 'displayed'|'clicked'|'closed'}.")
     event = body.get("event")
-    if event not in EVENT_COLUMNS:
+    # A list or an object cannot be looked up in the dict (TypeError): check the type first.
+    if not isinstance(event, str) or event not in EVENT_COLUMNS:
         raise BadRequestError("event must be one of displayed, clicked, closed.")
     action = body.get("action")
     if action is not None and (not isinstance(action, str) or len(action) > 64):
