@@ -82,6 +82,14 @@ def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | No
 
     D, Sub, N = m.Delivery, m.Subscription, m.Notification
     now = utcnow()
+    if event == "clicked" and action:
+        # Only an action the notification offered is kept: the beacon's text is anyone's
+        # who holds the token, and the admin pages and exports show what is stored.
+        payload = db.session.scalar(sa.select(N.payload).join(D, D.notification_id == N.id)
+                                    .where(D.id == delivery_id))
+        offered = {a.get("action") for a in (payload or {}).get("actions") or []
+                   if isinstance(a, dict)}
+        action = action if action in offered else None
     events = [event] + (["displayed"] if event == "clicked" else [])
     counted = []
     for kind in events:
