@@ -279,7 +279,8 @@ def test_the_deliveries_csv_is_an_attachment_with_one_row_per_delivery(
 def test_the_json_views_have_the_documented_shapes(delivered: Delivered) -> None:
     nid, get = delivered.nid, delivered.admin.get
     listing = get(f"{ADMIN}/notifications.json").get_json()
-    assert set(listing) == {"total", "page", "notifications"} and listing["total"] == 1
+    assert set(listing) == {"total", "page", "per_page", "notifications"}
+    assert listing["total"] == 1 and listing["per_page"] == 25
     [item] = listing["notifications"]
     assert {"id", "status", "category", "payload", "ttl", "send_at", "created_at",
             "funnel"} <= set(item)
@@ -294,7 +295,7 @@ def test_the_json_views_have_the_documented_shapes(delivered: Delivered) -> None
         1, 1, 1]
 
     deliveries = get(f"{ADMIN}/notifications/{nid}/deliveries.json").get_json()
-    assert deliveries["total"] == 2 and deliveries["page"] == 1
+    assert deliveries["total"] == 2 and deliveries["page"] == 1 and deliveries["per_page"] == 100
     assert {(d["user_id"], d["status"], d["status_code"]) for d in deliveries["deliveries"]} == {
         ("1", "sent", 201), ("2", "gone", 410)}
 
@@ -353,3 +354,84 @@ def test_a_host_template_overrides_the_packaged_list(delivered: Delivered, tmp_p
     assert "<p class=acme-row>Flight LO123 boards at gate 12: 1 sent</p>" in html
     assert "data-notification-id" not in html
     assert "data-figure" in delivered.page("/notifications/{nid}")  # the others stay packaged
+
+
+# -- bad input in URLs and query strings: a 4xx, never a 500 ---------------------------------
+
+
+@pytest.fixture
+def admin_host(host: Any) -> Any:
+    """The small host app (no worker needed) with administrators allowed and one notification
+    to a user without devices; (app, notification id, logged-in admin client)."""
+    app, _db, webpush = host
+
+    @webpush.stats_access
+    def can_see_stats(user: Any) -> bool:
+        return bool(user.is_admin)
+
+    with app.app_context():
+        nid = webpush.notify_users(["nobody"], title="Sale",
+                                   send_at=datetime.now(UTC) + timedelta(days=1)).id
+    return app, nid, LoggedInClient(app, "9")
+
+
+BEYOND_64_BITS = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("path", [
+    f"/notifications/{BEYOND_64_BITS}", f"/notifications/{BEYOND_64_BITS}.json",
+    f"/notifications/{BEYOND_64_BITS}/deliveries.json",
+    f"/notifications/{BEYOND_64_BITS}/deliveries.csv",
+])
+def test_notification_ids_beyond_64_bits_are_not_found(admin_host: Any, path: str) -> None:
+    _app, _nid, admin = admin_host
+    response = admin.http.get(ADMIN + path)
+    assert response.status_code == 404
+    if path.endswith(".json"):
+        assert_error_shape(response, "not_found")
+    cancelled = admin.http.post(f"{ADMIN}/notifications/{BEYOND_64_BITS}/cancel",
+                                data={"csrf_token": admin.csrf})
+    assert cancelled.status_code == 404
+
+
+@pytest.mark.parametrize("query", [
+    "page=99999999999999999999", "page=100001",
+    "since=0001-01-01T00:00:00%2B05:00", "until=9999-12-31T23:00:00-05:00",
+    "since=1900-01-01", "category=sale%00",
+])
+def test_filters_out_of_range_are_a_400_with_the_error_shape(admin_host: Any, query: str) -> None:
+    _app, nid, admin = admin_host
+    html = admin.http.get(f"{ADMIN}/notifications?{query}")
+    assert html.status_code == 400 and "<h1>Bad Request</h1>" in html.get_data(as_text=True)
+    response = admin.http.get(f"{ADMIN}/notifications.json?{query}")
+    assert response.status_code == 400
+    assert_error_shape(response, "bad_request")
+    if query.startswith("page"):
+        assert admin.http.get(f"{ADMIN}/notifications/{nid}?{query}").status_code == 400
+        deliveries = admin.http.get(f"{ADMIN}/notifications/{nid}/deliveries.json?{query}")
+        assert deliveries.status_code == 400
+        assert_error_shape(deliveries, "bad_request")
+
+
+def test_per_page_is_capped_and_the_answer_says_the_size_used(admin_host: Any) -> None:
+    from flask_webpush_targeted.views.admin import MAX_DELIVERIES_PER_PAGE, MAX_PER_PAGE
+
+    _app, nid, admin = admin_host
+    for asked in ("1000000", "99999999999999999999"):
+        listed = admin.http.get(f"{ADMIN}/notifications.json?per_page={asked}")
+        assert listed.status_code == 200 and listed.get_json()["per_page"] == MAX_PER_PAGE == 100
+        rows = admin.http.get(f"{ADMIN}/notifications/{nid}/deliveries.json?per_page={asked}")
+        assert rows.status_code == 200
+        assert rows.get_json()["per_page"] == MAX_DELIVERIES_PER_PAGE == 1000
+    assert admin.http.get(f"{ADMIN}/notifications.json?per_page=7").get_json()["per_page"] == 7
+
+
+@pytest.mark.parametrize("user_id", ["a%00b", "x" * 256])
+def test_a_user_id_that_cannot_be_stored_is_a_400_on_the_user_pages(
+    admin_host: Any, user_id: str,
+) -> None:
+    _app, _nid, admin = admin_host
+    assert admin.http.get(f"{ADMIN}/users/{user_id}").status_code == 400
+    response = admin.http.get(f"{ADMIN}/users/{user_id}.json")
+    assert response.status_code == 400
+    assert_error_shape(response, "bad_request")

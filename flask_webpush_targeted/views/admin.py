@@ -32,11 +32,28 @@ from .. import stats
 from ..charts import series_svg
 from ..crm_requests import STATUSES
 from ..csrf import check_csrf, csrf_token
-from ..exceptions import APIError, BadRequestError, CSRFError, LoginRequired, NotificationNotFound
+from ..exceptions import (
+    APIError,
+    BadRequestError,
+    CSRFError,
+    InvalidUserId,
+    LoginRequired,
+    NotificationNotFound,
+)
+from ..extension import user_id_of
 from .common import ext
 from .pages import _login_page
 
 PER_PAGE = 25
+#: the most rows one JSON page may ask for with ``per_page`` (more is answered with this many)
+MAX_PER_PAGE = 100
+MAX_DELIVERIES_PER_PAGE = 1000
+#: the last page number accepted (as the push API): beyond it a 400, not an offset that
+#: overflows the database's 64-bit integer
+MAX_PAGE = 100_000
+#: filter times outside these are refused: near datetime's ends, converting to UTC overflows
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class AccessDenied(APIError, Forbidden):
@@ -80,9 +97,20 @@ def _allowed(json: bool) -> ResponseReturnValue | None:
     return None
 
 
-def _int_arg(name: str, default: int) -> int:
-    value = request.args.get(name, type=int)
-    return value if value is not None and value > 0 else default
+def _int_arg(name: str, default: int, json: bool = False, *, top: int = MAX_PAGE,
+             clamp: bool = False) -> int:
+    """A positive integer parameter: the default when absent, not a number or 0; above
+    ``top``, ``top`` when ``clamp`` (a per_page cap), else a 400 (a page: an offset past
+    the database's 64-bit integers would fail in the query)."""
+    text = request.args.get(name, "")
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit()) or not digits:
+        return default
+    if len(digits) > len(str(top)) or int(digits) > top:
+        if clamp:
+            return top
+        _bad_filter(json, f"{name} must be at most {top}.")
+    return int(digits)
 
 
 def _bad_filter(json: bool, message: str) -> NoReturn:
@@ -97,16 +125,22 @@ def _date_arg(name: str, json: bool) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # 0001-01-01T00:00+05:00 is before datetime.min
         _bad_filter(json, f"{name} must be a date like 2026-11-26.")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not EARLIEST <= parsed < LATEST:
+        _bad_filter(json, f"{name} must be between the years {EARLIEST.year} and {LATEST.year}.")
+    return parsed
 
 
 def _filters(json: bool = False) -> dict[str, Any]:
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
         _bad_filter(json, f"status must be one of {', '.join(STATUSES)}.")
-    return {"status": status, "category": request.args.get("category") or None,
+    category = request.args.get("category") or None
+    if category is not None and "\x00" in category:  # PostgreSQL refuses NUL in text
+        _bad_filter(json, "category must not contain NUL characters.")
+    return {"status": status, "category": category,
             "since": _date_arg("since", json), "until": _date_arg("until", json)}
 
 
@@ -145,12 +179,12 @@ def notifications_page() -> ResponseReturnValue:
 def notifications_json() -> ResponseReturnValue:
     """The same list as JSON."""
     _allowed(json=True)
-    page, filters = _int_arg("page", 1), _filters(json=True)
+    page, filters = _int_arg("page", 1, True), _filters(json=True)
+    per_page = _int_arg("per_page", PER_PAGE, True, top=MAX_PER_PAGE, clamp=True)
     webpush = ext()
     items, total = stats.list_notifications(webpush.db, webpush.models, page=page,
-                                            per_page=_int_arg("per_page", PER_PAGE),
-                                            lists=True, **filters)
-    return jsonify(total=total, page=page, notifications=[
+                                            per_page=per_page, lists=True, **filters)
+    return jsonify(total=total, page=page, per_page=per_page, notifications=[
         {**_notification_json(i["notification"]), "funnel": i["funnel"]} for i in items])
 
 
@@ -230,11 +264,11 @@ def deliveries_json(nid: int) -> ResponseReturnValue:
     _allowed(json=True)
     webpush = ext()
     webpush.get_notification(nid)
-    page = _int_arg("page", 1)
-    per_page = min(_int_arg("per_page", 100), 1000)
+    page = _int_arg("page", 1, True)
+    per_page = _int_arg("per_page", 100, True, top=MAX_DELIVERIES_PER_PAGE, clamp=True)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page,
                                         per_page=per_page)
-    return jsonify(total=total, page=page,
+    return jsonify(total=total, page=page, per_page=per_page,
                    deliveries=[_delivery_row(d, label) for d, label in rows])
 
 
@@ -253,6 +287,15 @@ def cancel(nid: int) -> ResponseReturnValue:
     return redirect(url_for("webpush.admin_notification", nid=nid), 303)
 
 
+def _user_id_arg(user_id: str, json: bool) -> str:
+    """A user id from the URL: one that can be stored (a NUL would fail the query on
+    PostgreSQL), else a 400."""
+    try:
+        return user_id_of(user_id)
+    except InvalidUserId as exc:
+        _bad_filter(json, f"Not a user id: {exc}.")
+
+
 def _history(user_id: str) -> list[dict[str, Any]]:
     webpush = ext()
     return [{"delivery": d, "notification": n, "device": label}
@@ -264,6 +307,7 @@ def user_page(user_id: str) -> ResponseReturnValue:
     refused = _allowed(json=False)
     if refused:
         return refused
+    user_id = _user_id_arg(user_id, json=False)
     webpush = ext()
     return render_template("webpush/admin/user.html", user_id=user_id,
                            devices=webpush.store.user_subscriptions(user_id),
@@ -273,6 +317,7 @@ def user_page(user_id: str) -> ResponseReturnValue:
 def user_json(user_id: str) -> ResponseReturnValue:
     """The same as JSON."""
     _allowed(json=True)
+    user_id = _user_id_arg(user_id, json=True)
     return jsonify(user_id=user_id, history=[
         {"notification_id": h["notification"].id, "title": h["notification"].payload["title"],
          **_delivery_row(h["delivery"], h["device"])} for h in _history(user_id)])
