@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from conftest import make_subscription
 from hostapp import VAPID_PRIVATE, VAPID_PUBLIC
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_http_client import CREATED, Script, answer, run
 
 from flask_webpush_targeted import http11
@@ -76,6 +78,53 @@ def test_an_answer_split_at_every_byte_reads_the_same(text: str) -> None:
     for at in range(1, len(data)):
         assert read([data[:at], data[at:]]) == whole, at
     assert read([data[i:i + 1] for i in range(len(data))]) == whole
+
+
+_NAME = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,12}", fullmatch=True).filter(
+    lambda n: n.lower() not in ("content-length", "transfer-encoding", "connection"))
+_VALUE = st.from_regex(r"[!-~]([ -~]{0,30}[!-~])?", fullmatch=True)
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> tuple[bytes, Response, bool]:
+    """A valid answer's bytes, the Response they mean and whether they allow keep-alive."""
+    status = draw(st.sampled_from([200, 201, 202, 400, 403, 404, 410, 413, 429, 500, 503]))
+    headers = draw(st.lists(st.tuples(_NAME, _VALUE), max_size=6))
+    body = draw(st.binary(max_size=300))
+    framing = draw(st.sampled_from(["length", "chunked", "close"]))
+    version = draw(st.sampled_from(["1.1", "1.0"]))
+    close = draw(st.booleans())
+    lines = [f"HTTP/{version} {status} Whatever"] + [f"{n}: {v}" for n, v in headers]
+    expected = {n.lower(): v for n, v in headers}
+    if close:
+        lines.append("Connection: close")
+        expected["connection"] = "close"
+    if framing == "length":
+        lines.append(f"Content-Length: {len(body)}")
+        expected["content-length"] = str(len(body))
+        encoded = body
+    elif framing == "chunked":
+        lines.append("Transfer-Encoding: chunked")
+        expected["transfer-encoding"] = "chunked"
+        cuts = sorted(draw(st.sets(st.integers(1, max(1, len(body) - 1)), max_size=5)))
+        bounds = zip([0, *cuts], [*cuts, len(body)], strict=True)
+        chunks = [body[a:b] for a, b in bounds if body[a:b]]
+        encoded = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    else:
+        encoded = body
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + encoded
+    keep = version == "1.1" and not close and framing != "close"
+    return data, Response(status, expected, body), keep
+
+
+@given(answers(), st.data())
+@settings(deadline=None)
+def test_any_valid_answer_split_anywhere_reads_as_it_was_written(
+        answer_: tuple[bytes, Response, bool], data: st.DataObject) -> None:
+    raw, response, keep = answer_
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(raw) - 1), max_size=8)))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    assert read(pieces) == (response, keep)
 
 
 def test_the_parsed_answers_are_what_the_bytes_say() -> None:
