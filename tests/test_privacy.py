@@ -292,6 +292,26 @@ def test_forget_user_finds_ids_that_json_writes_with_escapes_or_not_as_ascii(
             (["keep", u + "x"], 2) for u in odd]
 
 
+def test_forget_user_works_beside_an_id_with_nul_stored_before_such_ids_were_refused(
+        app: Flask, db: SQLAlchemy, webpush: WebPush) -> None:
+    """PostgreSQL's json columns took "\\u0000", which jsonb refuses; SQLite's json functions
+    cut strings at NUL when they rebuild an array. Neither stops the erasure or changes
+    another id on SQLite; on PostgreSQL that undeliverable id keeps a U+FFFD instead."""
+    m = webpush.models
+    with app.app_context():
+        n = m.Notification(payload={"title": "t"}, ttl=60, status="queued", target_count=3,
+                           targeting={"user_ids": ["bad\x00id", FORGOTTEN, "2"],
+                                      "devices": "all"})
+        db.session.add(n)
+        db.session.commit()
+        webpush.forget_user(FORGOTTEN)
+        db.session.expire_all()
+        n = db.session.get(m.Notification, n.id)
+        postgres = db.engine.dialect.name == "postgresql"
+        assert n.targeting["user_ids"] == ["bad\ufffdid" if postgres else "bad\x00id", "2"]
+        assert n.target_count == 2
+
+
 # -- the CLI -------------------------------------------------------------------------------
 
 
