@@ -194,8 +194,8 @@ def erase_from_notifications(db: Any, m: Models, user_id: str, device_ids: list[
     changed: set[int] = set()
     for column, path, match, also in _SQLITE_LISTS:
         found = _SQLITE_FOUND.format(column=column, path=path, match=match)
-        sql = sa.text(_SQLITE_ERASE.format(table=table, column=column, found=found, also=also,
-                                           candidates=candidates) + " RETURNING id")
-        while rows := db.session.execute(sql, params).scalars().all():
+        stmt = sa.text(_SQLITE_ERASE.format(table=table, column=column, found=found,
+                                            also=also, candidates=candidates) + " RETURNING id")
+        while rows := db.session.execute(stmt, params).scalars().all():
             changed.update(rows)
     return len(changed)
