@@ -146,10 +146,13 @@ class EndpointGuard:
 
     def __init__(self, extra_origins: Iterable[str], dns_ttl: float = 60.0, *,
                  resolve: Resolve | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 is_public: Callable[[str], bool] | None = None) -> None:
         self.extra_origins = frozenset(extra_origins)
         self._dns_ttl = dns_ttl
         self._resolve = resolve
+        # Tests on loopback alone name which loopback address stands for a public one.
+        self._is_public = is_public or _public
         self._clock = clock
         self._resolved: dict[str, tuple[Route, float]] = {}
         self._origins: dict[str, tuple[str | None, str | None]] = {}  # prefix -> _policy
@@ -221,7 +224,7 @@ class EndpointGuard:
         try:
             infos = resolve(host, 443, type=socket.SOCK_STREAM)
             addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
-            public = bool(addresses) and all(_public(a) for a in addresses)
+            public = bool(addresses) and all(self._is_public(a) for a in addresses)
         except (OSError, ValueError) as exc:  # gaierror, a name IDNA cannot encode
             # Fail closed: not remembered, and retried like any connection error.
             return Route(lookup_error=f"dns error: {type(exc).__name__}: {exc}"[:200])

@@ -344,17 +344,26 @@ def send(push: PushSender, target: str | dict[str, Any]) -> PushResult:
 # -- DNS: the connection goes where the check looked; a failed lookup fails closed ---------
 
 FCM_ENDPOINT = "https://fcm.googleapis.com/fcm/send/rebinding"
-#: a public address (example.com's, IANA): the check passes it. The client's TLS context
-#: trusts no certificate (an empty store), so whatever answers there gets no request.
-PUBLIC = "93.184.215.14"
+#: stands for a public address in the tests that connect: the guard is told to count it
+#: public, so that no test sends a packet off this host. The guard's real rule (global
+#: unicast only) is tested on resolver answers alone, below, without connecting.
+PUBLIC = "127.0.0.2"
+#: a public address in the tests that only resolve (nothing connects to it)
+PUBLIC_ANSWER = "93.184.215.14"
+
+
+def loopback_public(address: str) -> bool:
+    return address == PUBLIC
 
 
 class Loopback:
-    """A real listener on 127.0.0.1 that counts the connections it accepts."""
+    """A real listener on a loopback address that counts the connections it accepts."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1", port: int = 0) -> None:
+        self.address = address
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
         self.sock.listen(16)
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
@@ -387,15 +396,26 @@ def loopback() -> Iterator[Loopback]:
     listener.close()
 
 
+@pytest.fixture
+def checked() -> Iterator[Loopback]:
+    """The listener at the address the guard checked (PUBLIC), on the endpoint's port 443
+    (the tests run as root, as CI does)."""
+    listener = Loopback(PUBLIC, 443)
+    yield listener
+    listener.close()
+
+
 def untrusting_tls() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA loaded: no certificate verifies
 
 
-def rebinding(loopback: Loopback, answers: list[str | Exception], calls: list[str],
+def rebinding(listeners: list[Loopback], answers: list[str | Exception], calls: list[str],
               real: Callable[..., Any]) -> Callable[..., Any]:
     """getaddrinfo as a rebinding DNS answers fcm.googleapis.com: ``answers`` in turn (the
-    last one again and again), 127.0.0.1 meaning the loopback listener. Other names
-    resolve for real."""
+    last one again and again), each address at its listener's port. Other names resolve
+    for real."""
+    ports = {listener.address: listener.port for listener in listeners}
+
     def resolve(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host != "fcm.googleapis.com":
             return real(host, port, *args, **kwargs)
@@ -403,8 +423,7 @@ def rebinding(loopback: Loopback, answers: list[str | Exception], calls: list[st
         given = answers[min(len(calls), len(answers)) - 1]
         if isinstance(given, Exception):
             raise given
-        target = loopback.port if given == "127.0.0.1" else int(port)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (given, target))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (given, ports[given]))]
     return resolve
 
 
@@ -416,30 +435,31 @@ def guarded_sender(guard: EndpointGuard) -> PushSender:
 
 
 def test_a_name_that_rebinds_to_loopback_after_the_check_is_never_connected_to(
-        monkeypatch: pytest.MonkeyPatch, loopback: Loopback) -> None:
+        monkeypatch: pytest.MonkeyPatch, loopback: Loopback, checked: Loopback) -> None:
     # The only fake in this file: DNS answers cannot be scripted on this machine without a
     # DNS server of our own, so getaddrinfo (the guard's and asyncio's own) answers as a
-    # rebinding DNS would: public to the first lookup, 127.0.0.1 to every later one.
+    # rebinding DNS would: "public" to the first lookup, 127.0.0.1 to every later one.
     calls: list[str] = []
-    monkeypatch.setattr(socket, "getaddrinfo",
-                        rebinding(loopback, [PUBLIC, "127.0.0.1"], calls, socket.getaddrinfo))
-    push = guarded_sender(EndpointGuard([], dns_ttl=60.0))
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding(
+        [loopback, checked], [PUBLIC, "127.0.0.1"], calls, socket.getaddrinfo))
+    push = guarded_sender(EndpointGuard([], dns_ttl=60.0, is_public=loopback_public))
     try:
         first = send(push, FCM_ENDPOINT)
-        # It went to the public address checked, whose TLS the client does not trust.
+        # It went to the address checked (which closes at once, so no answer).
         assert first.outcome == "retry" and first.status_code is None, first
-        assert loopback.accepted == 0
+        assert checked.accepted == 1 and loopback.accepted == 0
         assert calls == ["fcm.googleapis.com"]  # resolved once: checked and connected to
     finally:
         push.close()
 
 
 def test_a_host_resolving_to_loopback_once_its_answer_expires_is_refused(
-        monkeypatch: pytest.MonkeyPatch, loopback: Loopback) -> None:
+        loopback: Loopback, checked: Loopback) -> None:
     now = [0.0]
     calls: list[str] = []
-    resolve = rebinding(loopback, [PUBLIC, "127.0.0.1"], calls, socket.getaddrinfo)
-    push = guarded_sender(EndpointGuard([], dns_ttl=60.0, resolve=resolve, clock=lambda: now[0]))
+    resolve = rebinding([loopback, checked], [PUBLIC, "127.0.0.1"], calls, socket.getaddrinfo)
+    push = guarded_sender(EndpointGuard([], dns_ttl=60.0, resolve=resolve, clock=lambda: now[0],
+                                        is_public=loopback_public))
     try:
         send(push, FCM_ENDPOINT)
         now[0] += 61.0
@@ -455,7 +475,7 @@ def test_a_failed_lookup_is_retried_and_never_remembered_as_safe(
     # As above, getaddrinfo answers as a DNS would: first no answer at all, then 127.0.0.1.
     calls: list[str] = []
     monkeypatch.setattr(socket, "getaddrinfo", rebinding(
-        loopback, [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+        [loopback], [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
                    "127.0.0.1"], calls, socket.getaddrinfo))
     push = guarded_sender(EndpointGuard([], dns_ttl=60.0))
     try:
@@ -469,7 +489,7 @@ def test_a_failed_lookup_is_retried_and_never_remembered_as_safe(
 
 
 @pytest.mark.parametrize(("answers", "says"), [
-    ([[PUBLIC, "10.0.0.7"]], "private"),  # one private address among public ones
+    ([[PUBLIC_ANSWER, "10.0.0.7"]], "private"),  # one private address among public ones
     ([["224.0.0.1"]], "private"),  # multicast
     ([["::ffff:127.0.0.1"]], "private"),  # IPv4-mapped loopback
     ([["64:ff9b::7f00:1"]], "private"),  # NAT64 of 127.0.0.1
@@ -494,9 +514,9 @@ def test_the_guard_refuses_any_answer_that_is_not_all_public(
 def test_the_guard_routes_to_every_public_address_and_extra_origins_by_name() -> None:
     def resolve(host: str, port: int, **_kw: Any) -> list[tuple[Any, ...]]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
-                for a in (PUBLIC, "142.250.1.1", PUBLIC)]
+                for a in (PUBLIC_ANSWER, "142.250.1.1", PUBLIC_ANSWER)]
 
     guard = EndpointGuard(["http://127.0.0.1:8765"], resolve=resolve)
-    assert guard.route(FCM_ENDPOINT).addresses == (PUBLIC, "142.250.1.1")
+    assert guard.route(FCM_ENDPOINT).addresses == (PUBLIC_ANSWER, "142.250.1.1")
     local = guard.route("http://127.0.0.1:8765/push/1")
     assert local.addresses == () and local.refused is None and local.lookup_error is None
