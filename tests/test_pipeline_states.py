@@ -1,0 +1,331 @@
+"""The delivery pipeline as a state machine (hypothesis ``RuleBasedStateMachine``).
+
+Rules interleave notify, cancel (between jobs and in the middle of a batch), jobs run,
+workers killed mid-batch, recover, scripted push-service faults per subscription (429
+with any Retry-After, 5xx, 404/410, timeouts) and time passing. Time is a ManualClock;
+jobs run in this process (pipeline_driver) on the real Redis, on SQLite and PostgreSQL,
+against the local push service, which decrypts what it receives.
+
+A worker killed mid-batch is emulated: an exception no code catches (a BaseException)
+raised when a flush of answers is about to be written, so the answers in that flush are
+sent but never recorded, and the rest of the claim is never sent: what SIGKILL leaves
+(benchmarks/fault_soak.py kills real workers).
+
+Invariants, after every step:
+- the counters equal the rows (each status, and deliveries);
+- every delivery recorded sent was received by the push service; a delivery received
+  more than once, or received and not recorded sent, is one whose outcome was unknown
+  (in a killed batch, or timed out), and the extra copies are at most
+  kills x WEBPUSH_SEND_CONCURRENCY + timeouts;
+- nothing is received for a notification after cancel() returned, beyond what was in
+  flight (WEBPUSH_SEND_CONCURRENCY, for a cancel in the middle of a batch).
+At the end, time runs on (recover every minute, jobs as they come due) for the longest
+validity plus 2 x WEBPUSH_CLAIM_TIMEOUT plus WEBPUSH_RETRY_MAX_DELAY: by then every
+delivery is final and every notification done or cancelled.
+
+Profiles: HYPOTHESIS_PROFILE=ci (default, a few examples) or =long (on demand):
+``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest tests/test_pipeline_states.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+from unittest import mock
+
+import sqlalchemy as sa
+from conftest import SendingHost
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from pipeline_driver import InProcessQueue
+
+from flask_webpush_targeted import jobs
+from flask_webpush_targeted.clock import ManualClock, use_clock
+from flask_webpush_targeted.sending import default_tag
+
+FINAL = ("sent", "failed", "gone", "expired", "skipped")
+CONCURRENCY = 4
+CLAIM_TIMEOUT = 120
+RETRY_MAX = 60
+READ_TIMEOUT = 0.3
+USERS = ["1", "2", "3"]
+
+PROFILES = {
+    "ci": dict(max_examples=6, stateful_step_count=25),
+    "long": dict(max_examples=200, stateful_step_count=60),
+}
+
+
+class Killed(BaseException):
+    """The emulated SIGKILL of the worker running a batch."""
+
+
+def _profile() -> settings:
+    chosen = PROFILES[os.environ.get("HYPOTHESIS_PROFILE", "ci")]
+    return settings(deadline=None, suppress_health_check=list(HealthCheck),
+                    derandomize=os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci",
+                    **chosen)
+
+
+def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
+    class Pipeline(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clock = ManualClock()
+            self._clock_cm = use_clock(self.clock)
+            self._clock_cm.__enter__()
+            self.host = SendingHost(
+                db_url, push_service, WEBPUSH_SEND_CONCURRENCY=CONCURRENCY,
+                WEBPUSH_BATCH_SIZE=3, WEBPUSH_MAX_ATTEMPTS=3, WEBPUSH_RETRY_BASE_DELAY=5,
+                WEBPUSH_RETRY_MAX_DELAY=RETRY_MAX, WEBPUSH_CLAIM_TIMEOUT=CLAIM_TIMEOUT,
+                WEBPUSH_READ_TIMEOUT=READ_TIMEOUT, WEBPUSH_CONNECT_TIMEOUT=1)
+            self.queue = InProcessQueue(self.host.app, self.clock)
+            self.subs = [self.host.subscribe(USERS[i % 3]) for i in range(5)]
+            self.by_endpoint = {s.endpoint: s for s in self.subs}
+            self.notifications: list[int] = []
+            self.max_ttl = 0
+            self.kills = 0
+            self.timeouts = 0
+            self.uncertain: set[tuple[int, int]] = set()  # (notification, subscription)
+            self.timing_out: set[int] = set()  # subscriptions whose next answer is late
+            self.cancelled_at: dict[int, tuple[int, int]] = {}  # nid -> received, allowance
+
+        def teardown(self) -> None:
+            try:
+                for sub in self.subs:
+                    push_service.clear_faults(sub.endpoint)
+                self.host.close()
+            finally:
+                self._clock_cm.__exit__(None, None, None)
+
+        # -- what the push service saw --------------------------------------------------
+
+        def received(self) -> Counter[tuple[int, int]]:
+            """(notification id, subscription id) -> copies accepted by the push service."""
+            tags = {default_tag(nid): nid for nid in self.notifications}
+            seen: Counter[tuple[int, int]] = Counter()
+            for push in push_service.received:
+                sub = self.by_endpoint.get(push.endpoint)
+                if sub is None or not push.ok or push.payload is None:
+                    continue
+                nid = tags.get(push.json().get("tag"))
+                if nid is not None:
+                    seen[(nid, sub.id)] += 1
+            return seen
+
+        def rows(self) -> list[Any]:
+            D = self.host.webpush.models.Delivery
+            with self.host.app.app_context():
+                got = self.host.db.session.execute(
+                    sa.select(D.notification_id, D.subscription_id, D.status)
+                    .where(D.notification_id.in_(self.notifications))).all()
+                self.host.db.session.commit()
+            return list(got)
+
+        # -- rules ----------------------------------------------------------------------
+
+        @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
+              ttl=st.sampled_from([0, 30, 300, 3600]),
+              later=st.sampled_from([None, 10, 200]))
+        def notify(self, users: list[str], ttl: int, later: int | None) -> None:
+            from datetime import timedelta
+
+            send_at = None if later is None else self.clock.now + timedelta(seconds=later)
+            with self.host.app.app_context():
+                n = self.host.webpush.notify_users(users, title="Sale", ttl=ttl,
+                                                   send_at=send_at)
+                self.notifications.append(int(n.id))
+            self.max_ttl = max(self.max_ttl, ttl + (later or 0))
+
+        @precondition(lambda self: self.notifications)
+        @rule(data=st.data())
+        def cancel(self, data: st.DataObject) -> None:
+            nid = data.draw(st.sampled_from(self.notifications))
+            with self.host.app.app_context():
+                done = self.host.webpush.cancel(nid)
+            if done:
+                self.cancelled_at[nid] = (self._received_of(nid), 0)
+
+        @rule(index=st.integers(0, 4),
+              fault=st.sampled_from(["429", "429-huge", "500", "503", "404", "410",
+                                     "timeout", "clear"]),
+              retry_after=st.sampled_from([0, 1, 7, 45]))
+        def push_service_fault(self, index: int, fault: str, retry_after: int) -> None:
+            sub = self.subs[index]
+            push_service.clear_faults(sub.endpoint)
+            self.timing_out.discard(sub.id)
+            if fault == "429":
+                push_service.respond(sub.endpoint, 429, retry_after=retry_after, times=2)
+            elif fault == "429-huge":
+                push_service.respond(sub.endpoint, 429, retry_after=99999999999, times=1)
+            elif fault in ("500", "503"):
+                push_service.respond(sub.endpoint, int(fault), times=2)
+            elif fault in ("404", "410"):
+                push_service.respond(sub.endpoint, int(fault))
+            elif fault == "timeout":
+                # Answered (and recorded as received) after the worker gave up waiting.
+                push_service.respond(sub.endpoint, 201, delay=READ_TIMEOUT + 0.2, times=1)
+                self.timing_out.add(sub.id)
+
+        @rule()
+        def run_job(self) -> None:
+            self._run_one(None)
+
+        @rule(flush=st.integers(1, 3))
+        def kill_worker_mid_batch(self, flush: int) -> None:
+            real = jobs._record
+            calls = [0]
+
+            def dying(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                if calls[0] >= flush:
+                    raise Killed()
+                return real(*args, **kwargs)
+
+            def around(run: Any) -> None:
+                with mock.patch.object(jobs, "_record", dying):
+                    try:
+                        run()
+                    except Killed:
+                        self.kills += 1
+
+            self._run_one(around)
+            # Whatever that batch left claimed may or may not have reached the service.
+            for nid, sid, status in self.rows():
+                if status == "sending":
+                    self.uncertain.add((nid, sid))
+
+        @rule(flush=st.integers(1, 2))
+        def cancel_mid_batch(self, flush: int) -> None:
+            real = jobs._record
+            calls = [0]
+
+            def cancelling(nid: int, *args: Any, **kwargs: Any) -> Any:
+                result = real(nid, *args, **kwargs)
+                calls[0] += 1
+                if calls[0] == flush and nid not in self.cancelled_at:
+                    with self.host.app.app_context():
+                        if self.host.webpush.cancel(nid):
+                            self.cancelled_at[nid] = (self._received_of(nid), CONCURRENCY)
+                return result
+
+            with mock.patch.object(jobs, "_record", cancelling):
+                self._run_one(None)
+
+        @rule()
+        def recover(self) -> None:
+            with self.host.app.app_context():
+                self.host.webpush.recover()
+
+        @rule(seconds=st.sampled_from([1, 5, 30, CLAIM_TIMEOUT + 1, 400]))
+        def time_passes(self, seconds: int) -> None:
+            self.clock.advance(seconds)
+
+        def _run_one(self, around: Any) -> None:
+            counts = {sid: push_service.request_count(self._sub(sid).endpoint)
+                      for sid in self.timing_out}
+            ran = len(self.queue.ran)
+            self.queue.run_one(around)
+            if len(self.queue.ran) == ran or self.queue.ran[-1][0] != "send_batch":
+                return
+            nid = self.queue.ran[-1][1][0]
+            # A late answer is a retry to the worker and a delivery to the service: which
+            # one it was is not known, so that delivery may be received twice.
+            for sid, before in counts.items():
+                if push_service.request_count(self._sub(sid).endpoint) > before:
+                    self.uncertain.add((nid, sid))
+                    self.timeouts += 1
+                    self.timing_out.discard(sid)
+
+        def _sub(self, sid: int) -> Any:
+            return next(s for s in self.subs if s.id == sid)
+
+        def _received_of(self, nid: int) -> int:
+            """Copies received for ``nid``, but for deliveries whose answer came late: the
+            service records those when its scripted delay ends, whenever that is."""
+            return sum(c for (n, sid), c in self.received().items()
+                       if n == nid and (n, sid) not in self.uncertain)
+
+        # -- invariants -----------------------------------------------------------------
+
+        @invariant()
+        def counters_equal_rows(self) -> None:
+            rows = self.rows()
+            with self.host.app.app_context():
+                for nid in self.notifications:
+                    stats = self.host.webpush.stats(nid)
+                    mine = Counter(status for n, _sid, status in rows if n == nid)
+                    assert stats["deliveries"] == sum(mine.values()), (nid, stats, mine)
+                    for status in FINAL:
+                        assert stats[status] == mine[status], (nid, status, stats, mine)
+
+        @invariant()
+        def push_service_agrees_with_the_ledger(self) -> None:
+            seen = self.received()
+            status_of = {(nid, sid): status for nid, sid, status in self.rows()}
+            for key, status in status_of.items():
+                if status == "sent":
+                    assert seen[key] >= 1, (key, "recorded sent, never received")
+            extra = 0
+            for key, count in seen.items():
+                if key in self.uncertain:
+                    extra += count - 1
+                    continue
+                assert count == 1, (key, count, "sent twice with no fault to explain it")
+                assert status_of.get(key) in ("sent", "pending", "sending"), (
+                    key, status_of.get(key), "received, yet recorded as not sent")
+            assert extra <= self.kills * CONCURRENCY + self.timeouts, (extra, self.kills)
+
+        @invariant()
+        def nothing_sent_after_cancel_beyond_what_was_in_flight(self) -> None:
+            for nid, (at_cancel, allowance) in self.cancelled_at.items():
+                assert self._received_of(nid) <= at_cancel + allowance, nid
+
+        # -- the end: time runs on until everything is final ------------------------------
+
+        def drain(self) -> None:
+            # Faults set up so far stay in force; recover runs once a minute, as in a worker.
+            horizon = self.max_ttl + 2 * CLAIM_TIMEOUT + RETRY_MAX + 60
+            waited = 0
+            while waited <= horizon:
+                with self.host.app.app_context():
+                    self.host.webpush.recover()
+                while self.queue.ready_count() or self.queue.release_due():
+                    self._run_one(None)
+                self.clock.advance(60)
+                waited += 60
+            with self.host.app.app_context():
+                self.host.webpush.recover()
+            self.queue.run_all(limit=500)
+
+    return Pipeline
+
+
+def test_the_delivery_pipeline_keeps_its_invariants_under_faults(
+        db_url: str, push_service: Any, redis_conn: Any) -> None:
+    machine = make_machine(db_url, push_service)
+
+    class Ended(machine):  # type: ignore[valid-type, misc]
+        def teardown(self) -> None:
+            try:
+                self.drain()
+                rows = self.rows()
+                open_rows = [r for r in rows if r.status not in FINAL]
+                assert not open_rows, f"not final after the horizon: {open_rows}"
+                self.push_service_agrees_with_the_ledger()
+                self.counters_equal_rows()
+                for nid in self.notifications:
+                    n = self.host.notification(nid)
+                    assert n.status in ("done", "cancelled"), (nid, n.status)
+            finally:
+                super().teardown()
+
+    run_state_machine_as_test(Ended, settings=_profile())
