@@ -34,6 +34,8 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
                       r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
+_QUERY_INTEGER = re.compile(r"([0-9]+)(?:\.0*)?", re.ASCII)
+
 _TEXT_FIELDS = ("body", "url", "urgency", "topic", "category", "icon", "image", "badge", "tag")
 _BOOL_FIELDS = ("require_interaction", "silent")
 FIELDS = frozenset(("user_ids", "title", "devices", "ttl", "send_at", "actions", "data",
@@ -235,10 +237,11 @@ def _int_arg(args: Mapping[str, str], name: str, default: int, top: int) -> int:
     text = args.get(name)
     if text is None:
         return default
-    if (not text.isascii() or not text.isdigit() or len(text.lstrip("0")) > 9
-            or not 1 <= int(text) <= top):
+    # "24.0" is the integer 24 to JSON Schema, as in a body (schemathesis sends it so).
+    match = _QUERY_INTEGER.fullmatch(text)
+    if match is None or len(match[1].lstrip("0")) > 9 or not 1 <= int(match[1]) <= top:
         raise BadRequestError(f"{name} must be an integer from 1 to {top}.")
-    return int(text)
+    return int(match[1])
 
 
 def parse_list_args(args: Mapping[str, str]) -> dict[str, Any]:

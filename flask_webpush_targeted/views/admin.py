@@ -76,9 +76,13 @@ def register(bp: Blueprint) -> None:
         ("/admin/notifications/<int:nid>/deliveries.json", "admin_deliveries_json",
          deliveries_json, ["GET"]),
         ("/admin/notifications/<int:nid>/cancel", "admin_cancel", cancel, ["POST"]),
-        ("/admin/users/<user_id>", "admin_user", user_page, ["GET"]),
-        ("/admin/users/<user_id>.json", "admin_user_json", user_json, ["GET"]),
+        # Any user id, "/" and newlines included, reaches the view (as in the push API).
+        ("/admin/users/<webpush_user_id:user_id>", "admin_user", user_page, ["GET"]),
+        ("/admin/users/<webpush_user_id:user_id>.json", "admin_user_json", user_json, ["GET"]),
     ]
+    from .crm import add_user_id_converter
+
+    bp.record_once(add_user_id_converter)
     for rule, endpoint, view, methods in rules:
         bp.add_url_rule(rule, endpoint, view, methods=methods)
 

@@ -74,13 +74,14 @@ class UserIdConverter(PathConverter):
     regex = r"[^/][\s\S]*?"
 
 
-def _add_converter(state: BlueprintSetupState) -> None:
+def add_user_id_converter(state: BlueprintSetupState) -> None:
+    """Register ``webpush_user_id`` on the app (once; the admin views use it too)."""
     state.app.url_map.converters.setdefault("webpush_user_id", UserIdConverter)
 
 
 def register(bp: Blueprint) -> None:
     """Add the push API's routes to ``bp``."""
-    bp.record_once(_add_converter)
+    bp.record_once(add_user_id_converter)
     notification = f"{API}/notifications/<notification_id>"
     bp.add_url_rule(f"{API}/openapi.json", "api_openapi", openapi_json)
     bp.add_url_rule(f"{API}/notifications", "api_notifications", list_notifications)
