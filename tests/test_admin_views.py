@@ -435,3 +435,12 @@ def test_a_user_id_that_cannot_be_stored_is_a_400_on_the_user_pages(
     response = admin.http.get(f"{ADMIN}/users/{user_id}.json")
     assert response.status_code == 400
     assert_error_shape(response, "bad_request")
+
+
+def test_a_user_id_with_a_slash_reaches_the_user_pages(admin_host: Any) -> None:
+    # Found by the route fuzzer: "/" ended the id's segment, the JSON URL fell to the
+    # host's HTML 404. The push API's user id converter is used here too.
+    _app, _nid, admin = admin_host
+    response = admin.http.get(f"{ADMIN}/users/shop%2F42.json")
+    assert response.status_code == 200 and response.get_json()["user_id"] == "shop/42"
+    assert admin.http.get(f"{ADMIN}/users/shop%2F42").status_code == 200
