@@ -62,16 +62,16 @@ def _app() -> Any:
 
 def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
                        found: list[tuple[int, str, str | None]]) -> set[int]:
-    """Insert pending deliveries for (subscription id, user id, label) rows, skipping any
+    """Insert pending deliveries for (subscription id, user id, user agent) rows, skipping any
     that exist; return the subscription ids inserted."""
     table = m.Delivery.__table__
     if dialect_of(db) == "postgresql":
         # Two array parameters and unnest: one short statement whatever the chunk's size,
         # instead of a multi-row VALUES of thousands of parameters to build and parse.
         pairs = sa.func.unnest(
-            sa.bindparam("sids", [sid for sid, _uid, _label in found],
+            sa.bindparam("sids", [sid for sid, _uid, _agent in found],
                          type_=postgresql.ARRAY(sa.Integer)),
-            sa.bindparam("uids", [uid for _sid, uid, _label in found],
+            sa.bindparam("uids", [uid for _sid, uid, _agent in found],
                          type_=postgresql.ARRAY(sa.String)),
         ).table_valued("sid", "uid").render_derived(name="pairs")
         c = table.c
@@ -87,12 +87,12 @@ def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
         index_elements=["notification_id", "subscription_id"])
     inserted = db.session.execute(stmt.returning(table.c.subscription_id), [
         {"notification_id": notification_id, "subscription_id": sid, "user_id": uid,
-         "status": "pending", "attempts": 0, "created_at": now} for sid, uid, _label in found])
+         "status": "pending", "attempts": 0, "created_at": now} for sid, uid, _agent in found])
     return set(inserted.scalars())
 
 
 def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
-    """Yield (chunk of requested user ids, [(subscription id, user id, label)]) per chunk."""
+    """Yield (chunk of requested user ids, [(subscription id, user id, user agent)]) per chunk."""
     Sub = m.Subscription
     user_ids: list[str] = targeting["user_ids"]
     mode = targeting["devices"]
@@ -100,7 +100,7 @@ def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
         ids = targeting["subscription_ids"]
         found: list[Any] = []
         for start in range(0, len(ids), _CHUNK):
-            found.extend(db.session.execute(sa.select(Sub.id, Sub.user_id, Sub.label).where(
+            found.extend(db.session.execute(sa.select(Sub.id, Sub.user_id, Sub.user_agent).where(
                 Sub.id.in_(ids[start:start + _CHUNK]), Sub.revoked_at.is_(None))).all())
         wanted = set(user_ids)
         yield user_ids, [tuple(r) for r in found if r[1] in wanted]
@@ -113,7 +113,7 @@ def _targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
                                                         type_=postgresql.ARRAY(sa.String)))
                     if postgres else Sub.user_id.in_(chunk))
         rows = db.session.execute(
-            sa.select(Sub.id, Sub.user_id, Sub.label)
+            sa.select(Sub.id, Sub.user_id, Sub.user_agent)
             .where(of_chunk, Sub.revoked_at.is_(None))
             .order_by(Sub.user_id, Sub.created_at.desc(), Sub.id.desc())).all()
         if mode == "latest":
@@ -127,7 +127,7 @@ def users_without(db: Any, m: Models, targeting: dict[str, Any]) -> list[str]:
     will find them (the push API answers with them at once)."""
     without: list[str] = []
     for chunk, found in _targets(db, m, targeting):
-        covered = {uid for _sid, uid, _label in found}
+        covered = {uid for _sid, uid, _agent in found}
         without.extend(u for u in chunk if u not in covered)
     return without
 
@@ -152,7 +152,7 @@ def fan_out(notification_id: int) -> None:
         now = utcnow()
         without: list[str] = []
         for chunk, found in _targets(db, m, n.targeting):
-            covered = {uid for _sid, uid, _label in found}
+            covered = {uid for _sid, uid, _agent in found}
             without.extend(u for u in chunk if u not in covered)
             if not found:
                 continue
@@ -161,9 +161,9 @@ def fan_out(notification_id: int) -> None:
             inserted = _insert_deliveries(db, m, nid, now, found)
             # Count only rows this run inserted: a concurrent duplicate run adds none.
             inc = new_increments()
-            for sid, _uid, label in found:
+            for sid, _uid, agent in found:
                 if sid in inserted:
-                    add(inc, "deliveries", platform=platform_of(label))
+                    add(inc, "deliveries", platform=platform_of(agent))
             bump(db, m, nid, inc)
             db.session.commit()
             # Each chunk's batches go out at once: other workers send while this one
@@ -267,7 +267,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     db.session.commit()
     rows = db.session.execute(
         sa.select(D.id, D.subscription_id, D.attempts, Sub.endpoint, Sub.p256dh, Sub.auth,
-                  Sub.revoked_at, Sub.label, Sub.consecutive_failures)
+                  Sub.revoked_at, Sub.user_agent, Sub.consecutive_failures)
         .outerjoin(Sub, Sub.id == D.subscription_id)
         .where(*in_batch, D.claimed_by == claim)).all()  # in_batch: no index on claimed_by
     if not rows:
@@ -408,7 +408,7 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
     for delivery_id, (status, code, reason) in final.items():
         if delivery_id in mine and status in FINAL_STATUSES:
             if status == "sent":
-                add(inc, status, at=at, platform=platform_of(rows[delivery_id].label))
+                add(inc, status, at=at, platform=platform_of(rows[delivery_id].user_agent))
             else:
                 add(inc, status, reason=(code, reason))
     bump(db, m, nid, inc)
@@ -553,18 +553,31 @@ def recover() -> dict[str, int]:
                 queue.enqueue(fan_out, nid)
                 done["enqueued"] += 1
             continue
-        ids = db.session.scalars(sa.select(D.id).where(D.notification_id == nid, stuck)
-                                 .order_by(D.id)).all()
-        db.session.commit()
-        if ids and _first_recovery(queue, "batches", nid):
-            size = config["WEBPUSH_BATCH_SIZE"]
-            _enqueue_ranges(queue, nid, [(chunk[0], chunk[-1]) for chunk in
-                                         (ids[i:i + size] for i in range(0, len(ids), size))])
-            done["batches"] += -(-len(ids) // size)
-        elif not ids:
+        has_stuck = db.session.scalar(sa.select(sa.exists().where(
+            D.notification_id == nid, stuck)))
+        if not has_stuck:
             finish_if_complete(nid, exact=True)
+        elif _first_recovery(queue, "batches", nid):
+            done["batches"] += _enqueue_stuck(db, D, queue, nid, stuck)
     done["skipped"] = _finish_cancelled(db, m, stale)
     return done
+
+
+def _enqueue_stuck(db: Any, D: Any, queue: Any, nid: int, stuck: Any) -> int:
+    """Enqueue batch jobs over the notification's stuck rows only; return how many."""
+    size = current_app.config["WEBPUSH_BATCH_SIZE"]
+    ranges: list[tuple[int, int]] = []
+    last = 0
+    while True:  # a batch's worth of ids at a time: a large audience is not read at once
+        ids = db.session.scalars(sa.select(D.id).where(D.notification_id == nid, D.id > last,
+                                                       stuck).order_by(D.id).limit(size)).all()
+        if not ids:
+            break
+        ranges.append((ids[0], ids[-1]))
+        last = ids[-1]
+    db.session.commit()
+    _enqueue_ranges(queue, nid, ranges)
+    return len(ranges)
 
 
 def _first_recovery(queue: Any, what: str, notification_id: int) -> bool:

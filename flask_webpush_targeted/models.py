@@ -18,12 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from . import clock
+
 USER_ID = sa.String(255)
 
 
 def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
+    """The current time, timezone-aware in UTC (``clock.utcnow``: a test may set it)."""
+    return clock.utcnow()
 
 
 def endpoint_hash(endpoint: str) -> str:
