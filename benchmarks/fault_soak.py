@@ -480,7 +480,8 @@ class Soak:
         print("=" * 72)
         print(f"fault soak: {' '.join(sys.argv[1:]) or '(defaults)'}")
         print(f"ran {ran / 60:.1f} min ({self.finished - self.t0:.0f}s from the first "
-              f"notification), {os.cpu_count()} cores, seed {a.seed}")
+              f"notification, {len(rows) / (self.finished - self.t0):.0f} deliveries/s), "
+              f"{os.cpu_count()} cores, seed {a.seed}")
         print(f"deliveries        {len(rows)} in {len(self.notifications)} notifications "
               f"(expected {self.deliveries})")
         print(f"delivered (sent)  {by_status['sent']}")
@@ -577,7 +578,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--origins", type=int, default=4, help="push-service origins (ports)")
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--duration", type=float, default=None,
-                   help="traffic window in seconds (default deliveries / 700, at least 60)")
+                   help="traffic window in seconds (default deliveries / 350, at least 60: about "
+                        "what 3 workers send under these faults on 2 cores)")
     p.add_argument("--kills", type=int, default=6)
     p.add_argument("--redis-restarts", type=int, default=1, choices=(0, 1))
     p.add_argument("--redis-down", type=float, default=5.0, help="seconds Redis stays down")
@@ -610,7 +612,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep-logs", metavar="DIR", help="copy worker, Redis, PostgreSQL logs here")
     args = p.parse_args()
     if args.duration is None:
-        args.duration = max(60.0, args.deliveries / 700)
+        args.duration = max(60.0, args.deliveries / 350)
     if args.cut_seconds is None:
         args.cut_seconds = args.claim_timeout + 10
     return args
