@@ -147,7 +147,7 @@ def fan_out(notification_id: int) -> None:
     if n.status in ("queued", "scheduled"):
         n.status = "sending"
         db.session.commit()
-    nid, last = n.id, 0
+    nid, last, audience = n.id, 0, n.target_count
     if n.fanned_out_at is None:
         now = utcnow()
         without: list[str] = []
@@ -169,6 +169,12 @@ def fan_out(notification_id: int) -> None:
             # Each chunk's batches go out at once: other workers send while this one
             # goes on fanning out (the notification is done only once fanned_out_at is set).
             last = enqueue_batches(nid, after=last)
+        N = m.Notification
+        if db.session.scalar(sa.select(N.target_count).where(N.id == nid)) != audience:
+            # A user was erased while this ran (forget_user shrinks the audience of a
+            # notification not fanned out yet): keep only who is still in it.
+            left = set(db.session.scalar(sa.select(N.targeting).where(N.id == nid))["user_ids"])
+            without = [u for u in without if u in left]
         n.users_without_devices, n.without_count = without, len(without)
         n.fanned_out_at = utcnow()
         db.session.commit()

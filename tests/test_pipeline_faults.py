@@ -183,3 +183,28 @@ def test_an_idle_worker_recovers_every_recover_interval(make_host: Any) -> None:
         proc.terminate()
         proc.wait(20)
     assert [d.status for d in sending.deliveries(nid)] == ["sent"]
+
+
+def test_a_user_erased_during_the_fan_out_does_not_come_back_in_users_without_devices(
+        sending: SendingHost) -> None:
+    from unittest import mock
+
+    from flask_webpush_targeted import jobs
+
+    sending.subscribe("1")
+    nid = notify(sending, ["1", "ghost"])  # "ghost" has no device: one of the users without
+    real = jobs._insert_deliveries
+
+    def erasing_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        sending.webpush.forget_user("ghost")  # commits, as another request would
+        return real(*args, **kwargs)
+
+    with sending.app.app_context():
+        from flask_webpush_targeted.queue import get_queue
+
+        get_queue().empty()
+        with mock.patch.object(jobs, "_insert_deliveries", erasing_meanwhile):
+            fan_out(nid)
+    n = sending.notification(nid)
+    assert "ghost" not in n.users_without_devices and "ghost" not in n.targeting["user_ids"]
+    assert n.without_count == 0
