@@ -31,7 +31,11 @@ class ConfigurationError(WebPushError, RuntimeError):
     """A WEBPUSH_* setting is missing or invalid."""
 
 
-class InvalidUserId(WebPushError, ValueError):
+class InvalidArgument(WebPushError, ValueError):
+    """Host code passed a value a public function does not take (e.g. prune's period)."""
+
+
+class InvalidUserId(InvalidArgument):
     """A user (or user id) given to the extension is not one it can store.
 
     A user id is a string (or an int) of 1 to 255 characters without NUL or lone

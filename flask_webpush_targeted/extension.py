@@ -15,6 +15,7 @@ from .config import DEFAULTS, extra_push_origins, validate_config
 from .csrf import csrf_token
 from .exceptions import (
     ConfigurationError,
+    InvalidArgument,
     InvalidNotification,
     InvalidUserId,
     NotificationNotFound,
@@ -27,6 +28,8 @@ from .subscriptions import SubscriptionStore
 SESSION_SUBSCRIPTIONS = "_webpush_subscriptions"
 
 
+#: the longest retention ``prune`` takes
+MAX_PRUNE = timedelta(days=36_500)
 #: the largest notification id (the column is a 64-bit integer)
 MAX_NOTIFICATION_ID = 2**63 - 1
 
@@ -218,6 +221,10 @@ class WebPush:
         """Delete deliveries of notifications finished before ``older_than`` ago, keeping totals."""
         from .stats import prune
 
+        # A negative period would prune everything finished; beyond a century the date
+        # arithmetic overflows.
+        if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= MAX_PRUNE:
+            raise InvalidArgument("older_than must be a timedelta from 0 to 36,500 days.")
         return prune(self.db, self.models, older_than)
 
     def recover(self) -> dict[str, int]:

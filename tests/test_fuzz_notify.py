@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from flask_webpush_targeted import WebPush
 from flask_webpush_targeted.exceptions import (
+    InvalidArgument,
     InvalidNotification,
     InvalidUserId,
     NotificationNotFound,
@@ -155,6 +156,17 @@ def test_fuzz_cancel_stats_and_get_notification(shop: Any, notification_id: Any)
                 webpush.db.session.rollback()
 
 
+@given(older_than=st.one_of(st.timedeltas(), wrong_types()))
+@fuzz_settings()
+def test_fuzz_prune(shop: Any, older_than: Any) -> None:
+    app, webpush = shop
+    with app.app_context():
+        try:
+            webpush.prune(older_than)
+        except WebPushError:
+            webpush.db.session.rollback()
+
+
 @given(user=user_values())
 @fuzz_settings(2)
 def test_fuzz_export_and_forget_user(shop: Any, user: Any) -> None:
@@ -196,6 +208,15 @@ def test_cancel_stats_and_get_refuse_an_id_no_notification_can_have(
         for call in (webpush.cancel, webpush.stats, webpush.get_notification):
             with pytest.raises(NotificationNotFound):
                 call(notification_id)
+
+
+@pytest.mark.parametrize("older_than", [timedelta.max, timedelta(days=-1), 30, None])
+def test_prune_refuses_a_period_it_cannot_use(shop: Any, older_than: Any) -> None:
+    # timedelta.max overflowed (OverflowError), 30 or None was a TypeError, and a
+    # negative period pruned every finished notification.
+    app, webpush = shop
+    with app.app_context(), pytest.raises(InvalidArgument, match="older_than"):
+        webpush.prune(older_than)
 
 
 @pytest.mark.parametrize("ttl", [math.inf, -math.inf, math.nan])
