@@ -512,7 +512,8 @@ class Soak:
             print(f"worst lateness    {worst[0]:.1f}s (delivery {worst[1]}, {worst[2]}) from due "
                   f"to final; median {statistics.median(x[0] for x in late):.1f}s, "
                   f"p99 {late[int(len(late) * 0.99) - 1][0]:.1f}s; "
-                  f"{sum(x[0] > self.bound for x in late)} later than {self.bound}s")
+                  f"{sum(x[0] > self.bound for x in late)} later than {self.bound}s (time queued "
+                  "behind earlier notifications included)")
         print(f"counters = rows   {'yes' if counters_ok else 'NO (see above)'}")
         print("faults            " + ", ".join(f"{k.strip()} {v}" for k, v in self.faults.items()
                                                if not k.startswith(" ")))
