@@ -380,6 +380,8 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
         reason = result.reason
         attempts = rows[delivery_id].attempts
         if status == "retry":
+            if not result.requested:
+                attempts -= 1  # given back below
             if attempts >= max_attempts:
                 status, reason = "failed", f"gave up after {max_attempts} attempts: {reason}"
             else:
@@ -396,14 +398,20 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
         # the database's work per delivery is what limits several workers on one server.
         groups.setdefault((status, result.status_code, reason, next_at,
                            now if status == "sent" else None,
-                           None if status == "pending" else claim), []).append(delivery_id)
+                           None if status == "pending" else claim,
+                           not result.requested), []).append(delivery_id)
     table = m.Delivery.__table__
     written = 0
-    for values, ids in groups.items():
+    for (*values, give_back), ids in groups.items():
+        columns: dict[str, Any] = dict(zip(_RESULT_COLUMNS, values, strict=True))
+        if give_back:
+            # Nothing was sent (the origin is paused): the claim's attempt is given back,
+            # or a paused service would use up attempts it never received.
+            columns["attempts"] = table.c.attempts - 1
         # Only rows this batch still holds: a claim taken over by another worker is theirs.
         written += db.session.execute(
             table.update().where(_id_in(db, table.c.id, ids), table.c.claimed_by == claim)
-            .values(dict(zip(_RESULT_COLUMNS, values, strict=True)))).rowcount
+            .values(columns)).rowcount
     mine = set(final)
     if written != len(final):
         # Rare: another worker took over part of this claim. Count only rows still ours.

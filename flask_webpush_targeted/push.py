@@ -48,12 +48,15 @@ class PushResult:
 
     ``outcome`` is ``sent``, ``gone`` (subscription no longer valid), ``failed``
     (final, subscription kept) or ``retry`` (try again after ``retry_after``).
+    ``requested`` is False when nothing was sent (the origin is paused): such a
+    retry does not use up one of the delivery's attempts.
     """
 
     outcome: str
     status_code: int | None = None
     reason: str | None = None
     retry_after: float | None = None
+    requested: bool = True
 
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -428,7 +431,8 @@ class PushSender:
                 self._origins[prefix] = origin
         paused = self._paused.get(origin, 0.0) - self._clock()
         if paused > 0:
-            return PushResult("retry", 429, "push service asked to slow down", paused)
+            return PushResult("retry", 429, "push service asked to slow down", paused,
+                              requested=False)
         body = encrypt(message.payload, message.p256dh, message.auth)
         authorization = self.vapid.header(origin)
         # One dict for all the messages of a batch: the pool encodes it once.

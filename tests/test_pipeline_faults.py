@@ -208,3 +208,25 @@ def test_a_user_erased_during_the_fan_out_does_not_come_back_in_users_without_de
     n = sending.notification(nid)
     assert "ghost" not in n.users_without_devices and "ghost" not in n.targeting["user_ids"]
     assert n.without_count == 0
+
+
+def test_waiting_for_a_paused_push_service_uses_up_no_attempt(
+        make_host: Any, push_service: Any) -> None:
+    host = make_host(WEBPUSH_SEND_CONCURRENCY=1, WEBPUSH_MAX_ATTEMPTS=2)
+    slowing, waiting = host.subscribe("1"), host.subscribe("1")
+    # Each 429 pauses the service's origin for 30 s: the other delivery is not sent then.
+    push_service.respond(slowing.endpoint, 429, retry_after=30, times=2)
+    clock = ManualClock()
+    with use_clock(clock):
+        nid = notify(host, ["1"])
+        queue = InProcessQueue(host.app, clock)
+        for _ in range(3):
+            queue.run_all()
+            clock.advance(31)
+        queue.run_all()
+    rows = {d.subscription_id: d for d in host.deliveries(nid)}
+    assert rows[slowing.id].status == "failed"  # its 2 attempts were 2 requests
+    assert push_service.request_count(slowing.endpoint) == 2
+    # Paused twice without a request: still its 2 attempts, the first one sent.
+    assert (rows[waiting.id].status, rows[waiting.id].attempts) == ("sent", 1)
+    assert push_service.request_count(waiting.endpoint) == 1
