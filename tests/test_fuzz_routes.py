@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
 import pytest
@@ -28,6 +29,8 @@ from fuzz_strategies import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+
+from flask_webpush_targeted.tracking import make_token
 
 ADMIN = "/webpush/admin"
 ADMIN_FILTERS = ("page", "per_page", "since", "until", "status", "category")
@@ -52,7 +55,8 @@ def check(response: Any, json_route: bool) -> None:
 def site(make_app: Any) -> dict[str, Any]:
     """An app whose administrators may see statistics, one device of customer 1 and one
     notification; logged-in clients of the customer and of the administrator."""
-    app, _db, webpush = make_app(WEBPUSH_SITE_URL="https://shop.example")
+    app, _db, webpush = make_app(WEBPUSH_SITE_URL="https://shop.example",
+                                 WEBPUSH_EVENTS_RATE_LIMIT=1_000_000)
 
     @webpush.stats_access
     def can_see_stats(user: Any) -> bool:
@@ -65,9 +69,18 @@ def site(make_app: Any) -> dict[str, Any]:
         from datetime import UTC, datetime, timedelta
 
         nid = webpush.notify_users(["1", "nobody"], title="Sale",
-                                   send_at=datetime.now(UTC) + timedelta(days=1)).id
+                                   send_at=datetime.now(UTC) + timedelta(days=1),
+                                   actions=[{"action": "open", "title": "Open"}]).id
+        # A delivery as the worker writes it, so events can carry a valid token.
+        sub_id = webpush.store.user_subscriptions("1")[0].id
+        delivery = webpush.models.Delivery(notification_id=nid, subscription_id=sub_id,
+                                           user_id="1", status="sent", attempts=1,
+                                           sent_at=datetime.now(UTC))
+        webpush.db.session.add(delivery)
+        webpush.db.session.commit()
+        token = make_token(delivery.id, time.time() + 3600)
     return {"app": app, "customer": customer, "admin": admin, "subscription": subscription,
-            "nid": nid}
+            "nid": nid, "token": token}
 
 
 FORM = "application/x-www-form-urlencoded"
@@ -180,9 +193,11 @@ def event_body() -> dict[str, Any]:
 
 
 @given(body=st.one_of(json_body_text(event_body()), leaf_mutations(event_body(), [
-    ("token",), ("event",), ("action",)])))
-@fuzz_settings()
-def test_fuzz_events(site: dict[str, Any], body: bytes) -> None:
+    ("token",), ("event",), ("action",)])), valid_token=st.booleans())
+@fuzz_settings(2)
+def test_fuzz_events(site: dict[str, Any], body: bytes, valid_token: bool) -> None:
+    if valid_token:  # the token of a real delivery, so the values reach the database
+        body = body.replace(event_body()["token"].encode(), site["token"].encode())
     response = site["app"].test_client().post("/webpush/events", data=body,
                                               content_type="application/json")
     check(response, json_route=True)
@@ -237,6 +252,13 @@ def test_fuzz_admin_user_pages(site: dict[str, Any], user_id: str) -> None:
     http = site["admin"].http
     check(http.get(f"{ADMIN}/users/{quoted}"), json_route=False)
     check(http.get(f"{ADMIN}/users/{quoted}.json"), json_route=True)
+
+
+def test_the_fuzzers_valid_token_reaches_the_database(site: dict[str, Any]) -> None:
+    # Without this, the events fuzzer might only ever meet the token check.
+    response = site["app"].test_client().post("/webpush/events", json={
+        "token": site["token"], "event": "clicked", "action": "open"})
+    assert response.status_code == 200 and response.get_json() == {"counted": True}
 
 
 # -- inputs the fuzzers found, kept as regression tests ----------------------------------------
