@@ -262,7 +262,14 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         return {}
     now = utcnow()
     claim = uuid.uuid4().hex
-    stale = now - timedelta(seconds=config["WEBPUSH_CLAIM_TIMEOUT"])
+    claim_timeout = config["WEBPUSH_CLAIM_TIMEOUT"]
+    stale = now - timedelta(seconds=claim_timeout)
+    claimed_at = monotonic()
+    # Past this age the claim may be another worker's (this one seemed dead: frozen,
+    # partitioned, or just slow): no new message is taken, so that requests in flight
+    # can still end before anyone takes over, and what is left goes back to pending.
+    claim_life = max(claim_timeout - config["WEBPUSH_CONNECT_TIMEOUT"]
+                     - config["WEBPUSH_READ_TIMEOUT"], claim_timeout / 2)
     db.session.execute(
         sa.update(D).where(*in_batch, sa.or_(
             sa.and_(D.status == "pending",
@@ -302,14 +309,19 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     payload, urgency, topic = n.payload, n.urgency, n.topic
     with_token = payload_encoder(payload)
     counts: dict[str, int] = {}
-    cancelled = False
+    cancelled = claim_expired = False
     after_commit: list[tuple[Any, dict[str, Any]]] = []  # signals, sent once all is written
 
     def messages() -> Any:
-        # Built as the sender takes them, and no more once the notification is cancelled:
-        # the sender takes new messages only after a flush, which checks the status.
+        # Built as the sender takes them, and no more once the notification is cancelled
+        # (the sender takes new messages only after a flush, which checks the status) or
+        # once the claim is too old to be surely this batch's.
+        nonlocal claim_expired
         for row, ttl in to_send:
             if cancelled:
+                return
+            if monotonic() - claimed_at > claim_life:
+                claim_expired = True
                 return
             yield Message(row.id, row.endpoint, row.p256dh, row.auth,
                           with_token(make_token(row.id, token_expiry, key)), ttl, urgency, topic)
@@ -339,8 +351,31 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     if cancelled:
         counts["skipped"] = counts.get("skipped", 0) + _skip_claimed(db, m, nid, claim)
         db.session.commit()
+    elif claim_expired:
+        _release_claimed(db, m, nid, claim, first_id, last_id)
     finish_if_complete(nid)
     return counts
+
+
+def _release_claimed(db: Any, m: Models, nid: int, claim: str, first_id: int,
+                     last_id: int) -> None:
+    """Give back the rows a batch claimed and did not send (pending, their attempt undone),
+    unless another worker holds them now, and enqueue a batch for them."""
+    D = m.Delivery
+    released = db.session.execute(
+        sa.update(D).where(D.notification_id == nid, D.id.between(first_id, last_id),
+                           D.claimed_by == claim, D.status == "sending")
+        .values(status="pending", claimed_by=None, attempts=D.attempts - 1)
+        .execution_options(synchronize_session=False)).rowcount
+    db.session.commit()
+    if released:
+        log.warning("webpush: a batch of notification %s outlived its claim; %s deliveries "
+                    "go back to pending", nid, released)
+        try:
+            get_queue().enqueue(send_batch, nid, first_id, last_id)
+        except REDIS_ERRORS:
+            log.warning("webpush: Redis unavailable; deliveries %s-%s of notification %s are "
+                        "left to recover", first_id, last_id, nid)
 
 
 def _status(notification_id: int) -> str | None:

@@ -230,3 +230,45 @@ def test_waiting_for_a_paused_push_service_uses_up_no_attempt(
     # Paused twice without a request: still its 2 attempts, the first one sent.
     assert (rows[waiting.id].status, rows[waiting.id].attempts) == ("sent", 1)
     assert push_service.request_count(waiting.endpoint) == 1
+
+
+def test_a_worker_frozen_past_its_claim_sends_no_more_than_was_in_flight_once_it_resumes(
+        make_host: Any, push_service: Any) -> None:
+    import os
+    import signal
+
+    concurrency = 2
+    host = make_host(WEBPUSH_SEND_CONCURRENCY=concurrency, WEBPUSH_BATCH_SIZE=50,
+                     WEBPUSH_CLAIM_TIMEOUT=3, WEBPUSH_CONNECT_TIMEOUT=1,
+                     WEBPUSH_READ_TIMEOUT=1, WEBPUSH_RECOVER_INTERVAL=3600)
+    subs = [host.subscribe("1") for _ in range(12)]
+    for sub in subs:
+        push_service.respond(sub.endpoint, 201, delay=0.3)
+
+    def received() -> int:
+        return sum(push_service.request_count(s.endpoint) for s in subs)
+
+    proc = host.start_worker("--simple")
+    try:
+        nid = notify(host, ["1"])
+        wait_until(lambda: received() >= 2, "the worker did not start sending", 30)
+        os.kill(proc.pid, signal.SIGSTOP)  # frozen: a stopped VM, a long partition
+        # A real process's claim ages in real time: past WEBPUSH_CLAIM_TIMEOUT (3 s) another
+        # worker, here this test, takes the batch over and sends what is left.
+        time.sleep(3.5)
+        with host.app.app_context():
+            assert host.webpush.recover()["batches"] >= 1
+        InProcessQueue(host.app, ManualClock()).run_all()
+        taken_over = received()
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(2.5)  # what the resumed worker does now: its requests time out in 1 s
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(20)
+    copies = [push_service.request_count(s.endpoint) for s in subs]
+    assert all(c >= 1 for c in copies)
+    # Only what was in flight when it froze may go out twice; nothing after it resumed.
+    assert sum(copies) - len(subs) <= concurrency, copies
+    assert received() - taken_over <= concurrency
+    assert {d.status for d in host.deliveries(nid)} == {"sent"}
