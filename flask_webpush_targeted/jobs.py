@@ -11,15 +11,18 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue as queue_module
+import threading
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from flask import current_app
 from rq.job import Job
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import defer
 
 from . import signals
 from .clock import monotonic, utcnow
@@ -38,7 +41,7 @@ from .counters import (
 )
 from .models import Models
 from .push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
-from .queue import REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
+from .queue import enqueue_at, fanout_job_id, get_queue
 from .sending import payload_encoder
 from .tracking import make_token, signing_key
 
@@ -144,9 +147,15 @@ def fan_out(notification_id: int) -> None:
         enqueue_at(get_queue(), n.send_at, fan_out, notification_id,
                    job_id=fanout_job_id(notification_id))
         return
+    N = m.Notification
     if n.status in ("queued", "scheduled"):
-        n.status = "sending"
+        # Conditional: a cancel() committed since the read above must stand.
+        started = db.session.execute(
+            sa.update(N).where(N.id == n.id, N.status.in_(("queued", "scheduled")))
+            .values(status="sending").execution_options(synchronize_session=False)).rowcount
         db.session.commit()
+        if not started:
+            return
     nid, last, audience = n.id, 0, n.target_count
     if n.fanned_out_at is None:
         now = utcnow()
@@ -169,7 +178,6 @@ def fan_out(notification_id: int) -> None:
             # Each chunk's batches go out at once: other workers send while this one
             # goes on fanning out (the notification is done only once fanned_out_at is set).
             last = enqueue_batches(nid, after=last)
-        N = m.Notification
         if db.session.scalar(sa.select(N.target_count).where(N.id == nid)) != audience:
             # A user was erased while this ran (forget_user shrinks the audience of a
             # notification not fanned out yet): keep only who is still in it.
@@ -310,7 +318,8 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     with_token = payload_encoder(payload)
     counts: dict[str, int] = {}
     cancelled = claim_expired = False
-    after_commit: list[tuple[Any, dict[str, Any]]] = []  # signals, sent once all is written
+    expired_late: list[int] = []  # the validity ended while the batch was sending
+    batch = _Batch(deadline)
 
     def messages() -> Any:
         # Built as the sender takes them, and no more once the notification is cancelled
@@ -323,15 +332,25 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
             if monotonic() - claimed_at > claim_life:
                 claim_expired = True
                 return
+            if ttl:  # the validity left now, not when the batch began (a slow service)
+                left = (deadline - utcnow()).total_seconds()
+                if left <= 0:
+                    expired_late.append(row.id)
+                    continue
+                ttl = int(left)
             yield Message(row.id, row.endpoint, row.p256dh, row.auth,
                           with_token(make_token(row.id, token_expiry, key)), ttl, urgency, topic)
 
     by_id = {row.id: row for row in rows}
 
+    notifier = _Notifier(_app())
+
     def record(done: list[tuple[int, PushResult]]) -> None:
         nonlocal cancelled
-        for status, count in _record(nid, start, by_id, dict(done), claim, after_commit).items():
+        for status, count in _record(nid, start, by_id, dict(done), claim, batch).items():
             counts[status] = counts.get(status, 0) + count
+        notifier.send(batch.signals)  # what this flush wrote, now committed
+        batch.signals = []
         cancelled = cancelled or _status(nid) == "cancelled"
 
     if results:  # skipped and expired ones: recorded before anything is sent
@@ -343,11 +362,11 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     try:
         _sender().send_many(messages(), record,
                             flush_every=max(1, concurrency // 2))
+        if expired_late:
+            record([(i, PushResult("expired", reason="validity period (ttl) passed"))
+                    for i in expired_late])
     finally:
-        # Host code runs only now: a receiver that raises or blocks cannot stop the
-        # batch, cancel a request in flight, or make an answer late (a resend).
-        for signal, kwargs in after_commit:
-            signal.send(_app(), **kwargs)
+        notifier.close()
     if cancelled:
         counts["skipped"] = counts.get("skipped", 0) + _skip_claimed(db, m, nid, claim)
         db.session.commit()
@@ -373,7 +392,7 @@ def _release_claimed(db: Any, m: Models, nid: int, claim: str, first_id: int,
                     "go back to pending", nid, released)
         try:
             get_queue().enqueue(send_batch, nid, first_id, last_id)
-        except REDIS_ERRORS:
+        except redis.exceptions.RedisError:
             log.warning("webpush: Redis unavailable; deliveries %s-%s of notification %s are "
                         "left to recover", first_id, last_id, nid)
 
@@ -398,10 +417,57 @@ def _retry_delay(attempts: int, hinted: float | None) -> float:
 _RESULT_COLUMNS = ("status", "status_code", "reason", "next_attempt_at", "sent_at", "claimed_by")
 
 
+class _Notifier:
+    """Sends a batch's signals from a thread of its own, flush by flush, once each flush is
+    committed: the host's receivers, whatever they do (raise, block, write), neither hold
+    up the event loop with requests in flight nor touch the batch's database session. A
+    worker killed mid-batch loses the signals of at most the flushes not yet sent."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._queue: queue_module.SimpleQueue[list[tuple[Any, dict[str, Any]]] | None] = (
+            queue_module.SimpleQueue())
+        self._thread: threading.Thread | None = None
+
+    def send(self, pending: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Hand over signals to send (nothing happens when nobody listens)."""
+        wanted = [(sig, kw) for sig, kw in pending if sig.receivers]
+        if not wanted:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="webpush-signals",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put(wanted)
+
+    def close(self) -> None:
+        """Wait until every signal handed over was sent."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            db = self.app.extensions["webpush"].db
+            while (pending := self._queue.get()) is not None:
+                for sig, kwargs in pending:
+                    sig.send(self.app, **kwargs)
+                    db.session.rollback()  # a receiver's failed write spoils no later one
+
+
+@dataclass
+class _Batch:
+    """What the flushes of one batch share."""
+
+    deadline: datetime  # the end of the notification's validity
+    signals: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)  # sent at the end
+    redis_down: bool = False  # a retry could not be scheduled: leave the others to recover
+
+
 def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, PushResult],
-            claim: str, signals_out: list[tuple[Any, dict[str, Any]]]) -> dict[str, int]:
+            claim: str, batch: _Batch) -> dict[str, int]:
     """Write results in a few statements, whatever their number; then schedule the retries.
-    The signals the results call for are appended to ``signals_out``, sent by the caller."""
+    The signals the results call for are added to ``batch.signals``, sent by the caller."""
     ext = _ext()
     db, m = ext.db, ext.models
     max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
@@ -422,11 +488,18 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
             else:
                 status = "pending"
                 next_at = now + timedelta(seconds=_retry_delay(attempts, result.retry_after))
+            if next_at is not None and next_at >= batch.deadline:
+                # The retry would come after the validity ends: final now, not then.
+                status, next_at = "expired", None
+                reason = f"validity period (ttl) ends before the retry: {reason}"
+            elif next_at is not None:
                 # One retry job per due time (to the second, as RQ schedules): a job at the
                 # earliest time alone would find the later rows not yet due and leave them.
                 due = _whole_second(next_at)
                 lo, hi = retries.get(due, (delivery_id, delivery_id))
                 retries[due] = (min(lo, delivery_id), max(hi, delivery_id))
+        if reason is not None:
+            reason = reason[:255]  # the column's size, whatever was added in front
         counts[status] = counts.get(status, 0) + 1
         final[delivery_id] = (status, result.status_code, reason)
         # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
@@ -482,7 +555,7 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
         if delivery_id not in mine:
             continue  # another worker's now: it tells
         if result.outcome == "sent":
-            signals_out.append((signals.delivery_sent, {
+            batch.signals.append((signals.delivery_sent, {
                 "delivery_id": delivery_id, "notification_id": nid,
                 "subscription_id": rows[delivery_id].subscription_id}))
         elif result.outcome in ("gone", "failed") or (
@@ -491,14 +564,17 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
             if result.status_code in (400, 401, 403):
                 log.error("webpush: push service refused delivery %s (%s): check the VAPID "
                           "keys and subject", delivery_id, result.reason)
-            signals_out.append((signals.delivery_failed, {
+            batch.signals.append((signals.delivery_failed, {
                 "delivery_id": delivery_id, "notification_id": nid,
                 "subscription_id": rows[delivery_id].subscription_id, "error": result.reason,
                 "status_code": result.status_code, "gone": result.outcome == "gone"}))
     for due, (first, last) in sorted(retries.items()):
+        if batch.redis_down:
+            break  # each failed attempt costs seconds of redis-py's own retries
         try:
             enqueue_at(get_queue(), due, send_batch, nid, first, last)
-        except REDIS_ERRORS:
+        except redis.exceptions.RedisError:
+            batch.redis_down = True
             # The rows are written as pending with their due time: recover() finds them
             # once they are overdue. The batch itself goes on.
             log.warning("webpush: Redis unavailable; the retry of deliveries %s-%s of "
@@ -570,21 +646,30 @@ def recover() -> dict[str, int]:
     stale = now - timedelta(seconds=config["WEBPUSH_CLAIM_TIMEOUT"])
     queue = get_queue()
     done = {"enqueued": 0, "scheduled": 0, "batches": 0}
-    waiting = db.session.scalars(sa.select(N).where(N.status.in_(("queued", "scheduled")))
-                                 .options(defer(N.targeting),
-                                          defer(N.users_without_devices)))
+    waiting = db.session.execute(sa.select(N.id, N.status, N.job_id, N.send_at, N.queued_at)
+                                 .where(N.status.in_(("queued", "scheduled")))).all()
+    db.session.commit()
     for n in waiting:
         if _job_alive(n.job_id):
             continue
         job_id = fanout_job_id(n.id)
-        if n.send_at and n.send_at > now:
+        later = bool(n.send_at and n.send_at > now)
+        # Conditional, and committed before the job exists: a cancel() committed meanwhile
+        # stands (and a job enqueued after it finds the notification cancelled).
+        taken = db.session.execute(
+            sa.update(N).where(N.id == n.id, N.status == n.status)
+            .values(status="scheduled" if later else "queued", job_id=job_id,
+                    queued_at=n.queued_at or now)
+            .execution_options(synchronize_session=False)).rowcount
+        db.session.commit()
+        if not taken:
+            continue
+        if later:
             enqueue_at(queue, n.send_at, fan_out, n.id, job_id=job_id)
-            n.status, done["scheduled"] = "scheduled", done["scheduled"] + 1
+            done["scheduled"] += 1
         else:
             queue.enqueue(fan_out, n.id, job_id=job_id)
-            n.status, done["enqueued"] = "queued", done["enqueued"] + 1
-        n.job_id, n.queued_at = job_id, n.queued_at or now
-    db.session.commit()
+            done["enqueued"] += 1
     sending = db.session.execute(sa.select(N.id, N.fanned_out_at, N.queued_at, N.created_at)
                                  .where(N.status == "sending")).all()
     # Claims older than the timeout belong to a dead worker; pending rows that long past
@@ -598,8 +683,10 @@ def recover() -> dict[str, int]:
     for n in sending:
         nid = n.id
         if n.fanned_out_at is None:
-            if (n.queued_at or n.created_at) < stale and _first_recovery(queue, "fan-out", nid):
-                queue.enqueue(fan_out, nid)
+            job_id = fanout_job_id(nid)
+            if ((n.queued_at or n.created_at) < stale and not _job_alive(job_id)
+                    and _first_recovery(queue, "fan-out", nid)):
+                queue.enqueue(fan_out, nid, job_id=job_id)  # the fan-out still running wins
                 done["enqueued"] += 1
             continue
         has_stuck = db.session.scalar(sa.select(sa.exists().where(
@@ -634,13 +721,17 @@ def _first_recovery(queue: Any, what: str, notification_id: int) -> bool:
     WEBPUSH_CLAIM_TIMEOUT (all workers together), False for the others."""
     key = f"webpush:{queue.name}:recovered:{what}:{notification_id}"
     timeout = max(1, int(current_app.config["WEBPUSH_CLAIM_TIMEOUT"]))
-    now = utcnow().timestamp()
-    last = queue.connection.get(key)
-    if last is not None and now - float(last) < timeout:
-        return False
-    # The time is kept in the value (the clock may be a test's); Redis forgets it later.
-    queue.connection.set(key, now, ex=2 * timeout)
-    return True
+    # The time is kept in the value (the clock may be a test's; Redis forgets the key
+    # later), compared and set in one step so that two workers never both take the turn.
+    return bool(queue.connection.eval(_TAKE_TURN, 1, key, utcnow().timestamp(), timeout))
+
+
+_TAKE_TURN = """
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(ARGV[1]) - tonumber(last) < tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', 2 * tonumber(ARGV[2]))
+return 1
+"""
 
 
 def _finish_cancelled(db: Any, m: Models, stale: datetime) -> int:

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import socket
 import ssl
 import struct
@@ -459,12 +460,17 @@ class PushSender:
             return PushResult("retry", reason=f"connection error: {type(exc).__name__}")
         except ProtocolError as exc:
             return PushResult("failed", reason=f"request error: {exc}"[:255])
-        text = response.body[:200].decode("utf-8", "replace")
+        # A service's words are stored and shown: no NUL (PostgreSQL refuses it in text,
+        # which failed the whole flush) and no other control character.
+        text = _CONTROL.sub("\ufffd", response.body[:200].decode("utf-8", "replace"))
         result = classify(response.status, response.headers.get("retry-after"), text,
                           max_delay=self.max_retry_delay)
         if result.status_code == 429 and result.retry_after:
             self._paused[origin] = self._clock() + result.retry_after
         return result
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def classify(code: int, retry_after: str | None, text: str = "", *,

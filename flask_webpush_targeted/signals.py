@@ -12,8 +12,12 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from blinker import NamedSignal, Namespace
+from rq.timeouts import BaseTimeoutException
 
 log = logging.getLogger("flask_webpush_targeted")
+
+#: RQ raises its job timeout inside whatever code runs when the time is up
+_PASS_THROUGH = (BaseTimeoutException,)
 
 
 class IsolatedSignal(NamedSignal):
@@ -33,6 +37,8 @@ class IsolatedSignal(NamedSignal):
                         raise RuntimeError("Cannot send to a coroutine function.")
                     call = _async_wrapper(receiver)
                 results.append((receiver, call(sender, **kwargs)))
+            except _PASS_THROUGH:
+                raise  # RQ's job timeout: the job must stop, not the receiver be blamed
             except Exception as exc:
                 log.exception("webpush: a receiver of %s raised; ignored", self.name)
                 results.append((receiver, exc))
