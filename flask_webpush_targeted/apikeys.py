@@ -93,9 +93,12 @@ def find_keys(db: Any, m: Models, id_or_name: str) -> list[Any]:
     text = id_or_name.removeprefix(PREFIX)
     if id_or_name.startswith(PREFIX):
         text = text.split("_", 1)[0]
-    if text.isdigit() and len(text) < 19:
+    # ASCII digits only ("²".isdigit() is True, int("²") fails), within the id column
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 2**31 - 1:
         row = db.session.get(K, int(text))
         return [row] if row is not None else []
+    if "\x00" in id_or_name:
+        return []  # no name holds one, and PostgreSQL refuses it in a query
     return list(db.session.scalars(sa.select(K).where(K.name == id_or_name).order_by(K.id)))
 
 

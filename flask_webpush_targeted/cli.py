@@ -77,11 +77,21 @@ def forget_user_command(user_id: str, yes: bool) -> None:
               help="Run jobs in the worker's own process (no fork per job): faster, less isolated.")
 @click.option("--name", default=None, help="Worker name (default: host and pid).")
 def worker_command(burst: bool, simple: bool, name: str | None) -> None:
-    """Run an RQ worker with its scheduler on WEBPUSH_QUEUE."""
-    from .queue import make_worker
+    """Run an RQ worker with its scheduler on WEBPUSH_QUEUE (started again after a Redis
+    failure, until SIGTERM)."""
+    from .queue import run_worker
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    make_worker(app, simple=simple, name=name).work(burst=burst, with_scheduler=True)
+    run_worker(app, simple=simple, name=name, burst=burst)
+
+
+@webpush_cli.command("fold-platforms")
+def fold_platforms_command() -> None:
+    """Fold per-platform figures counted by device label into browser and device type."""
+    from .counters import fold_old_platform_rows
+
+    ext = current_app.extensions["webpush"]
+    click.echo(f"{fold_old_platform_rows(ext.db, ext.models)} per-platform rows folded.")
 
 
 @webpush_cli.command("recover")

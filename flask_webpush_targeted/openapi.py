@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from .crm_requests import LATEST, MAX_DEPTH, MAX_ID, MAX_PAGE, MAX_PER_PAGE, STATUSES
+from .platforms import PLATFORMS
 
 STATUS_URL = "https://shop.example/webpush/api/v1/notifications/42"
 _REF = "#/components/schemas/"
@@ -198,7 +199,8 @@ SCHEMAS: dict[str, Any] = {
     "PlatformFigures": {
         "type": "object", "additionalProperties": False,
         "required": ["platform", "deliveries", "sent", "displayed", "clicked"],
-        "properties": {"platform": {"type": "string"}, "deliveries": _COUNT, "sent": _COUNT,
+        "properties": {"platform": {"type": "string", "enum": list(PLATFORMS)},
+                       "deliveries": _COUNT, "sent": _COUNT,
                        "displayed": _COUNT, "clicked": _COUNT},
     },
     "Stats": {
@@ -296,7 +298,7 @@ _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "finished_at": "2026-12-01T08:00:03+00:00", "status_url": STATUS_URL,
     "stats": {**_STATS_EXAMPLE, "pruned": False,
               "failure_reasons": [],
-              "by_platform": [{"platform": "Firefox on Linux", "deliveries": 2, "sent": 2,
+              "by_platform": [{"platform": "Firefox desktop", "deliveries": 2, "sent": 2,
                                "displayed": 2, "clicked": 1}]},
 }
 _LISTED_EXAMPLE = {**_NOTIFICATION_EXAMPLE, "stats": _STATS_EXAMPLE}

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -127,3 +128,29 @@ def make_worker(app: Flask, *, simple: bool = False,
     worker.app = app
     worker._parent_pid = os.getpid()
     return worker
+
+
+def run_worker(app: Flask, *, burst: bool = False, simple: bool = False,
+               name: str | None = None, max_delay: float = 30.0) -> None:
+    """Run a worker until it is asked to stop, starting it again when Redis failed it.
+
+    RQ's worker quits on a Redis error outside its wait for jobs (a heartbeat, a
+    maintenance round: "found an unhandled exception, quitting"), so a Redis restart
+    stopped every worker. A warm or cold shutdown (SIGTERM, SIGINT) and ``burst`` end
+    the loop as before.
+    """
+    delay, restarts = 1.0, 0
+    while True:
+        worker_name = name if name is None or not restarts else f"{name}-{restarts}"
+        worker = None
+        try:
+            worker = make_worker(app, simple=simple, name=worker_name)
+            worker.work(burst=burst, with_scheduler=True)
+        except redis.exceptions.RedisError as exc:
+            log.warning("webpush: the worker stopped on a Redis error: %s", exc)
+        if burst or (worker is not None and worker._stop_requested):
+            return
+        restarts += 1
+        log.warning("webpush: starting the worker again in %.0f s", delay)
+        time.sleep(delay)  # the worker's own process: nothing else waits on it
+        delay = min(delay * 2, max_delay)

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import redis
 import sqlalchemy as sa
 from browser import wait_until
@@ -273,3 +274,81 @@ def test_a_worker_frozen_past_its_claim_sends_no_more_than_was_in_flight_once_it
     assert sum(copies) - len(subs) <= concurrency, copies
     assert received() - taken_over <= concurrency
     assert {d.status for d in host.deliveries(nid)} == {"sent"}
+
+
+class RestartableRedis:
+    """A redis-server of this test's own on a spare port, to kill and start again."""
+
+    def __init__(self, folder: Any) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--dir", str(folder)]
+        self.proc: Any = None
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        conn = redis.Redis(port=self.port)
+        wait_until(lambda: _answers(conn), "the test's own Redis did not start", 10)
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Any) -> Any:
+    """Set up before make_host, so it is stopped after the hosts on it are closed."""
+    server = RestartableRedis(tmp_path)
+    yield server
+    server.stop()
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it_and_then_sends(
+        restartable_redis: RestartableRedis, make_host: Any, push_service: Any) -> None:
+    import subprocess
+
+    server = restartable_redis
+    host = make_host(WEBPUSH_REDIS_URL=f"redis://127.0.0.1:{server.port}/0",
+                     WEBPUSH_RECOVER_INTERVAL=1)
+    sub = host.subscribe("1")
+    server.kill()  # a deploy starts the workers while Redis restarts
+    worker = host.start_worker()
+    try:
+        time.sleep(2)  # RQ's worker exited at once with a ConnectionError
+        assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
+        server.start()
+        nid = notify(host, ["1"])
+        try:
+            wait_until(lambda: push_service.request_count(sub.endpoint) == 1,
+                       "the worker did not send once Redis answered", 45)
+        except BaseException:
+            worker.kill()
+            raise AssertionError(worker.communicate()[1].decode()[-4000:]) from None
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise AssertionError(worker.communicate()[1].decode()[-3000:]) from None
+    assert [d.status for d in host.deliveries(nid)] == ["sent"]
+
+
+def _answers(conn: Any) -> bool:
+    try:
+        return bool(conn.ping())
+    except redis.exceptions.ConnectionError:
+        return False
