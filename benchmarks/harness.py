@@ -52,7 +52,7 @@ def push_sink() -> Iterator[tuple[str, subprocess.Popen[str]]]:
 def bench_app(origin: str, **config: Any) -> Iterator[Any]:
     """A host app on a fresh PostgreSQL schema and a fresh queue; dropped afterwards."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(POSTGRES_URL)
+    engine = sa.create_engine(POSTGRES_URL, pool_pre_ping=True)  # survives a PostgreSQL restart
     with engine.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     settings = {
