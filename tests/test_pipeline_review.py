@@ -147,27 +147,30 @@ def test_a_cancel_committed_while_the_fan_out_starts_is_not_overwritten(
         make_host: Any, push_service: Any) -> None:
     # fan_out reads the notification, then writes status "sending" unconditionally: a
     # cancel() committed in between is overwritten and everything is sent. The hook below
-    # only pauses the fan-out at that point while another session cancels, as a concurrent
+    # only pauses the fan-out at that point while another request cancels, as a concurrent
     # admin request would.
     host = make_host()
     subs = [host.subscribe("1") for _ in range(3)]
     nid = notify(host, ["1"])
-    N = host.webpush.models.Notification
     answers: list[bool] = []
 
-    def cancel_now(session: Any, _context: Any, _instances: Any) -> None:
-        for obj in session.dirty:
-            if isinstance(obj, N) and obj.id == nid and obj.status == "sending" and not answers:
-                other = threading.Thread(
-                    target=lambda: answers.append(_in_app(host, host.webpush.cancel, nid)))
-                other.start()
-                other.join(30)
+    def cancel_now(_conn: Any, _cursor: Any, statement: str, params: Any,
+                   _context: Any, _many: bool) -> None:
+        # the fan-out is about to write "sending": another request cancels right then
+        if (statement.startswith("UPDATE webpush_notification") and "sending" in str(params)
+                and not answers):
+            other = threading.Thread(
+                target=lambda: answers.append(_in_app(host, host.webpush.cancel, nid)))
+            other.start()
+            other.join(30)
 
-    sa.event.listen(sa.orm.Session, "before_flush", cancel_now)
+    with host.app.app_context():
+        engine = host.db.engine
+    sa.event.listen(engine, "before_cursor_execute", cancel_now)
     try:
         InProcessQueue(host.app, ManualClock()).run_all()
     finally:
-        sa.event.remove(sa.orm.Session, "before_flush", cancel_now)
+        sa.event.remove(engine, "before_cursor_execute", cancel_now)
     assert answers == [True]
     sent = sum(push_service.request_count(s.endpoint) for s in subs)
     got = (host.notification(nid).status, sent, {d.status for d in host.deliveries(nid)})
@@ -410,6 +413,19 @@ def test_two_workers_recovering_at_once_enqueue_one_copy_of_a_stuck_batch(
     assert got == ([0, 1], 1), got
 
 
+def advance_per_answer(push_service: Any, subs: list[Any], batch: threading.Thread,
+                       clock: ManualClock, *, answers: int, seconds: float) -> None:
+    """Move the batch's clock ``seconds`` on after each of its first ``answers`` requests
+    (or once the batch has ended)."""
+    for answered in range(1, answers + 1):
+        deadline = time.monotonic() + 15
+        while (sum(push_service.request_count(s.endpoint) for s in subs) <= answered
+               and batch.is_alive()):
+            assert time.monotonic() < deadline, "the batch neither sent nor ended"
+            time.sleep(0.01)
+        clock.advance(seconds)
+
+
 def test_a_batch_running_longer_than_the_claim_timeout_is_not_sent_twice(
         make_host: Any, push_service: Any) -> None:
     # A batch's claim is dated once, when it is taken; a batch still sending after
@@ -436,13 +452,7 @@ def test_a_batch_running_longer_than_the_claim_timeout_is_not_sent_twice(
         try:
             # 25 s of the batch's time per answer: after four, it has been sending for
             # 100 s, longer than the claim timeout, its last result written 25 s ago.
-            for answered in range(1, 5):
-                deadline = time.monotonic() + 15
-                while (sum(push_service.request_count(s.endpoint) for s in subs) <= answered
-                       and slow.is_alive()):
-                    assert time.monotonic() < deadline, "the batch neither sent nor ended"
-                    time.sleep(0.01)
-                clock.advance(25)
+            advance_per_answer(push_service, subs, slow, clock, answers=4, seconds=25)
             with other.app_context():
                 other.extensions["webpush"].recover()
             InProcessQueue(other, clock).run_all()
@@ -472,13 +482,8 @@ def test_a_batch_sends_nothing_once_the_validity_has_passed(
         batch = threading.Thread(target=lambda: _in_app(host, send_batch, nid, first, last))
         batch.start()
         try:
-            for answered in range(1, 3):  # 20 s of the batch's time per answer
-                deadline = time.monotonic() + 15
-                while (sum(push_service.request_count(s.endpoint) for s in subs) <= answered
-                       and batch.is_alive()):
-                    assert time.monotonic() < deadline, "the batch neither sent nor ended"
-                    time.sleep(0.01)
-                clock.advance(20)
+            # 20 s of the batch's time per answer
+            advance_per_answer(push_service, subs, batch, clock, answers=2, seconds=20)
             at_expiry = sum(push_service.request_count(s.endpoint) for s in subs)
         finally:
             batch.join(30)
