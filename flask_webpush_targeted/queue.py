@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -135,9 +136,9 @@ def run_worker(app: Flask, *, burst: bool = False, simple: bool = False,
     """Run a worker until it is asked to stop, starting it again when Redis failed it.
 
     RQ's worker quits on a Redis error outside its wait for jobs (a heartbeat, a
-    maintenance round: "found an unhandled exception, quitting"), so a Redis restart
-    stopped every worker. A warm or cold shutdown (SIGTERM, SIGINT) and ``burst`` end
-    the loop as before.
+    maintenance round: "found an unhandled exception, quitting"), and exits at once when
+    started while Redis is down, so a Redis restart stopped every worker. A warm or cold
+    shutdown (SIGTERM, SIGINT) and ``burst`` end the loop as before.
     """
     delay, restarts = 1.0, 0
     while True:
@@ -148,9 +149,26 @@ def run_worker(app: Flask, *, burst: bool = False, simple: bool = False,
             worker.work(burst=burst, with_scheduler=True)
         except redis.exceptions.RedisError as exc:
             log.warning("webpush: the worker stopped on a Redis error: %s", exc)
-        if burst or (worker is not None and worker._stop_requested):
+        # RQ marks a shutdown asked of an idle worker by its date alone (StopRequested).
+        asked = worker is not None and (worker._stop_requested or getattr(
+            worker, "_shutdown_requested_date", None) is not None)
+        if burst or asked or not _pause(delay):
             return
         restarts += 1
-        log.warning("webpush: starting the worker again in %.0f s", delay)
-        time.sleep(delay)  # the worker's own process: nothing else waits on it
         delay = min(delay * 2, max_delay)
+
+
+def _pause(seconds: float) -> bool:
+    """Wait before starting the worker again; False when SIGTERM or SIGINT came meanwhile."""
+    stopped: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, _frame: stopped.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        log.warning("webpush: starting the worker again in %.0f s", seconds)
+        deadline = time.monotonic() + seconds
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return not stopped

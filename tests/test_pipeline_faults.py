@@ -5,6 +5,7 @@ the idle-worker test runs a real worker process."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -182,8 +183,7 @@ def test_an_idle_worker_recovers_every_recover_interval(make_host: Any) -> None:
         wait_until(lambda: sending.push_service.request_count(sub.endpoint) == 1,
                    "an idle worker did not recover the abandoned delivery", 20)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        _stop(proc)
     assert [d.status for d in sending.deliveries(nid)] == ["sent"]
 
 
@@ -266,8 +266,7 @@ def test_a_worker_frozen_past_its_claim_sends_no_more_than_was_in_flight_once_it
         time.sleep(2.5)  # what the resumed worker does now: its requests time out in 1 s
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(20)
+        _stop(proc)
     copies = [push_service.request_count(s.endpoint) for s in subs]
     assert all(c >= 1 for c in copies)
     # Only what was in flight when it froze may go out twice; nothing after it resumed.
@@ -318,7 +317,6 @@ def restartable_redis(tmp_path: Any) -> Any:
 
 def test_a_worker_started_while_redis_is_down_waits_for_it_and_then_sends(
         restartable_redis: RestartableRedis, make_host: Any, push_service: Any) -> None:
-    import subprocess
 
     server = restartable_redis
     host = make_host(WEBPUSH_REDIS_URL=f"redis://127.0.0.1:{server.port}/0",
@@ -328,23 +326,43 @@ def test_a_worker_started_while_redis_is_down_waits_for_it_and_then_sends(
     worker = host.start_worker()
     try:
         time.sleep(2)  # RQ's worker exited at once with a ConnectionError
-        assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
+        assert worker.poll() is None, _stderr(worker)
         server.start()
         nid = notify(host, ["1"])
         try:
             wait_until(lambda: push_service.request_count(sub.endpoint) == 1,
                        "the worker did not send once Redis answered", 45)
         except BaseException:
-            worker.kill()
-            raise AssertionError(worker.communicate()[1].decode()[-4000:]) from None
+            raise AssertionError(_stderr(worker)) from None
     finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            raise AssertionError(worker.communicate()[1].decode()[-3000:]) from None
+        _stop(worker)
     assert [d.status for d in host.deliveries(nid)] == ["sent"]
+
+
+def _stop(worker: Any) -> None:
+    """Warm shutdown (SIGTERM), as a supervisor would; a worker that ignores it fails the
+    test, killed with its children so that nothing outlives it."""
+    import subprocess
+
+    worker.terminate()
+    try:
+        worker.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker ignored SIGTERM: {_stderr(worker)}") from None
+
+
+def _stderr(worker: Any) -> str:
+    """The end of a stopped worker's stderr (its scheduler, a child, may hold the pipe)."""
+    import os
+    import signal
+    import subprocess
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    try:
+        return str(worker.communicate(timeout=10)[1].decode(errors="replace")[-3000:])
+    except subprocess.TimeoutExpired:
+        return "(no stderr: the pipe stayed open)"
 
 
 def _answers(conn: Any) -> bool:
