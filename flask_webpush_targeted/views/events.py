@@ -68,6 +68,8 @@ def track_event() -> ResponseReturnValue:
     from .. import signals
 
     if counted:
+        if action is not None:  # what was kept: only an action the notification offered
+            action = webpush.db.session.scalar(sa.select(D.action).where(D.id == delivery_id))
         signals.event_tracked.send(current_app._get_current_object(),  # type: ignore[attr-defined]
                                    kind=event, delivery_id=delivery_id, action=action)
     return jsonify(counted=counted)
