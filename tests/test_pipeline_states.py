@@ -1,8 +1,9 @@
 """The delivery pipeline as a state machine (hypothesis ``RuleBasedStateMachine``).
 
 Rules interleave notify, cancel (between jobs and in the middle of a batch), jobs run,
-workers killed mid-batch, recover, scripted push-service faults per subscription (429
-with any Retry-After, 5xx, 404/410, timeouts) and time passing. Time is a ManualClock;
+workers killed mid-batch, time passing in the middle of a batch, recover, scripted
+push-service faults per subscription (429 with any Retry-After, 5xx, 404/410, timeouts)
+and time passing. Time is a ManualClock;
 jobs run in this process (pipeline_driver) on the real Redis, on SQLite and PostgreSQL,
 against the local push service, which decrypts what it receives.
 
@@ -40,6 +41,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -59,7 +61,7 @@ READ_TIMEOUT = 0.3
 USERS = ["1", "2", "3"]
 
 PROFILES = {
-    "ci": dict(max_examples=6, stateful_step_count=25),
+    "ci": dict(max_examples=25, stateful_step_count=30),
     "long": dict(max_examples=200, stateful_step_count=60),
 }
 
@@ -131,6 +133,11 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             return list(got)
 
         # -- rules ----------------------------------------------------------------------
+
+        @initialize()
+        def a_first_notification(self) -> None:
+            """Every run has something to deliver, whatever rules it draws."""
+            self.notify(USERS, 300, None)
 
         @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
               ttl=st.sampled_from([0, 30, 300, 3600]),
@@ -218,6 +225,23 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 return result
 
             with mock.patch.object(jobs, "_record", cancelling):
+                self._run_one(None)
+
+        @rule(flush=st.integers(1, 3), seconds=st.sampled_from([40, CLAIM_TIMEOUT + 1]))
+        def slow_batch(self, flush: int, seconds: int) -> None:
+            """Time passes in the middle of a batch (a slow push service, a frozen worker):
+            validity may end, the claim may grow too old to go on."""
+            real = jobs._record
+            calls = [0]
+
+            def slow(*args: Any, **kwargs: Any) -> Any:
+                result = real(*args, **kwargs)
+                calls[0] += 1
+                if calls[0] == flush:
+                    self.clock.advance(seconds)
+                return result
+
+            with mock.patch.object(jobs, "_record", slow):
                 self._run_one(None)
 
         @rule()
