@@ -190,20 +190,19 @@ def fan_out(notification_id: int) -> None:
     finish_if_complete(nid)
 
 
-def enqueue_batches(notification_id: int, *, statuses: tuple[str, ...] = ("pending",),
-                    after: int = 0) -> int:
-    """Enqueue send_batch jobs over the notification's deliveries in these statuses with ids
-    above ``after``; return the last id covered (``after`` when there was none)."""
+def enqueue_batches(notification_id: int, *, where: Any = None, after: int = 0) -> int:
+    """Enqueue send_batch jobs over the notification's deliveries that are pending (or match
+    ``where``) with ids above ``after``; return the last id covered (``after`` when none)."""
     ext = _ext()
     db, D = ext.db, ext.models.Delivery
     size = current_app.config["WEBPUSH_BATCH_SIZE"]
     queue = get_queue()
+    chosen = D.status == "pending" if where is None else where
     ranges: list[tuple[int, int]] = []
     last = after
-    while True:
+    while True:  # a batch's worth of ids at a time: a large audience is never read at once
         ids = db.session.scalars(
-            sa.select(D.id).where(D.notification_id == notification_id, D.id > last,
-                                  D.status.in_(statuses))
+            sa.select(D.id).where(D.notification_id == notification_id, D.id > last, chosen)
             .order_by(D.id).limit(size)).all()
         if not ids:
             break
@@ -317,25 +316,22 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     payload, urgency, topic = n.payload, n.urgency, n.topic
     with_token = payload_encoder(payload)
     counts: dict[str, int] = {}
-    cancelled = claim_expired = False
-    expired_late: list[int] = []  # the validity ended while the batch was sending
     batch = _Batch(deadline)
 
     def messages() -> Any:
         # Built as the sender takes them, and no more once the notification is cancelled
-        # (the sender takes new messages only after a flush, which checks the status) or
+        # (the sender takes new messages only after a flush, which reads the status) or
         # once the claim is too old to be surely this batch's.
-        nonlocal claim_expired
         for row, ttl in to_send:
-            if cancelled:
+            if batch.cancelled:
                 return
             if monotonic() - claimed_at > claim_life:
-                claim_expired = True
+                batch.claim_expired = True
                 return
             if ttl:  # the validity left now, not when the batch began (a slow service)
                 left = (deadline - utcnow()).total_seconds()
                 if left <= 0:
-                    expired_late.append(row.id)
+                    batch.expired_late.append(row.id)
                     continue
                 ttl = int(left)
             yield Message(row.id, row.endpoint, row.p256dh, row.auth,
@@ -346,12 +342,10 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     notifier = _Notifier(_app())
 
     def record(done: list[tuple[int, PushResult]]) -> None:
-        nonlocal cancelled
         for status, count in _record(nid, start, by_id, dict(done), claim, batch).items():
             counts[status] = counts.get(status, 0) + count
         notifier.send(batch.signals)  # what this flush wrote, now committed
         batch.signals = []
-        cancelled = cancelled or _status(nid) == "cancelled"
 
     if results:  # skipped and expired ones: recorded before anything is sent
         record(list(results.items()))
@@ -362,15 +356,15 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     try:
         _sender().send_many(messages(), record,
                             flush_every=max(1, concurrency // 2))
-        if expired_late:
+        if batch.expired_late:
             record([(i, PushResult("expired", reason="validity period (ttl) passed"))
-                    for i in expired_late])
+                    for i in batch.expired_late])
     finally:
         notifier.close()
-    if cancelled:
+    if batch.cancelled:
         counts["skipped"] = counts.get("skipped", 0) + _skip_claimed(db, m, nid, claim)
         db.session.commit()
-    elif claim_expired:
+    elif batch.claim_expired:
         _release_claimed(db, m, nid, claim, first_id, last_id)
     finish_if_complete(nid)
     return counts
@@ -457,17 +451,21 @@ class _Notifier:
 
 @dataclass
 class _Batch:
-    """What the flushes of one batch share."""
+    """What one batch's flushes and its message generator share."""
 
     deadline: datetime  # the end of the notification's validity
-    signals: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)  # sent at the end
+    signals: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)  # of this flush
     redis_down: bool = False  # a retry could not be scheduled: leave the others to recover
+    cancelled: bool = False  # seen by a flush: no new message is taken
+    claim_expired: bool = False  # the claim grew too old: what is left goes back
+    expired_late: list[int] = field(default_factory=list)  # validity ended while sending
 
 
 def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, PushResult],
             claim: str, batch: _Batch) -> dict[str, int]:
     """Write results in a few statements, whatever their number; then schedule the retries.
-    The signals the results call for are added to ``batch.signals``, sent by the caller."""
+    The signals the results call for are added to ``batch.signals``, sent by the caller;
+    the notification's status is read in the same transaction (``batch.cancelled``)."""
     ext = _ext()
     db, m = ext.db, ext.models
     max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
@@ -549,6 +547,9 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
     if failed:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(failed))
                            .values(consecutive_failures=Sub.consecutive_failures + 1))
+    if not batch.cancelled:  # read here, not in a transaction of its own: one less commit
+        N = m.Notification
+        batch.cancelled = db.session.scalar(sa.select(N.status).where(N.id == nid)) == "cancelled"
     db.session.commit()
 
     for delivery_id, result in results.items():
@@ -694,26 +695,11 @@ def recover() -> dict[str, int]:
         if not has_stuck:
             finish_if_complete(nid, exact=True)
         elif _first_recovery(queue, "batches", nid):
-            done["batches"] += _enqueue_stuck(db, D, queue, nid, stuck)
+            before = len(queue)
+            enqueue_batches(nid, where=stuck)
+            done["batches"] += len(queue) - before
     done["skipped"] = _finish_cancelled(db, m, stale)
     return done
-
-
-def _enqueue_stuck(db: Any, D: Any, queue: Any, nid: int, stuck: Any) -> int:
-    """Enqueue batch jobs over the notification's stuck rows only; return how many."""
-    size = current_app.config["WEBPUSH_BATCH_SIZE"]
-    ranges: list[tuple[int, int]] = []
-    last = 0
-    while True:  # a batch's worth of ids at a time: a large audience is not read at once
-        ids = db.session.scalars(sa.select(D.id).where(D.notification_id == nid, D.id > last,
-                                                       stuck).order_by(D.id).limit(size)).all()
-        if not ids:
-            break
-        ranges.append((ids[0], ids[-1]))
-        last = ids[-1]
-    db.session.commit()
-    _enqueue_ranges(queue, nid, ranges)
-    return len(ranges)
 
 
 def _first_recovery(queue: Any, what: str, notification_id: int) -> bool:
@@ -750,7 +736,6 @@ def _finish_cancelled(db: Any, m: Models, stale: datetime) -> int:
             D.status == "pending", sa.and_(D.status == "sending", D.claimed_at < stale)))
         db.session.commit()
     return skipped
-
 
 
 def _skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> int:
