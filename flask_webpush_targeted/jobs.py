@@ -41,7 +41,7 @@ from .counters import (
 )
 from .models import Models
 from .push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
-from .queue import enqueue_at, fanout_job_id, get_queue
+from .queue import enqueue_at, fanout_job_id, get_queue, take_turn
 from .sending import payload_encoder
 from .tracking import make_token, signing_key
 
@@ -705,19 +705,8 @@ def recover() -> dict[str, int]:
 def _first_recovery(queue: Any, what: str, notification_id: int) -> bool:
     """True for the first recovery of this kind for this notification within
     WEBPUSH_CLAIM_TIMEOUT (all workers together), False for the others."""
-    key = f"webpush:{queue.name}:recovered:{what}:{notification_id}"
-    timeout = max(1, int(current_app.config["WEBPUSH_CLAIM_TIMEOUT"]))
-    # The time is kept in the value (the clock may be a test's; Redis forgets the key
-    # later), compared and set in one step so that two workers never both take the turn.
-    return bool(queue.connection.eval(_TAKE_TURN, 1, key, utcnow().timestamp(), timeout))
-
-
-_TAKE_TURN = """
-local last = redis.call('GET', KEYS[1])
-if last and tonumber(ARGV[1]) - tonumber(last) < tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', 2 * tonumber(ARGV[2]))
-return 1
-"""
+    return take_turn(queue.connection, f"webpush:{queue.name}:recovered:{what}:{notification_id}",
+                     current_app.config["WEBPUSH_CLAIM_TIMEOUT"])
 
 
 def _finish_cancelled(db: Any, m: Models, stale: datetime) -> int:

@@ -15,6 +15,7 @@ import redis
 from flask import Flask, current_app
 from rq import Queue, SimpleWorker, Worker
 
+from .clock import utcnow
 from .exceptions import ConfigurationError
 
 log = logging.getLogger("flask_webpush_targeted")
@@ -53,6 +54,24 @@ def fanout_job_id(notification_id: int) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,28}", queue):  # what a job id allows, and short
         queue = hashlib.sha256(queue.encode()).hexdigest()[:28]
     return f"webpush-fanout-{queue}-{notification_id}"
+
+
+def take_turn(connection: redis.Redis, key: str, seconds: float) -> bool:
+    """True for the first caller of ``key`` within ``seconds`` (of ``clock.utcnow``), among
+    every process sharing the Redis; False for the others.
+
+    The time of the last turn is kept in the key's value and compared and set in one step
+    (a script), so that two callers never both take it, and so that a test's clock counts.
+    """
+    return bool(connection.eval(_TAKE_TURN, 1, key, utcnow().timestamp(), max(seconds, 1)))
+
+
+_TAKE_TURN = """
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(ARGV[1]) - tonumber(last) < tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(2 * tonumber(ARGV[2])))
+return 1
+"""
 
 
 def enqueue_at(queue: Queue, when: datetime, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -109,7 +128,7 @@ class _AppWorkerMixin:
         if interval <= 1:
             return True
         key = f"webpush:{self.app.config['WEBPUSH_QUEUE']}:recover-turn"
-        return bool(redis_connection(self.app).set(key, self.name, nx=True, ex=interval - 1))
+        return take_turn(redis_connection(self.app), key, interval - 1)
 
 
 class AppWorker(_AppWorkerMixin, Worker):
