@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import socket
 import ssl
 import struct
@@ -34,7 +33,7 @@ from py_vapid import Vapid02
 from .config import b64url_decode, vapid_subject
 from .exceptions import InvalidSubscription
 from .http11 import Pool, ProtocolError, origin_prefix
-from .subscriptions import check_endpoint_text, validate_endpoint
+from .subscriptions import check_endpoint_text, clean_text, validate_endpoint
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -460,17 +459,14 @@ class PushSender:
             return PushResult("retry", reason=f"connection error: {type(exc).__name__}")
         except ProtocolError as exc:
             return PushResult("failed", reason=f"request error: {exc}"[:255])
-        # A service's words are stored and shown: no NUL (PostgreSQL refuses it in text,
-        # which failed the whole flush) and no other control character.
-        text = _CONTROL.sub("\ufffd", response.body[:200].decode("utf-8", "replace"))
+        # A service's words are stored and shown: cleaned as a label is (no NUL, which
+        # PostgreSQL refuses in text and which failed the whole flush; no control character).
+        text = clean_text(response.body[:200].decode("utf-8", "replace"), 200) or ""
         result = classify(response.status, response.headers.get("retry-after"), text,
                           max_delay=self.max_retry_delay)
         if result.status_code == 429 and result.retry_after:
             self._paused[origin] = self._clock() + result.retry_after
         return result
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def classify(code: int, retry_after: str | None, text: str = "", *,
