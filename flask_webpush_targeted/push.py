@@ -33,7 +33,7 @@ from py_vapid import Vapid02
 from .config import b64url_decode, vapid_subject
 from .exceptions import InvalidSubscription
 from .http11 import Pool, ProtocolError, origin_prefix
-from .subscriptions import check_endpoint_text, clean_text, validate_endpoint
+from .subscriptions import check_endpoint_text, clean_text, validate_endpoint, web_origin
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -59,19 +59,10 @@ class PushResult:
     requested: bool = True
 
 
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-
-
 def origin_of(endpoint: str) -> str:
-    """The RFC 6454 origin of an endpoint, as VAPID's ``aud`` wants it: scheme and host
-    lower-case, no default port, IPv6 brackets kept (``https://fcm.googleapis.com``)."""
-    parts = urlsplit(endpoint)
-    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+    """The RFC 6454 origin of an endpoint, as VAPID's ``aud`` wants it
+    (``https://fcm.googleapis.com``)."""
+    return web_origin(urlsplit(endpoint))
 
 
 def parse_retry_after(value: str | None, default: float,

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -116,21 +116,31 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
     return normalised
 
 
-def normalise_endpoint(parts: SplitResult) -> str:
-    """The endpoint with its RFC 6454 origin part normalised: scheme and host in lower
-    case, the scheme's default port dropped; path and query as the push service wrote them.
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
-    One subscription spelled two ways is then one row (the unique key is the hash of this
-    text), and the VAPID ``aud`` built from it is the origin the push service expects.
-    """
+
+def web_origin(parts: SplitResult) -> str:
+    """The RFC 6454 origin of a URL: scheme and host in lower case, the scheme's default
+    port dropped, IPv6 brackets kept (``https://fcm.googleapis.com``): what VAPID's
+    ``aud`` wants."""
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal (only ever from WEBPUSH_EXTRA_PUSH_SERVICES)
     port = parts.port
-    if port is not None and port != {"https": 443, "http": 80}.get(scheme):
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
         host = f"{host}:{port}"
-    return urlunsplit((scheme, host, parts.path, parts.query, ""))
+    return f"{scheme}://{host}"
+
+
+def normalise_endpoint(parts: SplitResult) -> str:
+    """The endpoint with its origin normalised (``web_origin``); path and query as the push
+    service wrote them.
+
+    One subscription spelled two ways is then one row (the unique key is the hash of this
+    text), and the VAPID ``aud`` built from it is the origin the push service expects.
+    """
+    return web_origin(parts) + parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def lookup_endpoint(endpoint: str) -> str:
