@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -154,6 +154,23 @@ def load_vapid_private_key(value: str) -> ec.EllipticCurvePrivateKey:
     return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def web_origin(parts: SplitResult) -> str:
+    """The RFC 6454 origin of a URL: scheme and host in lower case, the scheme's default
+    port dropped, IPv6 brackets kept (``https://fcm.googleapis.com``): what VAPID's
+    ``aud`` wants."""
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal (only ever from WEBPUSH_EXTRA_PUSH_SERVICES)
+    port = parts.port
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
+
+
 def _origin_of(url: str) -> str:
     if not isinstance(url, str):
         raise ValueError(url)
@@ -162,7 +179,7 @@ def _origin_of(url: str) -> str:
         raise ValueError(url)
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise ValueError(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = parts.port or _DEFAULT_PORTS[parts.scheme]
     return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
 
 

@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
 
-from .config import b64url_decode, vapid_subject
+from .config import b64url_decode, vapid_subject, web_origin
 from .exceptions import InvalidSubscription
 from .http11 import Pool, ProtocolError, origin_prefix
-from .subscriptions import check_endpoint_text, clean_text, validate_endpoint, web_origin
+from .subscriptions import check_endpoint_text, clean_text, validate_endpoint
 
 log = logging.getLogger("flask_webpush_targeted")
 

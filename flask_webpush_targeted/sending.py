@@ -12,11 +12,12 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from flask import current_app, has_request_context, request
 
+from .config import web_origin
 from .exceptions import InvalidNotification, PayloadTooLarge
 from .models import Models
 from .tracking import MAX_TOKEN_LENGTH
@@ -58,13 +59,6 @@ def _text(name: str, value: Any) -> None:
                                   "surrogates (text that is not valid Unicode).")
 
 
-def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
-    """The RFC 6454 origin of a parsed URL: scheme and host lower-cased, default port."""
-    scheme = parts.scheme.lower()
-    port = parts.port or {"https": 443, "http": 80}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
-
-
 def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
     """``url`` if it is a path on this site or a URL on its origin; InvalidNotification else."""
     if url is None and allow_none:
@@ -89,7 +83,7 @@ def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
     # A user name before the host ("https://shop.example@evil.example") is refused: it
     # only ever serves to make an address look like another.
     if (site and parts.username is None and "@" not in parts.netloc
-            and _origin(parts) == _origin(urlsplit(site))):
+            and web_origin(parts) == web_origin(urlsplit(site))):
         return url
     raise InvalidNotification(
         f"{name} must be relative or on this site's origin (WEBPUSH_SITE_URL): {url!r}.")

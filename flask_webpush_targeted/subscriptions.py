@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import current_app
 
 from . import signals
-from .config import KNOWN_PUSH_SERVICE_HOSTS, b64url_decode
+from .config import KNOWN_PUSH_SERVICE_HOSTS, b64url_decode, web_origin
 from .exceptions import BadRequestError, ConsentRequired, InvalidSubscription, SubscriptionNotFound
 from .models import Models, endpoint_hash, utcnow
 from .sending import MAX_ROW_ID
@@ -114,23 +114,6 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
             "origin with WEBPUSH_EXTRA_PUSH_SERVICES."
         )
     return normalised
-
-
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-
-
-def web_origin(parts: SplitResult) -> str:
-    """The RFC 6454 origin of a URL: scheme and host in lower case, the scheme's default
-    port dropped, IPv6 brackets kept (``https://fcm.googleapis.com``): what VAPID's
-    ``aud`` wants."""
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal (only ever from WEBPUSH_EXTRA_PUSH_SERVICES)
-    port = parts.port
-    if port is not None and port != _DEFAULT_PORTS.get(scheme):
-        host = f"{host}:{port}"
-    return f"{scheme}://{host}"
 
 
 def normalise_endpoint(parts: SplitResult) -> str:
