@@ -21,6 +21,7 @@ from werkzeug.exceptions import Forbidden, Unauthorized
 
 from .exceptions import APIError
 from .models import Models, utcnow
+from .sending import MAX_ROW_ID, storable
 
 #: What a key may be allowed: send and cancel its own notifications; read every
 #: notification's statistics; see a user's devices (support).
@@ -93,12 +94,13 @@ def find_keys(db: Any, m: Models, id_or_name: str) -> list[Any]:
     text = id_or_name.removeprefix(PREFIX)
     if id_or_name.startswith(PREFIX):
         text = text.split("_", 1)[0]
-    # ASCII digits only ("²".isdigit() is True, int("²") fails), within the id column
-    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= 2**31 - 1:
-        row = db.session.get(K, int(text))
+    if text.isascii() and text.isdigit():  # "²".isdigit() is True, int("²") fails
+        # An id the column cannot hold names no key (the database would refuse the query).
+        row = db.session.get(K, int(text)) if len(text) <= 10 and int(text) <= MAX_ROW_ID \
+            else None
         return [row] if row is not None else []
-    if "\x00" in id_or_name:
-        return []  # no name holds one, and PostgreSQL refuses it in a query
+    if not storable(id_or_name):
+        return []  # no name holds NUL or a lone surrogate, and the query would fail
     return list(db.session.scalars(sa.select(K).where(K.name == id_or_name).order_by(K.id)))
 
 

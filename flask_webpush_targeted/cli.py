@@ -9,10 +9,10 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .apikeys import PREFIX, SCOPES
+from .apikeys import SCOPES
 from .config import generate_vapid_keys
 from .exceptions import WebPushError
-from .sending import MAX_ROW_ID, storable
+from .sending import storable
 
 #: the longest retention prune accepts (100 years): more overflows the date arithmetic
 MAX_PRUNE_DAYS = 36_500
@@ -253,13 +253,7 @@ def api_key_revoke_command(key: str) -> None:
     from .apikeys import find_keys, revoke_key
 
     webpush = current_app.extensions["webpush"]
-    number = key.removeprefix(PREFIX).split("_", 1)[0] if key.startswith(PREFIX) else key
-    # A name that cannot be stored, or an id the column cannot hold, names no key (and
-    # the database would refuse the query).
-    too_big = number.isdigit() and not (number.isascii() and len(number) <= 10
-                                        and int(number) <= MAX_ROW_ID)
-    found = [] if too_big or not storable(key) else find_keys(webpush.db, webpush.models, key)
-    rows = [r for r in found if r.revoked_at is None]
+    rows = [r for r in find_keys(webpush.db, webpush.models, key) if r.revoked_at is None]
     if not rows:
         raise click.ClickException(f"No active API key {key!r}.")
     if len(rows) > 1:

@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from . import privacy, sending
 from .config import DEFAULTS, extra_push_origins, validate_config
+from .crm_requests import MAX_ID
 from .csrf import csrf_token
 from .exceptions import (
     ConfigurationError,
@@ -30,8 +31,6 @@ SESSION_SUBSCRIPTIONS = "_webpush_subscriptions"
 
 #: the longest retention ``prune`` takes
 MAX_PRUNE = timedelta(days=36_500)
-#: the largest notification id (the column is a 64-bit integer)
-MAX_NOTIFICATION_ID = 2**63 - 1
 
 
 def user_id_of(user: Any) -> str:
@@ -63,7 +62,7 @@ def notification_id_of(notification_id: Any) -> int:
     this check the database would raise its own error for them.
     """
     if (isinstance(notification_id, bool) or not isinstance(notification_id, int)
-            or not 0 < notification_id <= MAX_NOTIFICATION_ID):
+            or not 0 < notification_id <= MAX_ID):  # the column is a 64-bit integer
         raise NotificationNotFound(f"No notification has id {str(notification_id)[:40]!r}.")
     return notification_id
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from flask import current_app, has_request_context, request
 
 from .config import web_origin
+from .crm_requests import LATEST
 from .exceptions import InvalidNotification, PayloadTooLarge
 from .models import Models
 from .tracking import MAX_TOKEN_LENGTH
@@ -41,10 +42,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 #: encodes data from deeper in its stack than notify_users ran, and JSON near Python's
 #: recursion limit that passed here would fail there, on every retry
 MAX_DATA_DEPTH = 32
-#: send_at outside these is a mistake, and near the ends of datetime's range adding a
-#: validity period or converting to UTC overflows
+#: send_at before this (or from crm_requests.LATEST on) is a mistake, and near the ends
+#: of datetime's range adding a validity period or converting to UTC overflows
 EARLIEST_SEND_AT = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST_SEND_AT = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def storable(text: str) -> bool:
@@ -223,7 +223,7 @@ def check_options(*, urgency: Any, topic: Any, send_at: Any, category: Any,
             in_utc = send_at.astimezone(UTC)
         except (OverflowError, ValueError) as exc:  # year 1 at +05:00 is before datetime.min
             raise InvalidNotification("send_at must be between the years 2000 and 9000.") from exc
-        if not EARLIEST_SEND_AT <= in_utc < LATEST_SEND_AT:
+        if not EARLIEST_SEND_AT <= in_utc < LATEST:
             raise InvalidNotification("send_at must be between the years 2000 and 9000.")
     if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
         raise InvalidNotification("category must be a string of 1 to 64 characters.")

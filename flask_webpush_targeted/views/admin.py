@@ -30,7 +30,7 @@ from werkzeug.exceptions import Forbidden
 
 from .. import stats
 from ..charts import series_svg
-from ..crm_requests import STATUSES
+from ..crm_requests import LATEST, MAX_PAGE, MAX_PER_PAGE, STATUSES
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import (
     APIError,
@@ -45,15 +45,12 @@ from .common import ext
 from .pages import _login_page
 
 PER_PAGE = 25
-#: the most rows one JSON page may ask for with ``per_page`` (more is answered with this many)
-MAX_PER_PAGE = 100
+#: the most deliveries one JSON page may ask for with ``per_page``; notifications take the
+#: push API's MAX_PER_PAGE, pages its MAX_PAGE (beyond it a 400, not an offset that
+#: overflows the database's 64-bit integer), filter times end before its LATEST
 MAX_DELIVERIES_PER_PAGE = 1000
-#: the last page number accepted (as the push API): beyond it a 400, not an offset that
-#: overflows the database's 64-bit integer
-MAX_PAGE = 100_000
-#: filter times outside these are refused: near datetime's ends, converting to UTC overflows
+#: filter times before this are refused: near datetime's ends, converting to UTC overflows
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class AccessDenied(APIError, Forbidden):
