@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from .models import Models
-from .platforms import PLATFORMS as PLATFORMS  # re-exported: the keys platform_of gives
-from .platforms import platform_of as _platform_of
+from .platforms import PLATFORMS as PLATFORMS  # re-exported, with the keys' function:
+from .platforms import platform_of as platform_of  # a device counts under its User-Agent's
 from .platforms import platform_of_old_key
 
 COUNTERS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
@@ -82,12 +82,6 @@ def add(inc: Increments, counter: str, n: int = 1, *, at: tuple[str, str] | None
 def reason_key(code: int | None, reason: str | None) -> str:
     """The key of a failure-reason counter row: ``code|reason``, cut to the key's size."""
     return f"{'' if code is None else code}|{reason or ''}"[:200]
-
-
-def platform_of(user_agent: str | None) -> str:
-    """The platform a device counts under, from its User-Agent: one of ``PLATFORMS``
-    (browser family and desktop/mobile, or "unknown"), never its label (platforms.py)."""
-    return _platform_of(user_agent)
 
 
 def bump(db: Any, m: Models, notification_id: int, inc: Increments) -> None:
