@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import fault_soak_sink
 import harness
 import sqlalchemy as sa
 from fault_soak_services import Namespace, Postgres, Redis, Workers, job_ids, sink
@@ -597,13 +598,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--read-timeout", type=float, default=2.0)
     p.add_argument("--retry-base", type=float, default=1.0)
     p.add_argument("--retry-max", type=float, default=10.0)
-    p.add_argument("--p429", type=float, default=0.002)
-    p.add_argument("--max-retry-after", type=int, default=4)
-    p.add_argument("--p5xx", type=float, default=0.03)
-    p.add_argument("--ptimeout", type=float, default=0.01)
-    p.add_argument("--preset", type=float, default=0.01)
-    p.add_argument("--pslow", type=float, default=0.03)
-    p.add_argument("--gone", type=float, default=0.002, help="share of gone subscriptions")
+    fault_soak_sink.add_fault_options(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="another WEBPUSH_* setting (JSON value), e.g. WEBPUSH_BATCH_SIZE=500")
     p.add_argument("--worker-args", nargs="*", default=[])

@@ -78,14 +78,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while not self.busy and (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            lines = self.buffer[:end].decode("latin-1").split("\r\n")
-            headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-            size = end + 4 + int(headers.get("content-length", "0"))
-            if len(self.buffer) < size:
-                return
-            body, self.buffer = self.buffer[end + 4:size], self.buffer[size:]
-            method, path, _ = lines[0].split(" ", 2)
+        while not self.busy and (request := push_sink.next_request(self.buffer)) is not None:
+            method, path, headers, body, self.buffer = request
             self.handle(method, path, headers, body)
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
@@ -162,6 +156,17 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(1)
 
 
+def add_fault_options(parser: argparse.ArgumentParser) -> None:
+    """The fault rates, as the sink and the soak (which passes them on) both take them."""
+    parser.add_argument("--p429", type=float, default=0.002)
+    parser.add_argument("--max-retry-after", type=int, default=4)
+    parser.add_argument("--p5xx", type=float, default=0.03)
+    parser.add_argument("--ptimeout", type=float, default=0.01)
+    parser.add_argument("--preset", type=float, default=0.01)
+    parser.add_argument("--pslow", type=float, default=0.03)
+    parser.add_argument("--gone", type=float, default=0.002, help="share of gone subscriptions")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -170,13 +175,7 @@ if __name__ == "__main__":
                         help="the sender's WEBPUSH_READ_TIMEOUT")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--lifetime", type=float, default=3600, help="seconds, then exit")
-    parser.add_argument("--p429", type=float, default=0.002)
-    parser.add_argument("--max-retry-after", type=int, default=4)
-    parser.add_argument("--p5xx", type=float, default=0.03)
-    parser.add_argument("--ptimeout", type=float, default=0.01)
-    parser.add_argument("--preset", type=float, default=0.01)
-    parser.add_argument("--pslow", type=float, default=0.03)
-    parser.add_argument("--gone", type=float, default=0.002, help="share of gone subscriptions")
+    add_fault_options(parser)
     args = parser.parse_args()
     random.seed(args.seed)
     RATES.update({"429": args.p429, "5xx": args.p5xx, "timeout": args.ptimeout,

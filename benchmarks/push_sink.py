@@ -77,6 +77,21 @@ def respond(method: str, path: str, headers: dict[str, str], body: bytes) -> byt
     return CREATED
 
 
+def next_request(buffer: bytes) -> tuple[str, str, dict[str, str], bytes, bytes] | None:
+    """(method, path, headers, body, the bytes after it) of the first whole request in
+    ``buffer``, or None while it is incomplete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buffer[:end].decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    size = end + 4 + int(headers.get("content-length", "0"))
+    if len(buffer) < size:
+        return None
+    method, path, _ = lines[0].split(" ", 2)
+    return method, path, headers, buffer[end + 4:size], buffer[size:]
+
+
 class Connection(asyncio.Protocol):
     """HTTP/1.1 keep-alive on a bare protocol (no coroutine or stream per request), so the
     sink costs a fraction of what the sender does."""
@@ -87,14 +102,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            lines = self.buffer[:end].decode("latin-1").split("\r\n")
-            headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-            size = end + 4 + int(headers.get("content-length", "0"))
-            if len(self.buffer) < size:
-                return
-            body, self.buffer = self.buffer[end + 4:size], self.buffer[size:]
-            method, path, _ = lines[0].split(" ", 2)
+        while (request := next_request(self.buffer)) is not None:
+            method, path, headers, body, self.buffer = request
             self.transport.write(respond(method, path, headers, body))
 
 

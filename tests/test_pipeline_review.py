@@ -143,21 +143,16 @@ def test_an_error_body_with_nul_from_the_push_service_neither_aborts_the_flush_n
 # -- cancel racing the start of a fan-out ----------------------------------------------------
 
 
-def test_a_cancel_committed_while_the_fan_out_starts_is_not_overwritten(
-        make_host: Any, push_service: Any) -> None:
-    # fan_out reads the notification, then writes status "sending" unconditionally: a
-    # cancel() committed in between is overwritten and everything is sent. The hook below
-    # only pauses the fan-out at that point while another request cancels, as a concurrent
-    # admin request would.
-    host = make_host()
-    subs = [host.subscribe("1") for _ in range(3)]
-    nid = notify(host, ["1"])
+@contextlib.contextmanager
+def cancel_before_status_write(host: SendingHost, nid: int, status: str) -> Iterator[list[bool]]:
+    """Inside the block, the first statement that writes ``status`` to a notification
+    waits while another request (a thread of its own) cancels ``nid``; the list gets what
+    that cancel() answered."""
     answers: list[bool] = []
 
     def cancel_now(_conn: Any, _cursor: Any, statement: str, params: Any,
                    _context: Any, _many: bool) -> None:
-        # the fan-out is about to write "sending": another request cancels right then
-        if (statement.startswith("UPDATE webpush_notification") and "sending" in str(params)
+        if (statement.startswith("UPDATE webpush_notification") and status in str(params)
                 and not answers):
             other = threading.Thread(
                 target=lambda: answers.append(_in_app(host, host.webpush.cancel, nid)))
@@ -168,9 +163,23 @@ def test_a_cancel_committed_while_the_fan_out_starts_is_not_overwritten(
         engine = host.db.engine
     sa.event.listen(engine, "before_cursor_execute", cancel_now)
     try:
-        InProcessQueue(host.app, ManualClock()).run_all()
+        yield answers
     finally:
         sa.event.remove(engine, "before_cursor_execute", cancel_now)
+
+
+def test_a_cancel_committed_while_the_fan_out_starts_is_not_overwritten(
+        make_host: Any, push_service: Any) -> None:
+    # fan_out reads the notification, then writes status "sending" unconditionally: a
+    # cancel() committed in between is overwritten and everything is sent. The hook below
+    # only pauses the fan-out at that point while another request cancels, as a concurrent
+    # admin request would.
+    host = make_host()
+    subs = [host.subscribe("1") for _ in range(3)]
+    nid = notify(host, ["1"])
+    # the fan-out is about to write "sending": another request cancels right then
+    with cancel_before_status_write(host, nid, "sending") as answers:
+        InProcessQueue(host.app, ManualClock()).run_all()
     assert answers == [True]
     sent = sum(push_service.request_count(s.endpoint) for s in subs)
     got = (host.notification(nid).status, sent, {d.status for d in host.deliveries(nid)})
@@ -632,25 +641,9 @@ def test_a_cancel_committed_while_recover_requeues_a_lost_job_is_not_overwritten
         nid = notify(host, ["1"], send_at=clock.now + timedelta(seconds=30))
         empty_queue(host.app)  # Redis lost the scheduled job
         clock.advance(31)
-        answers: list[bool] = []
-
-        def cancel_now(_conn: Any, _cursor: Any, statement: str, params: Any,
-                       _context: Any, _many: bool) -> None:
-            # recover() is about to write "queued": another request cancels right then
-            if (statement.startswith("UPDATE webpush_notification") and "queued" in str(params)
-                    and not answers):
-                other = threading.Thread(
-                    target=lambda: answers.append(_in_app(host, host.webpush.cancel, nid)))
-                other.start()
-                other.join(30)
-
-        with host.app.app_context():
-            engine = host.db.engine
-        sa.event.listen(engine, "before_cursor_execute", cancel_now)
-        try:
+        # recover() is about to write "queued": another request cancels right then
+        with cancel_before_status_write(host, nid, "queued") as answers:
             _recover(host)
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", cancel_now)
         queue = InProcessQueue(host.app, clock)
         queue.run_all()
         clock.advance(60)  # the next round: a "queued" notification whose job is gone
