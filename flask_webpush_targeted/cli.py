@@ -75,7 +75,9 @@ def forget_user_command(user_id: str, yes: bool) -> None:
 @click.option("--burst", is_flag=True, help="Work off what is queued and due, then exit.")
 @click.option("--simple", is_flag=True,
               help="Run jobs in the worker's own process (no fork per job): faster, less isolated.")
-@click.option("--name", default=None, help="Worker name (default: host and pid).")
+@click.option("--name", default=None, help="Worker name (default: host and pid).",
+              callback=lambda _ctx, _param, value: value if value is None
+              else _storable_arg(value, "--name"))
 def worker_command(burst: bool, simple: bool, name: str | None) -> None:
     """Run an RQ worker with its scheduler on WEBPUSH_QUEUE (started again after a Redis
     failure, until SIGTERM)."""

@@ -126,6 +126,8 @@ def test_fuzz_api_keys(cli: Any, name: str, scopes: list[str], key: str) -> None
     ["webpush", "api-key", "revoke", "99999999999"],  # integer out of range on PostgreSQL
     ["webpush", "api-key", "revoke", "wpk_99999999999_secret"],
     ["webpush", "api-key", "revoke", "a\x00"],
+    # a worker name RQ cannot encode for Redis (an undecodable argv byte): UnicodeEncodeError
+    ["webpush", "worker", "--burst", "--name", "w\udcff"],
 ])
 def test_commands_end_with_a_message_not_a_traceback(cli: Any, args: list[str]) -> None:
     _app, runner = cli
