@@ -1,7 +1,8 @@
 """The delivery pipeline as a state machine (hypothesis ``RuleBasedStateMachine``).
 
 Rules interleave notify, cancel (between jobs and in the middle of a batch), jobs run,
-workers killed mid-batch, time passing in the middle of a batch, recover, scripted
+workers killed mid-batch, time passing in the middle of a batch, jobs run while Redis is
+down or with receivers that raise, recover, scripted
 push-service faults per subscription (429 with any Retry-After, 5xx, 404/410, timeouts)
 and time passing. Time is a ManualClock;
 jobs run in this process (pipeline_driver) on the real Redis, on SQLite and PostgreSQL,
@@ -242,6 +243,42 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 return result
 
             with mock.patch.object(jobs, "_record", slow):
+                self._run_one(None)
+
+        @rule()
+        def run_job_with_redis_down(self) -> None:
+            """A job runs while Redis does not answer: the retries and batches it would
+            enqueue are lost (a fan-out fails as a job), and recover must find what is left."""
+            import redis as redis_module
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            app = self.host.app
+            real = app.extensions["webpush.redis"]
+
+            def around(run: Any) -> None:
+                # A port nothing listens on: every Redis call the job makes fails.
+                app.extensions["webpush.redis"] = redis_module.Redis(
+                    port=1, socket_connect_timeout=0.05, retry=Retry(NoBackoff(), 0))
+                try:
+                    run()
+                except redis_module.exceptions.RedisError:
+                    pass  # the job failed, as RQ would record it
+                finally:
+                    app.extensions["webpush.redis"] = real
+
+            self._run_one(around)
+
+        @rule()
+        def run_job_with_a_broken_receiver(self) -> None:
+            """The host's receivers raise: nothing of the batch may change."""
+            from flask_webpush_targeted import signals
+
+            def broken(_app: Any, **_kw: Any) -> None:
+                raise RuntimeError("the host's receiver is broken")
+
+            with signals.delivery_sent.connected_to(broken), \
+                    signals.delivery_failed.connected_to(broken):
                 self._run_one(None)
 
         @rule()
