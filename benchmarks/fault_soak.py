@@ -47,8 +47,8 @@ import harness
 import sqlalchemy as sa
 from fault_soak_services import Namespace, Postgres, Redis, Workers, job_ids, sink
 
-from flask_webpush_targeted.counters import FINAL_STATUSES
 from flask_webpush_targeted.exceptions import QueueUnavailable
+from flask_webpush_targeted.statuses import FINAL as FINAL_STATUSES
 
 TRIGGER = """
 CREATE TABLE soak_final (delivery_id bigint NOT NULL, status varchar(10) NOT NULL,

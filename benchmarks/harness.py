@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hostapp import VAPID_PRIVATE, VAPID_PUBLIC, make_host_app  # noqa: E402
 
-from flask_webpush_targeted.config import b64url_encode  # noqa: E402
+from flask_webpush_targeted.transport.b64url import b64url_encode  # noqa: E402
 
 POSTGRES_URL = os.environ.get("WEBPUSH_BENCH_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -132,7 +132,7 @@ def wait_for_workers(app: Any, count: int, timeout: float = 60) -> None:
     """Wait until ``count`` workers listen on the app's queue (they start in about a second)."""
     from rq import Worker
 
-    from flask_webpush_targeted.queue import get_queue
+    from flask_webpush_targeted.redis_queue import get_queue
 
     deadline = time.monotonic() + timeout
     with app.app_context():

@@ -15,7 +15,7 @@ import argparse
 import sqlalchemy as sa
 from harness import add_subscriptions, bench_app, push_sink, write_result
 
-from flask_webpush_targeted.queue import make_worker
+from flask_webpush_targeted.worker import make_worker
 
 
 def main() -> None:

@@ -39,10 +39,11 @@ from harness import (
 )
 from pywebpush import webpush as pywebpush_send
 
-from flask_webpush_targeted.config import b64url_decode, load_vapid_private_key
-from flask_webpush_targeted.push import encrypt
-from flask_webpush_targeted.sending import encode_payload
+from flask_webpush_targeted.payload import encode_payload
 from flask_webpush_targeted.tracking import make_token
+from flask_webpush_targeted.transport.b64url import b64url_decode
+from flask_webpush_targeted.transport.encryption import encrypt
+from flask_webpush_targeted.transport.vapid import load_vapid_private_key
 
 
 def payload_bytes() -> bytes:

@@ -21,7 +21,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
 from flask_webpush_targeted import WebPush
-from flask_webpush_targeted.config import generate_vapid_keys
+from flask_webpush_targeted.transport.vapid import generate_vapid_keys
 
 
 class Base(DeclarativeBase):

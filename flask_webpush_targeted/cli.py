@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .apikeys import SCOPES
-from .config import generate_vapid_keys
-from .exceptions import WebPushError
-from .sending import storable
+from . import stats
+from .counters import fold_old_platform_rows
+from .exceptions import InvalidNotification, NotificationNotFound, QueueUnavailable, WebPushError
+from .push_api.keys import SCOPES, create_key, find_keys, list_keys, revoke_key
+from .transport.text import storable
+from .transport.vapid import generate_vapid_keys
+from .worker import run_worker
 
 #: the longest retention prune accepts (100 years): more overflows the date arithmetic
 MAX_PRUNE_DAYS = 36_500
@@ -81,7 +85,6 @@ def forget_user_command(user_id: str, yes: bool) -> None:
 def worker_command(burst: bool, simple: bool, name: str | None) -> None:
     """Run an RQ worker with its scheduler on WEBPUSH_QUEUE (started again after a Redis
     failure, until SIGTERM)."""
-    from .queue import run_worker
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     run_worker(app, simple=simple, name=name, burst=burst)
@@ -90,7 +93,6 @@ def worker_command(burst: bool, simple: bool, name: str | None) -> None:
 @webpush_cli.command("fold-platforms")
 def fold_platforms_command() -> None:
     """Fold per-platform figures counted by device label into browser and device type."""
-    from .counters import fold_old_platform_rows
 
     ext = current_app.extensions["webpush"]
     click.echo(f"{fold_old_platform_rows(ext.db, ext.models)} per-platform rows folded.")
@@ -123,9 +125,7 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
                  devices: str, ttl: int | None, urgency: str, topic: str | None,
                  category: str | None, send_at: str | None, idempotency_key: str | None) -> None:
     """Send one notification to the given users; prints its id and the users without devices."""
-    from datetime import datetime
 
-    from .exceptions import InvalidNotification, QueueUnavailable
 
     ids = list(users)
     if users_file is not None:
@@ -161,8 +161,6 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
               help="How many notifications to list without an ID (1 to 1000).")
 def stats_command(notification_id: int | None, limit: int) -> None:
     """Print one notification's figures, or the latest notifications with their funnels."""
-    from . import stats
-    from .exceptions import NotificationNotFound
 
     webpush = current_app.extensions["webpush"]
     if notification_id is not None:
@@ -195,7 +193,6 @@ def stats_command(notification_id: int | None, limit: int) -> None:
               help="Remove deliveries of notifications finished more than DAYS days ago.")
 def prune_command(days: int) -> None:
     """Delete old deliveries, keeping each notification's totals."""
-    from datetime import timedelta
 
     done = current_app.extensions["webpush"].prune(timedelta(days=days))
     click.echo(f"{done['deliveries']} deliveries of {done['notifications']} notifications "
@@ -214,7 +211,6 @@ webpush_cli.add_command(api_key_cli)
               help="What the key may do (repeatable); default: send.")
 def api_key_create_command(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key named NAME; print it once, on stdout (only its hash is stored)."""
-    from .apikeys import create_key
 
     webpush = current_app.extensions["webpush"]
     _storable_arg(name, "NAME")
@@ -231,7 +227,6 @@ def api_key_create_command(name: str, scopes: tuple[str, ...]) -> None:
 @api_key_cli.command("list")
 def api_key_list_command() -> None:
     """List the keys: id, name, scopes, created, last used, revoked (never the secrets)."""
-    from .apikeys import list_keys
 
     webpush = current_app.extensions["webpush"]
     rows = list_keys(webpush.db, webpush.models)
@@ -252,7 +247,6 @@ def api_key_list_command() -> None:
 @click.argument("key")
 def api_key_revoke_command(key: str) -> None:
     """Revoke KEY (its id, e.g. 3 or wpk_3, or its name) at once."""
-    from .apikeys import find_keys, revoke_key
 
     webpush = current_app.extensions["webpush"]
     rows = [r for r in find_keys(webpush.db, webpush.models, key) if r.revoked_at is None]

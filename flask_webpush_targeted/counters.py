@@ -19,32 +19,12 @@ from .models import Models
 from .platforms import PLATFORMS as PLATFORMS  # re-exported, with the keys' function:
 from .platforms import platform_of as platform_of  # a device counts under its User-Agent's
 from .platforms import platform_of_old_key
+from .sql import insert_for
 
 COUNTERS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
             "clicked", "closed")
-FINAL_STATUSES = ("sent", "failed", "gone", "expired", "skipped")
 
 Increments = dict[tuple[str, str], dict[str, int]]
-
-
-def dialect_of(db: Any) -> str:
-    """``postgresql`` or ``sqlite``: the dialect of the session's database."""
-    return str(db.session.get_bind().dialect.name)
-
-
-def insert_for(db: Any, table: sa.Table) -> Any:
-    """An INSERT of the session's dialect, with on_conflict_* support where it exists."""
-    dialect = dialect_of(db)
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table)
-    raise NotImplementedError(f"flask-webpush-targeted supports PostgreSQL and SQLite, "
-                              f"not {dialect}")
 
 
 def send_start(n: Any) -> datetime:

@@ -10,61 +10,29 @@ from flask import Flask, current_app, render_template, session, url_for
 from flask_login import user_logged_out
 from markupsafe import Markup
 
-from . import privacy, sending
+from . import notifications, privacy
+from .cli import webpush_cli
 from .config import DEFAULTS, extra_push_origins, validate_config
-from .crm_requests import MAX_ID
+from .context import AppState
 from .csrf import csrf_token
 from .exceptions import (
     ConfigurationError,
     InvalidArgument,
     InvalidNotification,
     InvalidUserId,
-    NotificationNotFound,
 )
+from .ledger import cancel_notification
 from .models import Models, get_models
-from .stats import get_notification, notification_stats
+from .payload import build_payload, check_payload_size
+from .recovery import recover
+from .signals import user_forgotten
+from .stats import get_notification, notification_stats, prune
 from .subscriptions import SubscriptionStore
-
-#: session key of the subscription ids made in this session (for unbinding at logout)
-SESSION_SUBSCRIPTIONS = "_webpush_subscriptions"
-
+from .users import SESSION_SUBSCRIPTIONS, notification_id_of, user_id_of
+from .views import create_blueprint
 
 #: the longest retention ``prune`` takes
 MAX_PRUNE = timedelta(days=36_500)
-
-
-def user_id_of(user: Any) -> str:
-    """The id string of a Flask-Login user object, or of an id given directly.
-
-    Raises InvalidUserId for anything else: a user id is 1 to 255 characters of text
-    that can be stored (no NUL, which PostgreSQL refuses, no lone surrogate).
-    """
-    if hasattr(user, "get_id"):
-        user = user.get_id()
-    if user is None or isinstance(user, bool) or not isinstance(user, (str, int)):
-        raise InvalidUserId(
-            "expected a Flask-Login user (with get_id()) or a user id (str or int)")
-    # 255 digits at most: checked before str(), which refuses ints of 4,300 digits or more.
-    if isinstance(user, int) and abs(user) >= 10**255:
-        raise InvalidUserId("a user id is 1 to 255 characters")
-    user_id = str(user)
-    if not user_id or len(user_id) > 255:
-        raise InvalidUserId("a user id is 1 to 255 characters")
-    if not sending.storable(user_id):
-        raise InvalidUserId("a user id must not contain NUL characters or lone surrogates")
-    return user_id
-
-
-def notification_id_of(notification_id: Any) -> int:
-    """A notification id as given by host code; NotificationNotFound when it names none.
-
-    Ids a bigint column cannot hold (or that are not ints) name no notification; without
-    this check the database would raise its own error for them.
-    """
-    if (isinstance(notification_id, bool) or not isinstance(notification_id, int)
-            or not 0 < notification_id <= MAX_ID):  # the column is a 64-bit integer
-        raise NotificationNotFound(f"No notification has id {str(notification_id)[:40]!r}.")
-    return notification_id
 
 
 class WebPush:
@@ -101,15 +69,12 @@ class WebPush:
         app.extensions["webpush"] = self
         # Read once: the request path then never re-parses the list.
         app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = list(app.config["WEBPUSH_EXTRA_PUSH_SERVICES"])
-        app.extensions["webpush.extra_origins"] = extra_push_origins(app.config)
+        app.extensions["webpush.state"] = AppState(db, self._models,
+                                                   extra_push_origins(app.config))
 
         if app.config["WEBPUSH_REGISTER_BLUEPRINT"]:
-            from .views import create_blueprint
-
             app.register_blueprint(create_blueprint(),
                                    url_prefix=app.config["WEBPUSH_URL_PREFIX"])
-        from .cli import webpush_cli
-
         app.cli.add_command(webpush_cli)
         app.add_template_global(self.optin_widget, "webpush_optin")
         app.add_template_global(csrf_token, "webpush_csrf_token")
@@ -189,23 +154,21 @@ class WebPush:
             raise InvalidNotification(f"Invalid user: {exc}.") from exc
         if not user_ids:
             raise InvalidNotification("No user to notify.")
-        payload = sending.build_payload(
+        payload = build_payload(
             title=title, body=body, url=url, icon=icon, image=image, badge=badge, tag=tag,
             actions=actions, data=data, require_interaction=require_interaction, silent=silent)
-        sending.check_payload_size(payload)
-        seconds = sending.ttl_seconds(ttl)
-        sending.check_options(urgency=urgency, topic=topic, send_at=send_at, category=category,
-                              idempotency_key=idempotency_key)
-        targeting = sending.resolve_devices(self.db, self.models, user_ids, devices)
-        return sending.store_and_enqueue(
+        check_payload_size(payload)
+        seconds = notifications.ttl_seconds(ttl)
+        notifications.check_options(urgency=urgency, topic=topic, send_at=send_at,
+                                    category=category, idempotency_key=idempotency_key)
+        targeting = notifications.resolve_devices(self.db, self.models, user_ids, devices)
+        return notifications.store_and_enqueue(
             self.db, self.models, user_ids, payload=payload, targeting=targeting, ttl=seconds,
             urgency=urgency, topic=topic, send_at=send_at, idempotency_key=idempotency_key,
             category=category)
 
     def cancel(self, notification_id: int) -> bool:
         """Stop a scheduled, queued or still-sending notification; False if already over."""
-        from .jobs import cancel_notification
-
         return cancel_notification(notification_id_of(notification_id))
 
     def get_notification(self, notification_id: int) -> Any:
@@ -218,8 +181,6 @@ class WebPush:
 
     def prune(self, older_than: timedelta) -> dict[str, int]:
         """Delete deliveries of notifications finished before ``older_than`` ago, keeping totals."""
-        from .stats import prune
-
         # A negative period would prune everything finished; beyond a century the date
         # arithmetic overflows.
         if not isinstance(older_than, timedelta) or not timedelta(0) <= older_than <= MAX_PRUNE:
@@ -228,8 +189,6 @@ class WebPush:
 
     def recover(self) -> dict[str, int]:
         """Enqueue what a Redis outage or a dead worker left behind (workers run it too)."""
-        from .jobs import recover
-
         return recover()
 
     # -- GDPR ------------------------------------------------------------------------------
@@ -240,8 +199,6 @@ class WebPush:
 
     def forget_user(self, user: Any) -> dict[str, int]:
         """Erase the user's subscriptions, consents and deliveries; return the counts."""
-        from .signals import user_forgotten
-
         user_id = user_id_of(user)
         counts = privacy.forget_user(self.db, self.models, user_id)
         user_forgotten.send(current_app._get_current_object(),  # type: ignore[attr-defined]

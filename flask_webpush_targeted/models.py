@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
@@ -112,8 +113,6 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
         @property
         def push_service(self) -> str:
             """The push service's host: enough to tell browsers apart, no secret."""
-            from urllib.parse import urlsplit
-
             return urlsplit(self.endpoint).hostname or ""
 
         def set_endpoint(self, endpoint: str) -> None:

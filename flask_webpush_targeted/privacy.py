@@ -17,8 +17,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .counters import add, bump, dialect_of, new_increments
+from .counters import add, bump, new_increments
 from .models import Models
+from .sql import dialect_of
 
 #: the reason an erased delivery that was not sent yet is counted under (as skipped)
 ERASED = "user data erased before sending"

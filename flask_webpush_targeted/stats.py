@@ -17,8 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import defer
 
 from . import counters
+from .clock import utcnow
 from .exceptions import NotificationNotFound
-from .models import Models, utcnow
+from .models import Models
+from .statuses import FINAL, UNSUCCESSFUL
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -29,7 +31,7 @@ def _counts(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]
     """Funnel counts for several notifications, from their counters."""
     result = counters.totals(db, m, ids)
     for counts in result.values():
-        finished = sum(counts[s] for s in counters.FINAL_STATUSES)
+        finished = sum(counts[s] for s in FINAL)
         # "pending" in the funnel means not finished yet: waiting or being sent.
         counts["pending"] = max(counts["deliveries"] - finished, 0)
     return result
@@ -73,7 +75,6 @@ def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, An
     return stats
 
 
-_UNSUCCESSFUL = ("failed", "gone", "expired", "skipped")
 
 
 def _failure_reasons(db: Any, m: Models, notification_id: int,
@@ -85,11 +86,11 @@ def _failure_reasons(db: Any, m: Models, notification_id: int,
     for row in db.session.scalars(sa.select(S).where(S.notification_id == notification_id,
                                                      S.dimension == "reason")):
         code, _, reason = row.key.partition("|")
-        for status in _UNSUCCESSFUL:
+        for status in UNSUCCESSFUL:
             if getattr(row, status):
                 reasons.append({"status": status, "status_code": int(code) if code else None,
                                 "reason": reason or None, "count": getattr(row, status)})
-    if not reasons and any(counts[status] for status in _UNSUCCESSFUL):
+    if not reasons and any(counts[status] for status in UNSUCCESSFUL):
         return _failure_reasons_of_rows(db, m, notification_id)
     reasons.sort(key=lambda r: (-r["count"], r["status"], r["reason"] or ""))
     return reasons[:20]
@@ -103,7 +104,7 @@ def _failure_reasons_of_rows(db: Any, m: Models, notification_id: int) -> list[d
         {"status": status, "status_code": code, "reason": reason, "count": count}
         for status, code, reason, count in db.session.execute(
             sa.select(D.status, D.status_code, D.reason, sa.func.count())
-            .where(D.notification_id == notification_id, D.status.in_(_UNSUCCESSFUL))
+            .where(D.notification_id == notification_id, D.status.in_(UNSUCCESSFUL))
             .group_by(D.status, D.status_code, D.reason)
             .order_by(sa.func.count().desc()).limit(20))
     ]

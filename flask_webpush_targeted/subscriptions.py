@@ -1,4 +1,4 @@
-"""Validating and storing subscriptions; the append-only consent ledger.
+"""Subscriptions as browsers send them, validated and stored; the append-only consent ledger.
 
 A stored endpoint is a URL the worker will POST to, so it is untrusted input:
 it must be ``https`` on port 443 at a known browser push service, matched on
@@ -9,27 +9,19 @@ WEBPUSH_EXTRA_PUSH_SERVICES.
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric import ec
 from flask import current_app
 
 from . import signals
-from .config import KNOWN_PUSH_SERVICE_HOSTS, b64url_decode, web_origin
-from .exceptions import BadRequestError, ConsentRequired, InvalidSubscription, SubscriptionNotFound
+from .exceptions import BadRequestError, ConsentRequired, SubscriptionNotFound
+from .limits import MAX_ROW_ID
 from .models import Models, endpoint_hash, utcnow
-from .sending import MAX_ROW_ID
-
-MAX_ENDPOINT_LENGTH = 2048
-#: anything but printable ASCII, and the backslash
-_UNSAFE_URL_CHARACTER = re.compile(r"[^\x21-\x5b\x5d-\x7e]")
-_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+from .transport.endpoints import lookup_endpoint, validate_endpoint, validate_keys
+from .transport.text import clean_text
 
 
 @dataclass(frozen=True)
@@ -48,112 +40,6 @@ class SubscribeRequest:
     subscription: SubscriptionInfo
     text_version: str
     device_label: str | None
-
-
-def _host_is_known(host: str) -> bool:
-    for entry in KNOWN_PUSH_SERVICE_HOSTS:
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]) and len(host) > len(entry) - 1:
-                return True
-        elif host == entry:
-            return True
-    return False
-
-
-def check_endpoint_text(endpoint: str) -> None:
-    """The checks of ``validate_endpoint`` that look at the whole URL, not its origin."""
-    if len(endpoint) > MAX_ENDPOINT_LENGTH:
-        raise InvalidSubscription(f"The endpoint is longer than {MAX_ENDPOINT_LENGTH} characters.")
-    # urlsplit and the HTTP client disagree about such characters (a backslash ends the
-    # host for urllib3 and browsers, urlsplit drops tabs and newlines): refuse them.
-    if _UNSAFE_URL_CHARACTER.search(endpoint):
-        raise InvalidSubscription(
-            "The endpoint contains characters a URL may not hold (spaces, control "
-            "characters, backslashes or non-ASCII)."
-        )
-    if "#" in endpoint:
-        raise InvalidSubscription("The endpoint must not have a fragment.")
-
-
-def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
-    """Return the endpoint if the worker may POST to it, else raise InvalidSubscription."""
-    if not isinstance(endpoint, str) or not endpoint:
-        raise BadRequestError("subscription.endpoint must be a non-empty string.")
-    check_endpoint_text(endpoint)
-    try:
-        parts = urlsplit(endpoint)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidSubscription("The endpoint is not a valid URL.") from exc
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise InvalidSubscription("The endpoint has no host.")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise InvalidSubscription("The endpoint must not carry a user name or password.")
-    scheme = parts.scheme.lower()
-    default_port = 443 if scheme == "https" else 80
-    origin = f"{scheme}://{host}:{port or default_port}"
-    normalised = normalise_endpoint(parts)
-    if origin in extra_origins:
-        return normalised
-    if scheme != "https":
-        raise InvalidSubscription("The endpoint must use https.")
-    if port not in (None, 443):
-        raise InvalidSubscription("The endpoint must use the https port 443.")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise InvalidSubscription("The endpoint's host must be a name, not an IP address.")
-    if host == "localhost" or host.endswith(".localhost"):
-        raise InvalidSubscription("The endpoint must not point at localhost.")
-    if not _host_is_known(host):
-        raise InvalidSubscription(
-            f"{host} is not a known browser push service. A site operator can admit another "
-            "origin with WEBPUSH_EXTRA_PUSH_SERVICES."
-        )
-    return normalised
-
-
-def normalise_endpoint(parts: SplitResult) -> str:
-    """The endpoint with its origin normalised (``web_origin``); path and query as the push
-    service wrote them.
-
-    One subscription spelled two ways is then one row (the unique key is the hash of this
-    text), and the VAPID ``aud`` built from it is the origin the push service expects.
-    """
-    return web_origin(parts) + parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def lookup_endpoint(endpoint: str) -> str:
-    """The stored spelling of an endpoint given by a client (e.g. the old one of a
-    rotation), or the text itself when it does not parse: then it matches no row."""
-    try:
-        return normalise_endpoint(urlsplit(endpoint))
-    except ValueError:
-        return endpoint
-
-
-def validate_keys(p256dh: Any, auth: Any) -> tuple[str, str]:
-    """Check p256dh is an uncompressed P-256 point and auth 16 bytes; return both."""
-    if not isinstance(p256dh, str) or not isinstance(auth, str):
-        raise BadRequestError("subscription.keys.p256dh and .auth must be strings.")
-    try:
-        raw = b64url_decode(p256dh)
-        if len(raw) != 65 or raw[0] != 4:
-            raise ValueError
-        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
-    except ValueError as exc:
-        raise InvalidSubscription(
-            "keys.p256dh is not an uncompressed P-256 public key in base64url."
-        ) from exc
-    try:
-        if len(b64url_decode(auth)) != 16:
-            raise ValueError
-    except ValueError as exc:
-        raise InvalidSubscription("keys.auth is not a 16-byte secret in base64url.") from exc
-    return p256dh.rstrip("="), auth.rstrip("=")
 
 
 def parse_subscription(data: Any, extra_origins: Iterable[str]) -> SubscriptionInfo:
@@ -207,17 +93,6 @@ def parse_subscribe_request(
                               "reload the page, read the current text and agree again.")
     info = parse_subscription(body["subscription"], extra_origins)
     return SubscribeRequest(info, consent_version, clean_text(label, 200))
-
-
-def clean_text(text: str | None, limit: int) -> str | None:
-    """Free text a person or a browser wrote (a device label, a User-Agent header), made
-    storable rather than refused: control characters (NUL among them: PostgreSQL refuses
-    it) and lone surrogates become spaces, runs of spaces one, at most ``limit`` characters;
-    None when nothing is left."""
-    if not text:
-        return None
-    cleaned = " ".join(_CONTROL_OR_SURROGATE.sub(" ", text).split())[:limit]
-    return cleaned or None
 
 
 class SubscriptionStore:

@@ -17,7 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
-from .config import b64url_decode, b64url_encode
+from .clock import utcnow
+from .counters import add, bucket, bump, new_increments, platform_of, send_start
+from .transport.b64url import b64url_decode, b64url_encode
 
 _LABEL = b"flask-webpush-targeted/tracking-token/v1"
 _MAC_BYTES = 16
@@ -77,9 +79,6 @@ EVENT_COLUMNS = {"displayed": "displayed_at", "clicked": "clicked_at", "closed":
 
 def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | None = None) -> bool:
     """Record an event once, at server time; False when it was already counted."""
-    from .counters import add, bucket, bump, new_increments, platform_of, send_start
-    from .models import utcnow
-
     D, Sub, N = m.Delivery, m.Subscription, m.Notification
     now = utcnow()
     if event == "clicked" and action:

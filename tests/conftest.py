@@ -26,7 +26,7 @@ from flask_sqlalchemy import SQLAlchemy
 from hostapp import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, make_host_app
 
 from flask_webpush_targeted import WebPush
-from flask_webpush_targeted.config import b64url_encode
+from flask_webpush_targeted.transport.b64url import b64url_encode
 
 POSTGRES_URL = os.environ.get(
     "WEBPUSH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -328,7 +328,7 @@ class ShopWorker:
 
 def empty_queue(app: Flask) -> None:
     """Delete the jobs left in the app's queue and in its scheduled and failed registries."""
-    from flask_webpush_targeted.queue import get_queue
+    from flask_webpush_targeted.redis_queue import get_queue
 
     with app.app_context():
         queue = get_queue()

@@ -12,8 +12,8 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
 from flask_webpush_targeted import WebPush
-from flask_webpush_targeted.config import generate_vapid_keys
 from flask_webpush_targeted.csrf import csrf_token
+from flask_webpush_targeted.transport.vapid import generate_vapid_keys
 
 REDIS_URL = os.environ.get("WEBPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 VAPID_PRIVATE, VAPID_PUBLIC = generate_vapid_keys()

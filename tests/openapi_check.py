@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-from flask_webpush_targeted.crm_requests import parse_rfc3339
 from flask_webpush_targeted.exceptions import BadRequestError
-from flask_webpush_targeted.openapi import openapi_document
+from flask_webpush_targeted.push_api.openapi import openapi_document
+from flask_webpush_targeted.push_api.requests import parse_rfc3339
 
 BASE = "/webpush/api/v1"
 DOC = openapi_document(BASE)

@@ -15,7 +15,7 @@ from flask import Flask
 from rq.job import Job
 
 from flask_webpush_targeted.clock import ManualClock
-from flask_webpush_targeted.queue import get_queue
+from flask_webpush_targeted.redis_queue import get_queue
 
 
 class InProcessQueue:

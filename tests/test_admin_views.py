@@ -20,7 +20,7 @@ import pytest
 from conftest import LoggedInClient, SendingHost
 from jinja2 import FileSystemLoader
 
-from flask_webpush_targeted.queue import make_worker
+from flask_webpush_targeted.worker import make_worker
 
 ADMIN = "/webpush/admin"
 

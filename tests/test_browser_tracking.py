@@ -23,7 +23,7 @@ from browser import (
     wait_until,
 )
 
-from flask_webpush_targeted.queue import make_worker
+from flask_webpush_targeted.worker import make_worker
 
 pytestmark = pytest.mark.browser
 

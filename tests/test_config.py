@@ -20,14 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase
 
 from flask_webpush_targeted import ConfigurationError, WebPush
-from flask_webpush_targeted.config import (
-    DEFAULTS,
-    b64url_decode,
-    b64url_encode,
-    generate_vapid_keys,
-    load_vapid_private_key,
-)
+from flask_webpush_targeted.config import DEFAULTS
 from flask_webpush_targeted.models import endpoint_hash
+from flask_webpush_targeted.transport.b64url import b64url_decode, b64url_encode
+from flask_webpush_targeted.transport.vapid import generate_vapid_keys, load_vapid_private_key
 
 HINT = "flask webpush generate-vapid-keys"
 OTHER_PRIVATE, OTHER_PUBLIC = generate_vapid_keys()

@@ -23,7 +23,7 @@ from conftest import LiveServer, SendingHost
 from hostapp import REDIS_URL
 from openapi_check import BASE, check_answer
 
-from flask_webpush_targeted.apikeys import create_key
+from flask_webpush_targeted.push_api.keys import create_key
 
 NOTIFICATIONS = f"{BASE}/notifications"
 

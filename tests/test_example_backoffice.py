@@ -32,7 +32,7 @@ def _empty_queue(app: Flask) -> None:
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
 
-    from flask_webpush_targeted.queue import REDIS_ERRORS, get_queue
+    from flask_webpush_targeted.redis_queue import REDIS_ERRORS, get_queue
 
     try:
         with app.app_context():
@@ -161,14 +161,14 @@ def stat(html: str, key: str) -> int:
 
 
 def queued_job_ids(app: Flask) -> list[str]:
-    from flask_webpush_targeted.queue import get_queue
+    from flask_webpush_targeted.redis_queue import get_queue
 
     with app.app_context():
         return list(get_queue().job_ids)
 
 
 def scheduled_job_ids(app: Flask) -> list[str]:
-    from flask_webpush_targeted.queue import get_queue
+    from flask_webpush_targeted.redis_queue import get_queue
 
     with app.app_context():
         return list(get_queue().scheduled_job_registry.get_job_ids())
@@ -460,7 +460,7 @@ def test_the_list_shows_the_newest_first_with_links(shop: Flask) -> None:
 def test_back_office_send_reaches_the_push_service(make_shop: Callable[..., Flask],
                                                    push_service: Any) -> None:
     """Back-office POST -> in-process RQ worker -> local push service decrypts the message."""
-    from flask_webpush_targeted.queue import make_worker
+    from flask_webpush_targeted.worker import make_worker
 
     shop = make_shop(WEBPUSH_EXTRA_PUSH_SERVICES=[push_service.origin])
     ids = ids_by_email(shop)

@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from flask_webpush_targeted.apikeys import SCOPES, create_key
+from flask_webpush_targeted.push_api.keys import SCOPES, create_key
 
 BASE = "/webpush/api/v1"
 

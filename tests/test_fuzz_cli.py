@@ -24,7 +24,7 @@ from fuzz_strategies import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_webpush_targeted.apikeys import SCOPES
+from flask_webpush_targeted.push_api.keys import SCOPES
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_http_client import CREATED, Script, answer, run
 
-from flask_webpush_targeted import http11
-from flask_webpush_targeted.config import load_vapid_private_key
-from flask_webpush_targeted.http11 import (
+from flask_webpush_targeted.testing import LocalPushService
+from flask_webpush_targeted.transport import http11
+from flask_webpush_targeted.transport.guard import EndpointGuard
+from flask_webpush_targeted.transport.http11 import (
     MAX_BODY,
     MAX_HEAD,
     MAX_INTERIM,
@@ -29,16 +30,14 @@ from flask_webpush_targeted.http11 import (
     ProtocolError,
     Response,
 )
-from flask_webpush_targeted.push import (
-    EndpointGuard,
+from flask_webpush_targeted.transport.sender import (
     Message,
     PushResult,
     PushSender,
-    VapidHeaders,
     classify,
     parse_retry_after,
 )
-from flask_webpush_targeted.testing import LocalPushService
+from flask_webpush_targeted.transport.vapid import VapidHeaders, load_vapid_private_key
 
 # -- the parser: the same answer however the bytes are split -------------------------------
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from hostapp import VAPID_PRIVATE, VAPID_PUBLIC
 
-from flask_webpush_targeted.config import load_vapid_private_key
-from flask_webpush_targeted.http11 import MAX_BODY, Pool, ProtocolError, Response
-from flask_webpush_targeted.push import EndpointGuard, Message, PushResult, PushSender, VapidHeaders
 from flask_webpush_targeted.testing import LocalPushService, tls_contexts
+from flask_webpush_targeted.transport.guard import EndpointGuard
+from flask_webpush_targeted.transport.http11 import MAX_BODY, Pool, ProtocolError, Response
+from flask_webpush_targeted.transport.sender import Message, PushResult, PushSender
+from flask_webpush_targeted.transport.vapid import VapidHeaders, load_vapid_private_key
 
 
 def sender(service: LocalPushService, **kw: Any) -> PushSender:
@@ -266,7 +267,7 @@ def test_a_request_cancelled_while_waiting_for_a_connection_gives_its_turn_away(
 
 
 def test_a_turn_released_while_its_cancelled_waiter_has_not_resumed_is_not_lost() -> None:
-    from flask_webpush_targeted.http11 import _Slots
+    from flask_webpush_targeted.transport.http11 import _Slots
 
     async def main() -> None:
         slots = _Slots(1)

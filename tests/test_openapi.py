@@ -28,8 +28,8 @@ from openapi_check import BASE, DOC, check_answer, errors_of
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from flask_webpush_targeted.apikeys import create_key
-from flask_webpush_targeted.openapi import openapi_document
+from flask_webpush_targeted.push_api.keys import create_key
+from flask_webpush_targeted.push_api.openapi import openapi_document
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 

@@ -36,7 +36,7 @@ def fanned_out(host: SendingHost, users: list[str], **kw: Any) -> tuple[int, int
     delivery id, last delivery id)."""
     nid = notify(host, users, **kw)
     with host.app.app_context():
-        from flask_webpush_targeted.queue import get_queue
+        from flask_webpush_targeted.redis_queue import get_queue
 
         get_queue().empty()
         fan_out(nid)
@@ -167,7 +167,7 @@ def test_an_idle_worker_recovers_every_recover_interval(make_host: Any) -> None:
         from rq import Worker
 
         with sending.app.app_context():
-            from flask_webpush_targeted.queue import get_queue
+            from flask_webpush_targeted.redis_queue import get_queue
 
             queue = get_queue()
         wait_until(lambda: Worker.all(queue=queue), "the worker did not start", 30)
@@ -191,21 +191,21 @@ def test_a_user_erased_during_the_fan_out_does_not_come_back_in_users_without_de
         sending: SendingHost) -> None:
     from unittest import mock
 
-    from flask_webpush_targeted import jobs
+    from flask_webpush_targeted import fanout
 
     sending.subscribe("1")
     nid = notify(sending, ["1", "ghost"])  # "ghost" has no device: one of the users without
-    real = jobs._insert_deliveries
+    real = fanout._insert_deliveries
 
     def erasing_meanwhile(*args: Any, **kwargs: Any) -> Any:
         sending.webpush.forget_user("ghost")  # commits, as another request would
         return real(*args, **kwargs)
 
     with sending.app.app_context():
-        from flask_webpush_targeted.queue import get_queue
+        from flask_webpush_targeted.redis_queue import get_queue
 
         get_queue().empty()
-        with mock.patch.object(jobs, "_insert_deliveries", erasing_meanwhile):
+        with mock.patch.object(fanout, "_insert_deliveries", erasing_meanwhile):
             fan_out(nid)
     n = sending.notification(nid)
     assert "ghost" not in n.users_without_devices and "ghost" not in n.targeting["user_ids"]

@@ -50,9 +50,9 @@ from hypothesis.stateful import (
 )
 from pipeline_driver import InProcessQueue
 
-from flask_webpush_targeted import jobs
+from flask_webpush_targeted import delivery
 from flask_webpush_targeted.clock import ManualClock, use_clock
-from flask_webpush_targeted.sending import default_tag
+from flask_webpush_targeted.payload import default_tag
 
 FINAL = ("sent", "failed", "gone", "expired", "skipped")
 CONCURRENCY = 4
@@ -189,7 +189,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
 
         @rule(flush=st.integers(1, 3))
         def kill_worker_mid_batch(self, flush: int) -> None:
-            real = jobs._record
+            real = delivery._record
             calls = [0]
 
             def dying(*args: Any, **kwargs: Any) -> Any:
@@ -199,7 +199,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 return real(*args, **kwargs)
 
             def around(run: Any) -> None:
-                with mock.patch.object(jobs, "_record", dying):
+                with mock.patch.object(delivery, "_record", dying):
                     try:
                         run()
                     except Killed:
@@ -213,7 +213,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
 
         @rule(flush=st.integers(1, 2))
         def cancel_mid_batch(self, flush: int) -> None:
-            real = jobs._record
+            real = delivery._record
             calls = [0]
 
             def cancelling(nid: int, *args: Any, **kwargs: Any) -> Any:
@@ -225,14 +225,14 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                             self.cancelled_at[nid] = (self._received_of(nid), CONCURRENCY)
                 return result
 
-            with mock.patch.object(jobs, "_record", cancelling):
+            with mock.patch.object(delivery, "_record", cancelling):
                 self._run_one(None)
 
         @rule(flush=st.integers(1, 3), seconds=st.sampled_from([40, CLAIM_TIMEOUT + 1]))
         def slow_batch(self, flush: int, seconds: int) -> None:
             """Time passes in the middle of a batch (a slow push service, a frozen worker):
             validity may end, the claim may grow too old to go on."""
-            real = jobs._record
+            real = delivery._record
             calls = [0]
 
             def slow(*args: Any, **kwargs: Any) -> Any:
@@ -242,7 +242,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                     self.clock.advance(seconds)
                 return result
 
-            with mock.patch.object(jobs, "_record", slow):
+            with mock.patch.object(delivery, "_record", slow):
                 self._run_one(None)
 
         @rule()

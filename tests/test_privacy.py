@@ -23,7 +23,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_webpush_targeted import WebPush, signals
 from flask_webpush_targeted.models import utcnow
 from flask_webpush_targeted.platforms import PLATFORMS
-from flask_webpush_targeted.queue import make_worker
+from flask_webpush_targeted.worker import make_worker
 
 
 def deliver(app: Flask, webpush: WebPush, title: str,

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from flask_webpush_targeted.config import b64url_encode
-from flask_webpush_targeted.push import encrypt
-from flask_webpush_targeted.sending import MAX_PLAINTEXT
+from flask_webpush_targeted.payload import MAX_PLAINTEXT
+from flask_webpush_targeted.transport.b64url import b64url_encode
+from flask_webpush_targeted.transport.encryption import encrypt
 
 
 def browser_keys() -> tuple[ec.EllipticCurvePrivateKey, str, bytes, str]:

@@ -18,8 +18,8 @@ from conftest import SendingHost
 
 from flask_webpush_targeted import signals
 from flask_webpush_targeted.exceptions import InvalidNotification, PayloadTooLarge
-from flask_webpush_targeted.queue import make_worker
 from flask_webpush_targeted.tracking import read_token
+from flask_webpush_targeted.worker import make_worker
 
 
 def notify(host: SendingHost, users: Any, **kw: Any) -> int:
@@ -214,7 +214,7 @@ def test_a_user_id_that_cannot_be_stored_is_refused_before_anything_is_stored(
 
 
 def test_payload_limit_counts_the_tracking_token(sending: SendingHost) -> None:
-    from flask_webpush_targeted.sending import MAX_PLAINTEXT, encode_payload
+    from flask_webpush_targeted.payload import MAX_PLAINTEXT, encode_payload
     from flask_webpush_targeted.tracking import MAX_TOKEN_LENGTH
 
     sending.subscribe("1")
@@ -265,7 +265,7 @@ def test_consent_withdrawn_between_call_and_send_means_not_sent(sending: Sending
         sending.webpush.db.session.expire_all()
         nid = n.id
     with sending.app.app_context():
-        from flask_webpush_targeted.queue import get_queue
+        from flask_webpush_targeted.redis_queue import get_queue
 
         get_queue().empty()
         fan_out(nid)
@@ -286,7 +286,7 @@ def test_a_user_erased_before_their_delivery_is_sent_counts_skipped_and_the_send
         nid = sending.webpush.notify_users(["1", "2"], title="Hi").id
     with sending.app.app_context():
         from flask_webpush_targeted.jobs import fan_out
-        from flask_webpush_targeted.queue import get_queue
+        from flask_webpush_targeted.redis_queue import get_queue
 
         get_queue().empty()
         fan_out(nid)  # the delivery rows exist, pending, when the user is erased
@@ -325,7 +325,7 @@ def test_push_service_answers_map_to_delivery_states(
 def test_a_wrong_vapid_key_fails_every_delivery_and_keeps_every_subscription(
     sending: SendingHost, push_service: Any,
 ) -> None:
-    from flask_webpush_targeted.config import generate_vapid_keys
+    from flask_webpush_targeted.transport.vapid import generate_vapid_keys
 
     subs = [sending.subscribe(uid) for uid in ("1", "2")]
     nid = notify(sending, ["1", "2"])
@@ -380,7 +380,7 @@ def test_endpoint_guard_refuses_hosts_resolving_to_private_addresses(monkeypatch
     # name resolving to a private address cannot be set up without editing /etc/hosts.
     import socket
 
-    from flask_webpush_targeted.push import EndpointGuard
+    from flask_webpush_targeted.transport.guard import EndpointGuard
 
     answers = {"fcm.googleapis.com": "10.0.0.7", "web.push.apple.com": "17.57.146.1"}
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [
@@ -392,7 +392,7 @@ def test_endpoint_guard_refuses_hosts_resolving_to_private_addresses(monkeypatch
 
 
 def test_endpoint_guard_checks_every_endpoint_of_an_origin_it_already_knows() -> None:
-    from flask_webpush_targeted.push import EndpointGuard
+    from flask_webpush_targeted.transport.guard import EndpointGuard
 
     # The origin's verdict is computed once; each endpoint's own characters still count.
     guard = EndpointGuard(["http://127.0.0.1:9"])
@@ -464,7 +464,7 @@ def test_send_command_refuses_a_users_file_with_a_nul_and_stores_nothing(
     {"title": "x", "token": "set by a caller"},
 ])
 def test_the_per_batch_payload_encoder_writes_the_same_bytes(payload: dict[str, Any]) -> None:
-    from flask_webpush_targeted.sending import encode_payload, payload_encoder
+    from flask_webpush_targeted.payload import encode_payload, payload_encoder
     from flask_webpush_targeted.tracking import make_token
 
     token = make_token(123456789, 2_000_000_000, b"k" * 32)

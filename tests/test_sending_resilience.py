@@ -28,8 +28,8 @@ from rq import Worker
 from rq.job import Job
 
 from flask_webpush_targeted.exceptions import QueueUnavailable
-from flask_webpush_targeted.queue import get_queue
-from flask_webpush_targeted.sending import default_tag
+from flask_webpush_targeted.payload import default_tag
+from flask_webpush_targeted.redis_queue import get_queue
 
 
 def notify(host: SendingHost, users: list[str], **kw: Any) -> int:

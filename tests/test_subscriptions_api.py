@@ -29,8 +29,8 @@ from flask_login import logout_user
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_webpush_targeted import WebPush, signals
-from flask_webpush_targeted.config import b64url_decode, b64url_encode
 from flask_webpush_targeted.models import utcnow
+from flask_webpush_targeted.transport.b64url import b64url_decode, b64url_encode
 
 TABLES = ("webpush_subscription", "webpush_consent", "webpush_notification", "webpush_delivery")
 URL = "/webpush/subscriptions"

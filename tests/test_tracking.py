@@ -21,7 +21,7 @@ from conftest import SendingHost
 from flask import Flask
 
 from flask_webpush_targeted import signals, tracking
-from flask_webpush_targeted.queue import make_worker
+from flask_webpush_targeted.worker import make_worker
 
 EVENTS = "/webpush/events"
 

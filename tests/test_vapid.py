@@ -13,16 +13,12 @@ from hostapp import VAPID_PRIVATE, VAPID_PUBLIC
 from py_vapid import Vapid02
 
 from flask_webpush_targeted import ConfigurationError
-from flask_webpush_targeted.config import b64url_decode, load_vapid_private_key
-from flask_webpush_targeted.push import (
-    EndpointGuard,
-    Message,
-    PushResult,
-    PushSender,
-    VapidHeaders,
-    origin_of,
-)
 from flask_webpush_targeted.testing import LocalPushService
+from flask_webpush_targeted.transport.b64url import b64url_decode
+from flask_webpush_targeted.transport.guard import EndpointGuard
+from flask_webpush_targeted.transport.origins import origin_of
+from flask_webpush_targeted.transport.sender import Message, PushResult, PushSender
+from flask_webpush_targeted.transport.vapid import VapidHeaders, load_vapid_private_key
 
 MEMORY_DB = "sqlite://"
 KEY = load_vapid_private_key(VAPID_PRIVATE)

@@ -30,7 +30,6 @@ from werkzeug.exceptions import Forbidden
 
 from .. import stats
 from ..charts import series_svg
-from ..crm_requests import LATEST, MAX_PAGE, MAX_PER_PAGE, STATUSES
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import (
     APIError,
@@ -40,7 +39,11 @@ from ..exceptions import (
     LoginRequired,
     NotificationNotFound,
 )
-from ..extension import user_id_of
+from ..limits import LATEST, MAX_PAGE, MAX_PER_PAGE
+from ..spreadsheet import safe_row
+from ..statuses import NOTIFICATION_STATUSES
+from ..users import user_id_of
+from ..web_input import add_user_id_converter
 from .common import ext
 from .pages import _login_page
 
@@ -77,8 +80,6 @@ def register(bp: Blueprint) -> None:
         ("/admin/users/<webpush_user_id:user_id>", "admin_user", user_page, ["GET"]),
         ("/admin/users/<webpush_user_id:user_id>.json", "admin_user_json", user_json, ["GET"]),
     ]
-    from .crm import add_user_id_converter
-
     bp.record_once(add_user_id_converter)
     for rule, endpoint, view, methods in rules:
         bp.add_url_rule(rule, endpoint, view, methods=methods)
@@ -136,8 +137,8 @@ def _date_arg(name: str, json: bool) -> datetime | None:
 
 def _filters(json: bool = False) -> dict[str, Any]:
     status = request.args.get("status") or None
-    if status is not None and status not in STATUSES:
-        _bad_filter(json, f"status must be one of {', '.join(STATUSES)}.")
+    if status is not None and status not in NOTIFICATION_STATUSES:
+        _bad_filter(json, f"status must be one of {', '.join(NOTIFICATION_STATUSES)}.")
     category = request.args.get("category") or None
     if category is not None and "\x00" in category:  # PostgreSQL refuses NUL in text
         _bad_filter(json, "category must not contain NUL characters.")
@@ -173,8 +174,8 @@ def notifications_page() -> ResponseReturnValue:
     items, total = stats.list_notifications(webpush.db, webpush.models, page=page,
                                             per_page=PER_PAGE, **filters)
     return render_template("webpush/admin/notifications.html", items=items, total=total,
-                           page=page, pages=max(1, -(-total // PER_PAGE)), statuses=STATUSES,
-                           args=request.args)
+                           page=page, pages=max(1, -(-total // PER_PAGE)),
+                           statuses=NOTIFICATION_STATUSES, args=request.args)
 
 
 def notifications_json() -> ResponseReturnValue:
@@ -239,8 +240,6 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
         webpush.get_notification(nid)
     except NotificationNotFound:
         abort(404, f"No notification has id {nid}.")
-
-    from ..spreadsheet import safe_row
 
     def generate() -> Iterator[str]:
         buffer = io.StringIO()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 from flask_login import current_user
 
-from ..exceptions import BadRequestError, LoginRequired, RequestTooLarge
-from ..extension import WebPush, user_id_of
+from ..context import extension as ext
+from ..exceptions import BadRequestError, LoginRequired
+from ..users import user_id_of
+from ..web_input import MAX_DEPTH, check_tree, json_bytes
 
-
-def ext() -> WebPush:
-    """The WebPush extension of the current app."""
-    return current_app.extensions["webpush"]
+__all__ = ["ext", "json_body", "require_login_json", "subscription_json"]
 
 
 def require_login_json() -> str:
@@ -24,24 +23,9 @@ def require_login_json() -> str:
     return user_id_of(current_user)
 
 
-def json_bytes(limit: int) -> bytes:
-    """The raw body of a JSON request, read at most ``limit`` bytes (413 beyond, 400 if
-    it is not declared as JSON)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"The body is larger than {limit} bytes.")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise RequestTooLarge(f"The body is larger than {limit} bytes.")
-    if not request.is_json:
-        raise BadRequestError("Send JSON with Content-Type: application/json.")
-    return data
-
-
 def json_body() -> Any:
     """The request's JSON body, read at most WEBPUSH_MAX_REQUEST_BYTES; nested at most
     MAX_DEPTH levels, its text valid Unicode (a lone surrogate escape is refused)."""
-    from ..crm_requests import MAX_DEPTH, check_tree
-
     data = json_bytes(current_app.config["WEBPUSH_MAX_REQUEST_BYTES"])
     try:
         value = json.loads(data)

@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from .. import signals
 from ..exceptions import BadRequestError, RateLimited, TrackingTokenInvalid
-from ..queue import REDIS_ERRORS, redis_connection
+from ..redis_queue import REDIS_ERRORS, redis_connection
 from ..tracking import EVENT_COLUMNS, InvalidToken, read_token, record_event
 from .common import ext, json_body
 
@@ -65,8 +66,6 @@ def track_event() -> ResponseReturnValue:
     if webpush.db.session.scalar(sa.select(D.id).where(D.id == delivery_id)) is None:
         raise TrackingTokenInvalid("The tracking token names no delivery.")
     counted = record_event(webpush.db, webpush.models, delivery_id, event, action)
-    from .. import signals
-
     if counted:
         if action is not None:  # what was kept: only an action the notification offered
             action = webpush.db.session.scalar(sa.select(D.action).where(D.id == delivery_id))

@@ -17,7 +17,7 @@ from flask_login import current_user
 
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import CSRFError, SubscriptionNotFound
-from ..extension import user_id_of
+from ..users import user_id_of
 from .common import ext, require_login_json
 
 MESSAGES = {

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
+
+from .origins import origin_prefix
 
 #: the most of a body read; a longer answer is cut and its connection closed
 MAX_BODY = 64 * 1024
@@ -59,14 +60,6 @@ class Response:
 
 
 _Key = tuple[str, str, int]  # scheme, host, port
-_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\\]*(?=/)")
-
-
-def origin_prefix(url: str) -> str | None:
-    """``scheme://netloc`` of a URL with a path and no user name, or None: the part
-    thousands of push endpoints share, whose parsing and checks are then done once."""
-    match = _PREFIX.match(url)
-    return match.group() if match else None
 
 
 class _Stop(Exception):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
+from ..context import app_state
 from ..csrf import check_csrf
 from ..exceptions import BadRequestError
-from ..extension import SESSION_SUBSCRIPTIONS
 from ..subscriptions import label_from_user_agent, parse_subscribe_request, parse_subscription
+from ..users import SESSION_SUBSCRIPTIONS
 from .common import ext, json_body, require_login_json, subscription_json
 
 
@@ -42,7 +43,7 @@ def subscribe() -> ResponseReturnValue:
     body = json_body()
     req = parse_subscribe_request(
         body, current_app.config["WEBPUSH_CONSENT_VERSION"],
-        current_app.extensions["webpush.extra_origins"],
+        app_state().extra_origins,
     )
     user_agent = request.headers.get("User-Agent")
     if req.device_label is None:
@@ -73,6 +74,6 @@ def rotate_subscription() -> ResponseReturnValue:
     old = body.get("old") if isinstance(body, dict) else None
     if not isinstance(old, dict) or "subscription" not in body:
         raise BadRequestError("Send {'old': {'endpoint', 'auth'}, 'subscription': {...}}.")
-    new = parse_subscription(body["subscription"], current_app.extensions["webpush.extra_origins"])
+    new = parse_subscription(body["subscription"], app_state().extra_origins)
     sub = ext().store.rotate(old.get("endpoint"), old.get("auth"), new)
     return jsonify(subscription_json(sub))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,16 +20,10 @@ from typing import Any
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .exceptions import APIError, BadRequestError
+from ..exceptions import APIError, BadRequestError
+from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
+from ..statuses import NOTIFICATION_STATUSES
 
-#: deepest nesting of arrays and objects accepted in a body (``data`` is free-form)
-MAX_DEPTH = 32
-MAX_ID = 2**63 - 1
-STATUSES = ("scheduled", "queued", "sending", "done", "cancelled")
-MAX_PER_PAGE = 100
-MAX_PAGE = 100_000
-#: times from here on are refused: year 9999 leaves no room for a ttl to be added
-LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
                       r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 
@@ -64,59 +57,6 @@ class NotifyRequest:
 
 
 # -- the body ---------------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("a number is out of range")
-    return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("an object has the same key twice")
-    return result
-
-
-def check_tree(value: Any, depth: int = 0) -> None:
-    """Depth limit, and text that can be stored and encoded (no lone surrogates)."""
-    if depth > MAX_DEPTH:
-        raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise BadRequestError("The body holds text that is not valid Unicode "
-                                  "(a lone surrogate escape).") from exc
-    elif isinstance(value, list):
-        for item in value:
-            check_tree(item, depth + 1)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_tree(key, depth + 1)
-            check_tree(item, depth + 1)
-
-
-def read_json_body(limit: int) -> Any:
-    """The request's JSON body, at most ``limit`` bytes, strict UTF-8 JSON with finite numbers."""
-    from .views.common import json_bytes
-
-    data = json_bytes(limit)
-    try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
-                           parse_float=_finite, object_pairs_hook=_no_duplicates)
-    except RecursionError as exc:
-        raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our own checks
-        raise BadRequestError(f"The body is not valid JSON ({exc}).") from exc
-    check_tree(value)
-    return value
 
 
 def _integer(value: Any) -> int | None:
@@ -256,8 +196,8 @@ def parse_list_args(args: Mapping[str, str]) -> dict[str, Any]:
         if args.get(name) is not None:
             query[name] = parse_rfc3339(args[name], name)
     status = args.get("status")
-    if status is not None and status not in STATUSES:
-        raise BadRequestError(f"status must be one of {', '.join(STATUSES)}.")
+    if status is not None and status not in NOTIFICATION_STATUSES:
+        raise BadRequestError(f"status must be one of {', '.join(NOTIFICATION_STATUSES)}.")
     category = args.get("category")
     if category is not None and (not 0 < len(category) <= 64 or "\x00" in category):
         raise BadRequestError("category must be 1 to 64 characters, without NUL.")

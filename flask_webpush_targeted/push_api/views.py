@@ -17,22 +17,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict
-from werkzeug.routing import PathConverter
 
 from .. import stats
-from ..apikeys import authenticate, rate_bucket, require_scope
-from ..crm_requests import (
-    MAX_ID,
-    NotifyRequest,
-    check_user_id,
-    idempotency_key,
-    parse_list_args,
-    parse_notification,
-    read_json_body,
-)
+from ..clock import utcnow
+from ..context import extension as ext
 from ..exceptions import (
     APIError,
     InvalidNotification,
@@ -40,11 +30,19 @@ from ..exceptions import (
     QueueUnavailable,
     RateLimited,
 )
-from ..jobs import users_without
-from ..models import utcnow
-from ..openapi import openapi_document
-from ..queue import REDIS_ERRORS, redis_connection
-from .common import ext
+from ..redis_queue import REDIS_ERRORS, redis_connection
+from ..targeting import users_without
+from ..web_input import add_user_id_converter, read_json_body
+from .keys import authenticate, rate_bucket, require_scope
+from .openapi import openapi_document
+from .requests import (
+    MAX_ID,
+    NotifyRequest,
+    check_user_id,
+    idempotency_key,
+    parse_list_args,
+    parse_notification,
+)
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -65,18 +63,6 @@ class NotCancellable(APIError, Conflict):
     """The notification is already done or cancelled."""
 
     error = "not_cancellable"
-
-
-class UserIdConverter(PathConverter):
-    """A user id in a path: like ``path``, but a newline in it still matches (werkzeug's
-    ``path`` stops there), so every id answers JSON rather than the host's 404 page."""
-
-    regex = r"[^/][\s\S]*?"
-
-
-def add_user_id_converter(state: BlueprintSetupState) -> None:
-    """Register ``webpush_user_id`` on the app (once; the admin views use it too)."""
-    state.app.url_map.converters.setdefault("webpush_user_id", UserIdConverter)
 
 
 def register(bp: Blueprint) -> None:

@@ -19,9 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 from werkzeug.exceptions import Forbidden, Unauthorized
 
-from .exceptions import APIError
-from .models import Models, utcnow
-from .sending import MAX_ROW_ID, storable
+from ..clock import utcnow
+from ..exceptions import APIError
+from ..limits import MAX_ROW_ID
+from ..models import Models
+from ..transport.text import storable
 
 #: What a key may be allowed: send and cancel its own notifications; read every
 #: notification's statistics; see a user's devices (support).

@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .crm_requests import LATEST, MAX_DEPTH, MAX_ID, MAX_PAGE, MAX_PER_PAGE, STATUSES
-from .platforms import PLATFORMS
+from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
+from ..platforms import PLATFORMS
+from ..statuses import NOTIFICATION_STATUSES
+from ..web_input import MAX_DEPTH
 
 STATUS_URL = "https://shop.example/webpush/api/v1/notifications/42"
 _REF = "#/components/schemas/"
@@ -176,7 +178,7 @@ SCHEMAS: dict[str, Any] = {
                      "users_without_devices", "replayed"],
         "properties": {
             "id": _ID,
-            "status": {"type": "string", "enum": list(STATUSES)},
+            "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
             "status_url": {"type": "string", "format": "uri"},
             "created_at": _TIME,
             "send_at": {"type": ["string", "null"], "format": "date-time"},
@@ -226,7 +228,7 @@ SCHEMAS: dict[str, Any] = {
                      "created_at", "send_at", "finished_at", "status_url", "stats"],
         "properties": {
             "id": _ID,
-            "status": {"type": "string", "enum": list(STATUSES)},
+            "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
             "title": {"type": "string"},
             "category": {"type": ["string", "null"]},
             "urgency": {"type": "string", "enum": ["very-low", "low", "normal", "high"]},
@@ -375,7 +377,8 @@ def _paths() -> dict[str, Any]:
                     {"name": "until", "in": "query", "allowEmptyValue": True, "schema": _TIME_IN,
                      "description": "Created before.", "example": "2026-12-02T00:00:00+01:00"},
                     {"name": "status", "in": "query", "allowEmptyValue": True,
-                     "schema": {"type": "string", "enum": list(STATUSES)}, "example": "done"},
+                     "schema": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
+                     "example": "done"},
                     {"name": "category", "in": "query", "allowEmptyValue": True,
                      "schema": {"type": "string", "minLength": 1, "maxLength": 64,
                                 "pattern": "^[^\\u0000]*$"}, "example": "travel"},

@@ -1,0 +1,43 @@
+"""The state the extension keeps for one app, in one object reached through ``current_app``.
+
+Flask-SQLAlchemy's way: the extension object (``app.extensions["webpush"]``, shared by
+the apps it is initialised on) holds no app; what belongs to one app lives in its
+``AppState``, created by ``init_app``, at ``app.extensions["webpush.state"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+from .models import Models
+
+if TYPE_CHECKING:  # the extension is above every module that asks for it
+    from .extension import WebPush
+
+
+@dataclass
+class AppState:
+    """One app's database, models and per-process resources."""
+
+    #: the host's Flask-SQLAlchemy object
+    db: Any
+    models: Models
+    #: WEBPUSH_EXTRA_PUSH_SERVICES, normalised once at init_app
+    extra_origins: frozenset[str]
+    #: the Redis client, created on first use (``redis_queue.redis_connection``)
+    redis: Any = None
+
+
+def app_state(app: Flask | None = None) -> AppState:
+    """The state of ``app``, or of the current app."""
+    state: AppState = (app or current_app).extensions["webpush.state"]
+    return state
+
+
+def extension(app: Flask | None = None) -> WebPush:
+    """The WebPush extension of ``app``, or of the current app."""
+    ext: WebPush = (app or current_app).extensions["webpush"]
+    return ext

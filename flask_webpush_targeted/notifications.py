@@ -1,0 +1,167 @@
+"""A notification from ``notify_user(s)``: its options validated, stored, then enqueued.
+
+Everything that can be checked before a worker runs is checked here, before a
+row is written: a bad call raises a specific exception and stores nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+
+from . import signals
+from .clock import utcnow
+from .exceptions import InvalidNotification, QueueUnavailable
+from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
+from .models import Models
+from .payload import check_text, default_tag
+from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
+from .statuses import WAITING, NotificationStatus
+
+URGENCIES = ("very-low", "low", "normal", "high")
+MAX_TTL = 28 * 86400
+_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_CHUNK = 1000
+
+
+def ttl_seconds(ttl: Any) -> int:
+    """Validate a ttl (seconds or timedelta) and return whole seconds."""
+    if ttl is None:
+        return int(current_app.config["WEBPUSH_DEFAULT_TTL"])
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+            or (isinstance(ttl, float) and not math.isfinite(ttl)) or ttl != int(ttl)):
+        raise InvalidNotification("ttl must be whole seconds (int) or a timedelta.")
+    if not 0 <= ttl <= MAX_TTL:
+        raise InvalidNotification(f"ttl must be between 0 and {MAX_TTL} seconds (28 days).")
+    return int(ttl)
+
+
+def check_options(*, urgency: Any, topic: Any, send_at: Any, category: Any,
+                  idempotency_key: Any) -> None:
+    """Validate urgency, topic, send_at, category and idempotency key."""
+    if urgency not in URGENCIES:
+        raise InvalidNotification(f"urgency must be one of {', '.join(URGENCIES)}.")
+    if topic is not None and (not isinstance(topic, str) or not _TOPIC.fullmatch(topic)):
+        raise InvalidNotification("topic must be 1 to 32 URL-safe base64 characters "
+                                  "(A-Z, a-z, 0-9, '-', '_').")
+    if send_at is not None and (not isinstance(send_at, datetime) or send_at.tzinfo is None
+                                or send_at.utcoffset() is None):
+        raise InvalidNotification("send_at must be a timezone-aware datetime.")
+    if send_at is not None:
+        try:
+            in_utc = send_at.astimezone(UTC)
+        except (OverflowError, ValueError) as exc:  # year 1 at +05:00 is before datetime.min
+            raise InvalidNotification("send_at must be between the years 2000 and 9000.") from exc
+        if not EARLIEST_SEND_AT <= in_utc < LATEST:
+            raise InvalidNotification("send_at must be between the years 2000 and 9000.")
+    if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
+        raise InvalidNotification("category must be a string of 1 to 64 characters.")
+    check_text("category", category)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str)
+                                        or not 0 < len(idempotency_key) <= 255):
+        raise InvalidNotification("idempotency_key must be a string of 1 to 255 characters.")
+    check_text("idempotency_key", idempotency_key)
+
+
+def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> dict[str, Any]:
+    """Validate ``devices`` and return the targeting to store.
+
+    "all" and "latest" are resolved by the worker at send time (consent may
+    change meanwhile). A list of ids must name subscriptions of the targeted
+    users; a callable is applied now, to each active subscription, and stored
+    as the ids it chose (a function cannot travel to another process).
+    """
+    if devices in ("all", "latest"):
+        return {"user_ids": user_ids, "devices": devices}
+    Sub = m.Subscription
+    if callable(devices):
+        chosen: list[int] = []
+        for start in range(0, len(user_ids), _CHUNK):
+            subs = db.session.scalars(sa.select(Sub).where(
+                Sub.user_id.in_(user_ids[start:start + _CHUNK]), Sub.revoked_at.is_(None)))
+            chosen.extend(s.id for s in subs if devices(s))
+        return {"user_ids": user_ids, "devices": "ids", "subscription_ids": sorted(chosen)}
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
+        raise InvalidNotification(
+            "devices must be 'all', 'latest', a list of subscription ids or a callable.")
+    ids = list(devices)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidNotification("devices must be a non-empty list of subscription ids (int).")
+    wanted = set(user_ids)
+    # Ids outside the column's range name no subscription (and PostgreSQL refuses them).
+    possible = sorted({i for i in ids if 0 < i <= MAX_ROW_ID})
+    owners = dict(db.session.execute(sa.select(Sub.id, Sub.user_id)
+                                     .where(Sub.id.in_(possible))).all())
+    strangers = sorted(i for i in set(ids) if owners.get(i) not in wanted)
+    if strangers:
+        raise InvalidNotification(
+            f"Subscription id(s) {strangers} do not belong to the targeted user(s).")
+    return {"user_ids": user_ids, "devices": "ids", "subscription_ids": sorted(set(ids))}
+
+
+def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[str, Any],
+                      targeting: dict[str, Any], ttl: int, urgency: str, topic: str | None,
+                      send_at: datetime | None, idempotency_key: str | None,
+                      category: str | None) -> Any:
+    """Commit the Notification first, then enqueue it; a Redis outage loses nothing."""
+    N = m.Notification
+    if idempotency_key is not None:
+        existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+        if existing is not None:
+            return _enqueue_if_never_queued(db, existing)
+    now = utcnow()
+    scheduled = send_at is not None and send_at > now
+    status = NotificationStatus.SCHEDULED if scheduled else NotificationStatus.QUEUED
+    n = N(idempotency_key=idempotency_key, status=status,
+          category=category, payload=payload, targeting=targeting,
+          target_count=len(targeting["user_ids"]), ttl=ttl, urgency=urgency,
+          topic=topic, send_at=send_at, created_at=now)
+    db.session.add(n)
+    try:
+        db.session.flush()
+    except sa.exc.IntegrityError:
+        # The same key was stored by a concurrent call: that one is the notification.
+        db.session.rollback()
+        existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+        return _enqueue_if_never_queued(db, existing)
+    if "tag" not in n.payload:
+        n.payload = {**payload, "tag": default_tag(n.id)}
+    if n.topic is None:
+        n.topic = f"n{n.id}"
+    db.session.commit()
+    return _enqueue(db, n)
+
+
+def _enqueue_if_never_queued(db: Any, n: Any) -> Any:
+    # A repeat of a call that met a Redis outage tries the queue again (and says so if
+    # it is still down) rather than answering as if the first call had succeeded.
+    if n.job_id is None and n.status in WAITING:
+        return _enqueue(db, n)
+    return n
+
+
+def _enqueue(db: Any, n: Any) -> Any:
+    job_id = fanout_job_id(n.id)
+    try:
+        queue = get_queue()
+        if n.send_at is not None and n.send_at > utcnow():
+            enqueue_at(queue, n.send_at, FAN_OUT, n.id, job_id=job_id)
+        else:
+            queue.enqueue(FAN_OUT, n.id, job_id=job_id)
+    except REDIS_ERRORS as exc:
+        raise QueueUnavailable(
+            f"Notification {n.id} is stored but Redis did not answer ({exc}); it will be "
+            "enqueued by `flask webpush recover`, which every worker also runs.", n.id) from exc
+    n.job_id, n.queued_at = job_id, utcnow()
+    db.session.commit()
+    signals.notification_queued.send(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                     notification=n)
+    return n

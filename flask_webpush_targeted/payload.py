@@ -1,0 +1,171 @@
+"""The JSON a service worker receives: built and checked at call time, encoded per delivery."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import current_app, has_request_context, request
+
+from .exceptions import InvalidNotification, PayloadTooLarge
+from .tracking import MAX_TOKEN_LENGTH
+from .transport.origins import web_origin
+from .transport.text import storable
+
+#: RFC 8291: 4096-byte record, minus 86 bytes of header, 16 of tag, 1 of padding delimiter
+MAX_PLAINTEXT = 3993
+
+
+#: no URL in a notification holds these anywhere: C0 controls, space, DEL, backslash.
+#: Browsers drop tabs and newlines from a URL and read "\" as "/" (WHATWG URL), so
+#: "/\evil.example/p.png" and "/\t/evil.example" both open //evil.example, off-site.
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+#: deepest nesting of lists and objects in ``data`` (as the push API accepts): a worker
+#: encodes data from deeper in its stack than notify_users ran, and JSON near Python's
+#: recursion limit that passed here would fail there, on every retry
+MAX_DATA_DEPTH = 32
+
+
+def check_text(name: str, value: Any) -> None:
+    if isinstance(value, str) and not storable(value):
+        raise InvalidNotification(f"{name} must not contain NUL characters or lone "
+                                  "surrogates (text that is not valid Unicode).")
+
+
+def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
+    """``url`` if it is a path on this site or a URL on its origin; InvalidNotification else."""
+    if url is None and allow_none:
+        return None
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        raise InvalidNotification(f"{name} must be a URL string of at most 2048 characters.")
+    if _URL_FORBIDDEN.search(url) or not storable(url):
+        raise InvalidNotification(
+            f"{name} must not contain spaces, control characters, backslashes or lone "
+            f"surrogates (percent-encode them): {url!r}.")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port or host
+    except ValueError as exc:
+        raise InvalidNotification(f"{name} is not a valid URL: {url!r}.") from exc
+    if not parts.scheme and not parts.netloc:
+        if not url.startswith("/") or url.startswith("//"):
+            raise InvalidNotification(f"{name} must start with '/' when relative: {url!r}.")
+        return url
+    site = current_app.config["WEBPUSH_SITE_URL"] or (
+        request.host_url if has_request_context() else None)
+    # A user name before the host ("https://shop.example@evil.example") is refused: it
+    # only ever serves to make an address look like another.
+    if (site and parts.username is None and "@" not in parts.netloc
+            and web_origin(parts) == web_origin(urlsplit(site))):
+        return url
+    raise InvalidNotification(
+        f"{name} must be relative or on this site's origin (WEBPUSH_SITE_URL): {url!r}.")
+
+
+def _check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise InvalidNotification(f"data is nested deeper than {MAX_DATA_DEPTH} levels.")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_depth(item, depth + 1)
+
+
+def _check_actions(actions: Any) -> list[dict[str, str]]:
+    if not isinstance(actions, list) or len(actions) > 2 or not all(
+        isinstance(a, dict) and isinstance(a.get("action"), str)
+        and isinstance(a.get("title"), str) for a in actions
+    ):
+        raise InvalidNotification(
+            "actions must be a list of at most 2 {'action': str, 'title': str} objects.")
+    checked = []
+    for index, action in enumerate(actions):
+        check_text(f"actions[{index}].action", action["action"])
+        check_text(f"actions[{index}].title", action["title"])
+        item = {"action": action["action"], "title": action["title"]}
+        if action.get("icon") is not None:
+            # Shown by the browser like the notification's own icon: on the site too.
+            item["icon"] = _check_url(f"actions[{index}].icon", action["icon"], allow_none=False)
+        checked.append(item)
+    return checked
+
+
+def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: Any = None,
+                  badge: Any = None, tag: Any = None, actions: Any = None, data: Any = None,
+                  require_interaction: bool = False, silent: bool = False) -> dict[str, Any]:
+    """The JSON object the service worker receives, without its token; validated."""
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidNotification("title must be a non-empty string.")
+    if body is not None and not isinstance(body, str):
+        raise InvalidNotification("body must be a string.")
+    check_text("title", title)
+    check_text("body", body)
+    payload: dict[str, Any] = {"title": title, "body": body or "",
+                               "url": _check_url("url", url, allow_none=False) if url else "/"}
+    for name, value in (("icon", icon), ("image", image), ("badge", badge)):
+        if value is not None:
+            payload[name] = _check_url(name, value)
+    if tag is not None:
+        if not isinstance(tag, str) or not tag or len(tag) > 64:
+            raise InvalidNotification("tag must be a string of 1 to 64 characters.")
+        check_text("tag", tag)
+        payload["tag"] = tag
+    if actions is not None:
+        payload["actions"] = _check_actions(actions)
+    if data is not None:
+        _check_depth(data)
+        try:
+            # As the worker encodes it: strict JSON (no NaN or Infinity, which PostgreSQL's
+            # json type and browsers' JSON.parse refuse) in UTF-8 (no lone surrogates).
+            json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidNotification(
+                "data must be JSON: finite numbers, valid Unicode text, string keys.") from exc
+        payload["data"] = data
+    for name, flag in (("require_interaction", require_interaction), ("silent", silent)):
+        if not isinstance(flag, bool):
+            raise InvalidNotification(f"{name} must be True or False.")
+        if flag:
+            payload[name] = True
+    return payload
+
+
+def encode_payload(payload: dict[str, Any], token: str) -> bytes:
+    """The plaintext a browser decrypts: the payload with this delivery's token."""
+    return json.dumps({**payload, "token": token}, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def payload_encoder(payload: dict[str, Any]) -> Callable[[str], bytes]:
+    """``encode_payload`` for many tokens of one payload: the JSON is built once per batch.
+
+    Tokens are base64url and ".", which JSON writes as they are, so the bytes are the same.
+    """
+    if "token" in payload:  # would be replaced in place, not appended
+        return lambda token: encode_payload(payload, token)
+    head = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)[:-1]
+    head += ',"token":"' if payload else '"token":"'
+    return lambda token: f'{head}{token}"}}'.encode()
+
+
+def default_tag(notification_id: int) -> str:
+    """The tag of a notification that has none: a rare duplicate then replaces, not stacks."""
+    return f"webpush-{notification_id}"
+
+
+def check_payload_size(payload: dict[str, Any]) -> None:
+    """Raise PayloadTooLarge unless the payload fits with the longest possible token."""
+    # The default tag (added once the id is known) counts too, at its longest.
+    worst = payload if "tag" in payload else {**payload, "tag": default_tag(10**19)}
+    size = len(encode_payload(worst, "x" * MAX_TOKEN_LENGTH))
+    if size > MAX_PLAINTEXT:
+        raise PayloadTooLarge(
+            f"The payload is {size} bytes with its tracking token; Web Push allows "
+            f"{MAX_PLAINTEXT}. Shorten the body or data.")
