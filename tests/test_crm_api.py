@@ -572,7 +572,7 @@ def redis_down(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Api]
     yield Api(host)
     # Clean the test's queue on the real Redis.
     host.app.config["WEBPUSH_REDIS_URL"] = REDIS_URL
-    host.app.extensions.pop("webpush.redis", None)
+    host.app.extensions["webpush.state"].redis = None
     host.close()
 
 

@@ -116,13 +116,13 @@ def test_redis_down_while_a_retry_is_enqueued_sends_the_rest_and_recover_retries
     clock = ManualClock()
     with use_clock(clock):
         nid, first, last = fanned_out(host, ["1"])
-        real = host.app.extensions["webpush.redis"]
+        real = host.app.extensions["webpush.state"].redis
         # A port nothing listens on: every Redis call fails as in an outage.
-        host.app.extensions["webpush.redis"] = redis.Redis(port=1, socket_connect_timeout=0.2)
+        host.app.extensions["webpush.state"].redis = redis.Redis(port=1, socket_connect_timeout=0.2)
         try:
             _in_app(host, send_batch, nid, first, last)  # raised ConnectionError before
         finally:
-            host.app.extensions["webpush.redis"] = real
+            host.app.extensions["webpush.state"].redis = real
         rows = {d.subscription_id: d for d in host.deliveries(nid)}
         assert [rows[s.id].status for s in healthy] == ["sent"] * 4
         assert rows[failing.id].status == "pending" and rows[failing.id].claimed_by is None

@@ -263,15 +263,15 @@ def test_redis_refusing_the_retry_enqueue_does_not_abort_the_batch(
     clock = ManualClock()
     with use_clock(clock), own_redis(*refusing) as refusing_redis:
         nid, first, last = fanned_out(host, ["1"])
-        real = host.app.extensions["webpush.redis"]
-        host.app.extensions["webpush.redis"] = refusing_redis
+        real = host.app.extensions["webpush.state"].redis
+        host.app.extensions["webpush.state"].redis = refusing_redis
         error = None
         try:
             _in_app(host, send_batch, nid, first, last)
         except Exception as exc:
             error = type(exc).__name__
         finally:
-            host.app.extensions["webpush.redis"] = real
+            host.app.extensions["webpush.state"].redis = real
     rows = {d.subscription_id: d for d in host.deliveries(nid)}
     got = (error, [rows[s.id].status for s in healthy], rows[failing.id].status)
     assert got == (None, ["sent"] * 4, "pending"), got
@@ -404,8 +404,8 @@ def test_two_workers_recovering_at_once_enqueue_one_copy_of_a_stuck_batch(
         nid, first, _last = fanned_out(host, ["1"])
         _abandon(host, first, clock.now)
         clock.advance(61)
-        real = host.app.extensions["webpush.redis"]
-        host.app.extensions["webpush.redis"] = _MeetingRedis(
+        real = host.app.extensions["webpush.state"].redis
+        host.app.extensions["webpush.state"].redis = _MeetingRedis(
             connection_pool=real.connection_pool)
         rounds: list[dict[str, int]] = []
         try:
@@ -416,7 +416,7 @@ def test_two_workers_recovering_at_once_enqueue_one_copy_of_a_stuck_batch(
             for worker in workers:
                 worker.join(30)
         finally:
-            host.app.extensions["webpush.redis"] = real
+            host.app.extensions["webpush.state"].redis = real
         queue = InProcessQueue(host.app, clock)
         got = (sorted(r["batches"] for r in rounds), queue.ready_count())
     assert got == ([0, 1], 1), got
@@ -587,15 +587,15 @@ def test_redis_down_costs_a_batch_with_retries_no_more_than_one_failed_enqueue(
     clock = ManualClock()
     with use_clock(clock):
         nid, first, last = fanned_out(host, ["1"])
-        real = host.app.extensions["webpush.redis"]
+        real = host.app.extensions["webpush.state"].redis
         # A port nothing listens on, with the timeouts queue.redis_connection uses.
-        host.app.extensions["webpush.redis"] = redis.Redis(
+        host.app.extensions["webpush.state"].redis = redis.Redis(
             port=1, socket_connect_timeout=2, socket_timeout=10)
         started = time.monotonic()
         try:
             _in_app(host, send_batch, nid, first, last)
         finally:
-            host.app.extensions["webpush.redis"] = real
+            host.app.extensions["webpush.state"].redis = real
         took = time.monotonic() - started
     status = {d.subscription_id: d.status for d in host.deliveries(nid)}
     assert [status[s.id] for s in subs] == ["pending", "sent"] * 3, status

@@ -254,18 +254,18 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             from redis.retry import Retry
 
             app = self.host.app
-            real = app.extensions["webpush.redis"]
+            real = app.extensions["webpush.state"].redis
 
             def around(run: Any) -> None:
                 # A port nothing listens on: every Redis call the job makes fails.
-                app.extensions["webpush.redis"] = redis_module.Redis(
+                app.extensions["webpush.state"].redis = redis_module.Redis(
                     port=1, socket_connect_timeout=0.05, retry=Retry(NoBackoff(), 0))
                 try:
                     run()
                 except redis_module.exceptions.RedisError:
                     pass  # the job failed, as RQ would record it
                 finally:
-                    app.extensions["webpush.redis"] = real
+                    app.extensions["webpush.state"].redis = real
 
             self._run_one(around)
 
