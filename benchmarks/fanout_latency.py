@@ -11,7 +11,9 @@ the same run: the time to INSERT one row into the same database.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from harness import add_subscriptions, bench_app, median_of, push_sink, write_result
@@ -43,16 +45,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     args = parser.parse_args()
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     with push_sink() as (origin, _):
         for per_user in (1, 3):
             with bench_app(origin) as app:
                 add_subscriptions(app, origin, max(args.sizes) * per_user, per_user=per_user)
-                baseline, _ = median_of(args.runs, lambda app=app: insert_time(app))
+                baseline, _ = median_of(args.runs, functools.partial(insert_time, app))
                 for size in args.sizes:
                     ids = [str(i) for i in range(size)]
-                    median, runs = median_of(args.runs, lambda app=app, ids=ids: call_time(
-                        app, ids))
+                    median, runs = median_of(args.runs, functools.partial(call_time, app, ids))
                     results[f"{size} users x {per_user} devices"] = {
                         "median_s": median, "runs": runs, "vs_one_insert": median / baseline}
     print(f"{'targets':<28}{'notify_users()':>16}{'vs 1 INSERT':>14}")

@@ -50,7 +50,7 @@ def accept(key: str) -> None:
 def is_gone(key: str) -> bool:
     """A fixed few subscriptions are gone for good (chosen by a hash of the endpoint)."""
     digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
-    return digest % 100_000 < OPTIONS["gone"] * 100_000
+    return bool(digest % 100_000 < OPTIONS["gone"] * 100_000)
 
 
 def draw() -> str:

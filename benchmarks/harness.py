@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hostapp import VAPID_PRIVATE, VAPID_PUBLIC, make_host_app  # noqa: E402
+from hostapp import VAPID_PRIVATE as VAPID_PRIVATE  # noqa: E402 - re-exported
+from hostapp import VAPID_PUBLIC, make_host_app  # noqa: E402
 
 from flask_webpush_targeted.transport.b64url import b64url_encode  # noqa: E402
 
@@ -108,7 +109,7 @@ def add_subscriptions(app: Any, origin: str, count: int, per_user: int = 1) -> l
         for start in range(0, len(rows), 5000):
             webpush.db.session.execute(table.insert(), rows[start:start + 5000])
         webpush.db.session.commit()
-    return sorted({r["user_id"] for r in rows}, key=int)
+    return sorted({str(r["user_id"]) for r in rows}, key=int)
 
 
 def start_workers(app: Any, count: int, *extra: str) -> list[subprocess.Popen[bytes]]:
@@ -162,8 +163,10 @@ def wait_done(app: Any, notification_id: int, timeout: float = 900) -> float:
     raise TimeoutError(f"notification {notification_id} not done in {timeout}s")
 
 
-def cpu_seconds(groups: dict[str, Callable[[int, str], bool]]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the live processes of each group.
+def cpu_seconds(groups: dict[str, Callable[[int, str], bool]],
+                with_children: frozenset[str] | set[str] = frozenset()) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the live processes of each group, and
+    for the groups in ``with_children`` by the children they waited for (RQ's work horses).
 
     A group is a test on (pid, command name); read from /proc, so Linux only.
     """
@@ -181,6 +184,8 @@ def cpu_seconds(groups: dict[str, Callable[[int, str], bool]]) -> dict[str, floa
         for group, test in groups.items():
             if test(int(entry.name), name):
                 used[group] += (int(fields[11]) + int(fields[12])) / tick
+                if group in with_children:
+                    used[group] += (int(fields[13]) + int(fields[14])) / tick
                 break
     return used
 

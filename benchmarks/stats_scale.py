@@ -11,6 +11,7 @@ with 1,000 deliveries in the same database.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from typing import Any
 
@@ -116,12 +117,12 @@ def main() -> None:
             "notification JSON": "/webpush/admin/notifications/{nid}.json",
             "deliveries JSON page": "/webpush/admin/notifications/{nid}/deliveries.json",
         }
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         for name, url in pages.items():
-            base, _ = median_of(args.runs, lambda url=url: timed_get(
-                client, url.format(nid=small)))
-            value, runs = median_of(args.runs, lambda url=url: timed_get(
-                client, url.format(nid=big)))
+            base, _ = median_of(args.runs, functools.partial(
+                timed_get, client, url.format(nid=small)))
+            value, runs = median_of(args.runs, functools.partial(
+                timed_get, client, url.format(nid=big)))
             results[name] = {"median_s": value, "runs": runs, "baseline_1000_s": base}
         with app.app_context():
             base, _ = median_of(args.runs, lambda: _timed(lambda: webpush.stats(small)))

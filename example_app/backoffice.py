@@ -85,7 +85,8 @@ def admin_required(view: Callable[..., ResponseReturnValue]) -> Callable[..., Re
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> ResponseReturnValue:
         if not current_user.is_authenticated:
-            return login_manager.unauthorized()
+            answer: ResponseReturnValue = login_manager.unauthorized()
+            return answer
         if not getattr(current_user, "is_admin", False):
             return render_template("admin/forbidden.html"), 403
         return view(*args, **kwargs)

@@ -79,7 +79,10 @@ def logout() -> ResponseReturnValue:
     return redirect(url_for("shop.index"))
 
 
-@bp.route("/account")
-@login_required
 def account() -> ResponseReturnValue:
+    """The customer's account page."""
     return render_template("account.html")
+
+
+# Wrapped by a call: Flask-Login is untyped, so as a decorator it would untype the view.
+bp.add_url_rule("/account", view_func=login_required(account))

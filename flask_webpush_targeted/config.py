@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .exceptions import ConfigurationError
 from .transport.b64url import b64url_decode
-from .transport.origins import DEFAULT_PORTS
+from .transport.origins import web_origin
 
 # generate_vapid_keys is documented under this module's name (docs/browser-testing.md)
 from .transport.vapid import generate_vapid_keys as generate_vapid_keys
@@ -97,7 +97,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _origin_of(url: str) -> str:
+def _extra_origin(url: Any) -> str:
+    """A WEBPUSH_EXTRA_PUSH_SERVICES entry as ``web_origin`` spells it; ValueError when it
+    is not ``http(s)://host[:port]`` with nothing after."""
     if not isinstance(url, str):
         raise ValueError(url)
     parts = urlsplit(url)
@@ -105,8 +107,7 @@ def _origin_of(url: str) -> str:
         raise ValueError(url)
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise ValueError(url)
-    port = parts.port or DEFAULT_PORTS[parts.scheme]
-    return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
+    return web_origin(parts)  # ValueError for a port out of range
 
 
 def validate_config(config: dict[str, Any]) -> None:
@@ -168,7 +169,7 @@ def validate_config(config: dict[str, Any]) -> None:
         )
     for origin in extra:
         try:
-            _origin_of(origin)
+            _extra_origin(origin)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(
                 f"WEBPUSH_EXTRA_PUSH_SERVICES entry {origin!r} is not an origin "
@@ -177,5 +178,5 @@ def validate_config(config: dict[str, Any]) -> None:
 
 
 def extra_push_origins(config: dict[str, Any]) -> frozenset[str]:
-    """The normalised origins of WEBPUSH_EXTRA_PUSH_SERVICES."""
-    return frozenset(_origin_of(o) for o in config["WEBPUSH_EXTRA_PUSH_SERVICES"])
+    """The origins of WEBPUSH_EXTRA_PUSH_SERVICES, spelled by ``web_origin``."""
+    return frozenset(_extra_origin(o) for o in config["WEBPUSH_EXTRA_PUSH_SERVICES"])

@@ -14,8 +14,11 @@ from flask import Flask, current_app
 
 from .models import Models
 
-if TYPE_CHECKING:  # the extension is above every module that asks for it
+if TYPE_CHECKING:  # annotations only: extension and worker_state are above this module
+    from redis import Redis
+
     from .extension import WebPush
+    from .worker_state import SendingState
 
 
 @dataclass
@@ -28,7 +31,10 @@ class AppState:
     #: WEBPUSH_EXTRA_PUSH_SERVICES, normalised once at init_app
     extra_origins: frozenset[str]
     #: the Redis client, created on first use (``redis_queue.redis_connection``)
-    redis: Any = None
+    redis: Redis | None = None
+    #: this process's VAPID signer, endpoint guard and sender, built when a worker starts
+    #: or on first use (``worker_state``)
+    sending: SendingState | None = None
 
 
 def app_state(app: Flask | None = None) -> AppState:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 
@@ -21,13 +21,28 @@ from .platforms import platform_of as platform_of  # a device counts under its U
 from .platforms import platform_of_old_key
 from .sql import insert_for
 
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
 COUNTERS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
             "clicked", "closed")
 
 Increments = dict[tuple[str, str], dict[str, int]]
 
 
-def send_start(n: Any) -> datetime:
+class Sending(Protocol):
+    """What ``send_start`` reads: a notification, or a row with its two columns."""
+
+    @property
+    def send_at(self) -> datetime | None:
+        """When sending was scheduled for, if it was."""
+
+    @property
+    def created_at(self) -> datetime:
+        """When the notification was created."""
+
+
+def send_start(n: Sending) -> datetime:
     """When sending a notification starts: its send_at, or its creation if that is later."""
     return max(n.send_at, n.created_at) if n.send_at else n.created_at
 
@@ -64,7 +79,7 @@ def reason_key(code: int | None, reason: str | None) -> str:
     return f"{'' if code is None else code}|{reason or ''}"[:200]
 
 
-def bump(db: Any, m: Models, notification_id: int, inc: Increments) -> None:
+def bump(db: SQLAlchemy, m: Models, notification_id: int, inc: Increments) -> None:
     """Add the increments to the counter rows (upsert), in the caller's transaction."""
     rows = [{"notification_id": notification_id, "dimension": d, "key": k,
              **{c: int(values.get(c, 0)) for c in COUNTERS}}
@@ -79,7 +94,7 @@ def bump(db: Any, m: Models, notification_id: int, inc: Increments) -> None:
         set_={c: table.c[c] + stmt.excluded[c] for c in COUNTERS}), rows)
 
 
-def totals(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
+def totals(db: SQLAlchemy, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
     """The funnel counters of several notifications (zeros where nothing happened yet)."""
     ids = list(ids)
     result = {i: dict.fromkeys(COUNTERS, 0) for i in ids}
@@ -91,7 +106,7 @@ def totals(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
     return result
 
 
-def fold_old_platform_rows(db: Any, m: Models, chunk: int = 1000) -> int:
+def fold_old_platform_rows(db: SQLAlchemy, m: Models, chunk: int = 1000) -> int:
     """Fold per-platform counters keyed by device labels (written before platforms were a
     closed set) into keys of ``PLATFORMS``; return how many rows were folded.
 

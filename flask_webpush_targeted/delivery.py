@@ -3,7 +3,9 @@
 A batch *claims* its rows with one conditional UPDATE before sending, so two workers,
 or a retried job, never send the same delivery twice. A claim older than
 WEBPUSH_CLAIM_TIMEOUT belongs to a dead worker and may be taken again. Results are
-written flush by flush; signals and retries follow each flush's commit.
+written flush by flush, in three steps: ``decide`` turns the answers into a ``Plan``
+(no database, no app, no Redis), ``_write`` applies it in one transaction, and
+``_after_commit`` tells the signal receivers and schedules the retries.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import logging
 import queue as queue_module
 import threading
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import redis
 import sqlalchemy as sa
@@ -29,7 +32,7 @@ from .models import Models
 from .payload import payload_encoder
 from .redis_queue import SEND_BATCH, enqueue_at, get_queue
 from .sql import id_in
-from .statuses import FINAL
+from .statuses import FINAL, DeliveryStatus, NotificationStatus, Outcome
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
 from .worker_state import worker_sender
@@ -38,14 +41,10 @@ log = logging.getLogger("flask_webpush_targeted")
 
 #: tokens stay valid this long after a message's validity ends, so late clicks count
 TOKEN_GRACE = timedelta(days=7)
-
-
-
-
-# -- fan-out ----------------------------------------------------------------------------------
-
-
-# -- sending ----------------------------------------------------------------------------------
+#: answers that say the VAPID keys or subject are wrong, not the subscription
+VAPID_REFUSALS = frozenset({400, 401, 403})
+#: the size of the reason column
+REASON_SIZE = 255
 
 
 def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, int]:
@@ -61,7 +60,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     if n is None:
         return {}
     in_batch = (D.notification_id == notification_id, D.id.between(first_id, last_id))
-    if n.status == "cancelled":
+    if n.status == NotificationStatus.CANCELLED:
         skip_pending(db, m, notification_id, *in_batch)
         db.session.commit()
         return {}
@@ -77,10 +76,11 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
                      - config["WEBPUSH_READ_TIMEOUT"], claim_timeout / 2)
     db.session.execute(
         sa.update(D).where(*in_batch, sa.or_(
-            sa.and_(D.status == "pending",
+            sa.and_(D.status == DeliveryStatus.PENDING,
                     sa.or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now)),
-            sa.and_(D.status == "sending", D.claimed_at < stale),
-        )).values(status="sending", claimed_by=claim, claimed_at=now, attempts=D.attempts + 1)
+            sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale),
+        )).values(status=DeliveryStatus.SENDING, claimed_by=claim, claimed_at=now,
+                  attempts=D.attempts + 1)
         .execution_options(synchronize_session=False))
     db.session.commit()
     rows = db.session.execute(
@@ -105,18 +105,20 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     to_send = []
     for row in rows:
         if row.endpoint is None or row.revoked_at is not None:
-            results[row.id] = PushResult("skipped", reason="device revoked or consent withdrawn")
+            results[row.id] = PushResult(Outcome.SKIPPED,
+                                         reason="device revoked or consent withdrawn")
         elif remaining <= 0 and not (n.ttl == 0 and row.attempts == 1):
-            results[row.id] = PushResult("expired", reason="validity period (ttl) passed")
+            results[row.id] = PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed")
         else:
             to_send.append((row, max(int(remaining), 0)))
 
     payload, urgency, topic = n.payload, n.urgency, n.topic
     with_token = payload_encoder(payload)
     counts: dict[str, int] = {}
-    batch = _Batch(deadline)
+    notifier = _Notifier(current_app._get_current_object())  # type: ignore[attr-defined]
+    batch = _Batch(deadline, notifier)
 
-    def messages() -> Any:
+    def messages() -> Iterator[Message]:
         # Built as the sender takes them, and no more once the notification is cancelled
         # (the sender takes new messages only after a flush, which reads the status) or
         # once the claim is too old to be surely this batch's.
@@ -137,30 +139,26 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
 
     by_id = {row.id: row for row in rows}
 
-    notifier = _Notifier(current_app._get_current_object())  # type: ignore[attr-defined]
-
     def record(done: list[tuple[int, PushResult]]) -> None:
         for status, count in _record(nid, start, by_id, dict(done), claim, batch).items():
             counts[status] = counts.get(status, 0) + count
-        notifier.send(batch.signals)  # what this flush wrote, now committed
-        batch.signals = []
 
-    if results:  # skipped and expired ones: recorded before anything is sent
-        record(list(results.items()))
     # Results are written every half WEBPUSH_SEND_CONCURRENCY answers, and no more than
     # WEBPUSH_SEND_CONCURRENCY are ever sent but unwritten: what a killed worker can leave
     # to be sent again (the default tag and topic make the browser replace, not stack).
     concurrency = config["WEBPUSH_SEND_CONCURRENCY"]
     try:
-        worker_sender().send_many(messages(), record,
-                            flush_every=max(1, concurrency // 2))
+        if results:  # skipped and expired ones: recorded before anything is sent
+            record(list(results.items()))
+        worker_sender().send_many(messages(), record, flush_every=max(1, concurrency // 2))
         if batch.expired_late:
-            record([(i, PushResult("expired", reason="validity period (ttl) passed"))
+            record([(i, PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed"))
                     for i in batch.expired_late])
     finally:
         notifier.close()
     if batch.cancelled:
-        counts["skipped"] = counts.get("skipped", 0) + skip_claimed(db, m, nid, claim)
+        skipped = DeliveryStatus.SKIPPED.value
+        counts[skipped] = counts.get(skipped, 0) + skip_claimed(db, m, nid, claim)
         db.session.commit()
     elif batch.claim_expired:
         _release_claimed(db, m, nid, claim, first_id, last_id)
@@ -175,8 +173,8 @@ def _release_claimed(db: Any, m: Models, nid: int, claim: str, first_id: int,
     D = m.Delivery
     released = db.session.execute(
         sa.update(D).where(D.notification_id == nid, D.id.between(first_id, last_id),
-                           D.claimed_by == claim, D.status == "sending")
-        .values(status="pending", claimed_by=None, attempts=D.attempts - 1)
+                           D.claimed_by == claim, D.status == DeliveryStatus.SENDING)
+        .values(status=DeliveryStatus.PENDING, claimed_by=None, attempts=D.attempts - 1)
         .execution_options(synchronize_session=False)).rowcount
     db.session.commit()
     if released:
@@ -187,17 +185,6 @@ def _release_claimed(db: Any, m: Models, nid: int, claim: str, first_id: int,
         except redis.exceptions.RedisError:
             log.warning("webpush: Redis unavailable; deliveries %s-%s of notification %s are "
                         "left to recover", first_id, last_id, nid)
-
-
-def _retry_delay(attempts: int, hinted: float | None) -> float:
-    config = current_app.config
-    # The push service's Retry-After wins; otherwise exponential backoff.
-    if hinted is None:
-        hinted = config["WEBPUSH_RETRY_BASE_DELAY"] * 2 ** max(attempts - 1, 0)
-    return float(min(hinted, config["WEBPUSH_RETRY_MAX_DELAY"]))
-
-
-_RESULT_COLUMNS = ("status", "status_code", "reason", "next_attempt_at", "sent_at", "claimed_by")
 
 
 class _Notifier:
@@ -243,122 +230,274 @@ class _Batch:
     """What one batch's flushes and its message generator share."""
 
     deadline: datetime  # the end of the notification's validity
-    signals: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)  # of this flush
+    notifier: _Notifier  # tells the receivers what each flush committed
     redis_down: bool = False  # a retry could not be scheduled: leave the others to recover
     cancelled: bool = False  # seen by a flush: no new message is taken
     claim_expired: bool = False  # the claim grew too old: what is left goes back
     expired_late: list[int] = field(default_factory=list)  # validity ended while sending
 
 
-def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, PushResult],
-            claim: str, batch: _Batch) -> dict[str, int]:
-    """Write results in a few statements, whatever their number; then schedule the retries.
-    The signals the results call for are added to ``batch.signals``, sent by the caller;
-    the notification's status is read in the same transaction (``batch.cancelled``)."""
-    ext = app_state()
-    db, m = ext.db, ext.models
-    max_attempts = current_app.config["WEBPUSH_MAX_ATTEMPTS"]
-    now = utcnow()
-    final: dict[int, tuple[str, int | None, str | None]] = {}  # id -> status, code, reason
-    groups: dict[tuple[Any, ...], list[int]] = {}  # the columns written -> delivery ids
-    counts: dict[str, int] = {}
-    retries: dict[datetime, tuple[int, int]] = {}  # due time -> first and last delivery id
+# -- deciding what one flush's answers mean ---------------------------------------------------
+
+
+class ClaimedRow(Protocol):
+    """What ``decide`` reads of a claimed delivery (a row of the batch's claim query)."""
+
+    @property
+    def attempts(self) -> int: ...  # counting the claim's own
+    @property
+    def subscription_id(self) -> int | None: ...
+    @property
+    def user_agent(self) -> str | None: ...
+    @property
+    def consecutive_failures(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Written:
+    """The values one delivery's row gets: one UPDATE per distinct ``Written``."""
+
+    status: DeliveryStatus
+    status_code: int | None
+    reason: str | None
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+    claimed_by: str | None  # None lets the retry's batch claim it
+    give_back: bool  # nothing was sent (a paused origin): the claim's attempt is undone
+
+
+@dataclass(frozen=True)
+class Count:
+    """What a delivery that reached a final status adds to the notification's counters."""
+
+    counter: DeliveryStatus
+    at: tuple[str, str] | None = None  # the time bucket (sent ones)
+    platform: str | None = None  # sent ones
+    reason: tuple[int | None, str | None] | None = None  # status code, reason (the others)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal to send once the row is committed, if the row is still this batch's."""
+
+    kind: Literal["sent", "failed"]
+    delivery_id: int
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one flush of answers comes to, decided before anything is written."""
+
+    now: datetime  # when the answers were decided on: sent_at, revoked_at
+    rows: Mapping[int, Written]  # delivery id -> its new values
+    groups: Mapping[Written, tuple[int, ...]]  # one UPDATE each: values -> delivery ids
+    counts: Mapping[int, Count]  # delivery id -> its counters, added if the row is still ours
+    gone: tuple[int, ...]  # subscriptions to revoke ("gone")
+    recovered: tuple[int, ...]  # subscriptions whose consecutive failures go back to 0
+    failing: tuple[int, ...]  # subscriptions with one more consecutive failure
+    signals: tuple[Signal, ...]
+    refused: tuple[tuple[int, str | None], ...]  # (delivery id, reason): VAPID problems
+    retries: Mapping[datetime, tuple[int, int]]  # due time -> first and last delivery id
+
+    def tally(self) -> dict[str, int]:
+        """How many deliveries got each status (pending: to be retried)."""
+        counted: dict[str, int] = {}
+        for values in self.rows.values():
+            status = values.status.value  # plain text: the job's result is pickled by RQ
+            counted[status] = counted.get(status, 0) + 1
+        return counted
+
+
+def retry_delay(attempts: int, hinted: float | None, base: float, maximum: float) -> float:
+    """Seconds until the next attempt: Retry-After if given, else backoff; at most ``maximum``.
+
+    The backoff is ``base`` doubling with each attempt made after the first.
+    """
+    if hinted is None:
+        hinted = base * 2 ** max(attempts - 1, 0)
+    return float(min(hinted, maximum))
+
+
+def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
+           results: Mapping[int, PushResult], *, now: datetime, start: datetime,
+           deadline: datetime, claim: str, max_attempts: int, retry_base_delay: float,
+           retry_max_delay: float) -> Plan:
+    """Decide what one flush of answers means, without a database, an app or Redis.
+
+    ``rows`` hold each claimed delivery's attempts (the claim's own included) and
+    subscription; ``start`` is when sending the notification began (the counters' time
+    bucket), ``deadline`` the end of its validity. The plan covers the deliveries'
+    values, the counters, the subscriptions' health, the signals and the retry jobs.
+    """
+    written: dict[int, Written] = {}
+    groups: dict[Written, list[int]] = {}
+    counts: dict[int, Count] = {}
+    gone: list[int] = []
+    recovered: list[int] = []
+    failing: list[int] = []
+    told: list[Signal] = []
+    refused: list[tuple[int, str | None]] = []
+    retries: dict[datetime, tuple[int, int]] = {}
+    at = bucket(start, now)
     for delivery_id, result in results.items():
-        status, next_at = result.outcome, None
-        reason = result.reason
-        attempts = rows[delivery_id].attempts
-        if status == "retry":
-            if not result.requested:
-                attempts -= 1  # given back below
+        row = rows[delivery_id]
+        outcome = Outcome(result.outcome)
+        reason, next_at, gave_up = result.reason, None, False
+        if outcome == Outcome.RETRY:
+            # Nothing was sent when the origin is paused: that attempt does not count.
+            attempts = row.attempts if result.requested else row.attempts - 1
             if attempts >= max_attempts:
-                status, reason = "failed", f"gave up after {max_attempts} attempts: {reason}"
+                gave_up = True
+                status = DeliveryStatus.FAILED
+                reason = f"gave up after {max_attempts} attempts: {reason}"
             else:
-                status = "pending"
-                next_at = now + timedelta(seconds=_retry_delay(attempts, result.retry_after))
-            if next_at is not None and next_at >= batch.deadline:
-                # The retry would come after the validity ends: final now, not then.
-                status, next_at = "expired", None
-                reason = f"validity period (ttl) ends before the retry: {reason}"
-            elif next_at is not None:
-                # One retry job per due time (to the second, as RQ schedules): a job at the
-                # earliest time alone would find the later rows not yet due and leave them.
-                due = _whole_second(next_at)
-                lo, hi = retries.get(due, (delivery_id, delivery_id))
-                retries[due] = (min(lo, delivery_id), max(hi, delivery_id))
+                next_at = now + timedelta(seconds=retry_delay(
+                    attempts, result.retry_after, retry_base_delay, retry_max_delay))
+                if next_at >= deadline:
+                    # The retry would come after the validity ends: final now, not then.
+                    status, next_at = DeliveryStatus.EXPIRED, None
+                    reason = f"validity period (ttl) ends before the retry: {reason}"
+                else:
+                    status = DeliveryStatus.PENDING
+                    # One retry job per due time (to the second, as RQ schedules): a job at
+                    # the earliest time alone would find the later rows not yet due.
+                    due = _whole_second(next_at)
+                    lo, hi = retries.get(due, (delivery_id, delivery_id))
+                    retries[due] = (min(lo, delivery_id), max(hi, delivery_id))
+        else:
+            status = DeliveryStatus(outcome)
         if reason is not None:
-            reason = reason[:255]  # the column's size, whatever was added in front
-        counts[status] = counts.get(status, 0) + 1
-        final[delivery_id] = (status, result.status_code, reason)
+            reason = reason[:REASON_SIZE]  # the column's size, whatever was added in front
+        values = Written(status, result.status_code, reason, next_at,
+                         now if status == DeliveryStatus.SENT else None,
+                         None if status == DeliveryStatus.PENDING else claim,
+                         not result.requested)
+        written[delivery_id] = values
         # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
         # the database's work per delivery is what limits several workers on one server.
-        groups.setdefault((status, result.status_code, reason, next_at,
-                           now if status == "sent" else None,
-                           None if status == "pending" else claim,
-                           not result.requested), []).append(delivery_id)
+        groups.setdefault(values, []).append(delivery_id)
+        if status == DeliveryStatus.SENT:
+            counts[delivery_id] = Count(status, at=at, platform=platform_of(row.user_agent))
+        elif status in FINAL:
+            counts[delivery_id] = Count(status, reason=(result.status_code, reason))
+
+        sid = row.subscription_id  # None only for a skipped row: its subscription was deleted
+        if sid is not None and outcome == Outcome.GONE:
+            gone.append(sid)
+        elif sid is not None and outcome == Outcome.SENT and row.consecutive_failures:
+            # Only rows that had failures: a write per sent row would double the database work.
+            recovered.append(sid)
+        elif sid is not None and outcome in (Outcome.FAILED, Outcome.RETRY):
+            failing.append(sid)
+
+        ids = {"delivery_id": delivery_id, "notification_id": notification_id,
+               "subscription_id": sid}
+        if outcome == Outcome.SENT:
+            told.append(Signal("sent", delivery_id, ids))
+        elif outcome in (Outcome.GONE, Outcome.FAILED) or gave_up:
+            if result.status_code in VAPID_REFUSALS:
+                refused.append((delivery_id, result.reason))
+            told.append(Signal("failed", delivery_id, {
+                **ids, "error": result.reason, "status_code": result.status_code,
+                "gone": outcome == Outcome.GONE}))
+    return Plan(now, written, {values: tuple(ids) for values, ids in groups.items()}, counts,
+                tuple(gone), tuple(recovered), tuple(failing), tuple(told), tuple(refused),
+                retries)
+
+
+def _whole_second(at: datetime) -> datetime:
+    """``at`` rounded up to a whole second."""
+    return at.replace(microsecond=0) + timedelta(seconds=1) if at.microsecond else at
+
+
+# -- writing and telling ----------------------------------------------------------------------
+
+
+def _record(nid: int, start: datetime, rows: Mapping[int, Any],
+            results: Mapping[int, PushResult], claim: str, batch: _Batch) -> dict[str, int]:
+    """Record one flush of answers: decide, write, commit, tell, schedule; return the tally.
+
+    A few statements whatever the number of answers; the signals and the retries follow
+    the commit, for the rows this claim still held.
+    """
+    config = current_app.config
+    plan = decide(nid, rows, results, now=utcnow(), start=start, deadline=batch.deadline,
+                  claim=claim, max_attempts=config["WEBPUSH_MAX_ATTEMPTS"],
+                  retry_base_delay=config["WEBPUSH_RETRY_BASE_DELAY"],
+                  retry_max_delay=config["WEBPUSH_RETRY_MAX_DELAY"])
+    mine = _write(nid, plan, claim, batch)
+    _after_commit(nid, plan, mine, batch)
+    return plan.tally()
+
+
+def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
+    """Apply the plan in one transaction and commit; return the ids still this claim's.
+
+    Only rows the claim still holds are written and counted. The notification's status
+    is read in the same transaction (``batch.cancelled``).
+    """
+    ext = app_state()
+    db, m = ext.db, ext.models
     table = m.Delivery.__table__
     written = 0
-    for (*values, give_back), ids in groups.items():
-        columns: dict[str, Any] = dict(zip(_RESULT_COLUMNS, values, strict=True))
-        if give_back:
+    for values, ids in plan.groups.items():
+        columns: dict[str, Any] = {
+            "status": values.status, "status_code": values.status_code,
+            "reason": values.reason, "next_attempt_at": values.next_attempt_at,
+            "sent_at": values.sent_at, "claimed_by": values.claimed_by}
+        if values.give_back:
             # Nothing was sent (the origin is paused): the claim's attempt is given back,
             # or a paused service would use up attempts it never received.
             columns["attempts"] = table.c.attempts - 1
         # Only rows this batch still holds: a claim taken over by another worker is theirs.
         written += db.session.execute(
-            table.update().where(id_in(db, table.c.id, ids), table.c.claimed_by == claim)
+            table.update().where(id_in(db, table.c.id, list(ids)), table.c.claimed_by == claim)
             .values(columns)).rowcount
-    mine = set(final)
-    if written != len(final):
+    mine = set(plan.rows)
+    if written != len(plan.rows):
         # Rare: another worker took over part of this claim. Count only rows still ours.
         mine = set(db.session.scalars(sa.select(table.c.id).where(
             table.c.id.in_(mine), table.c.claimed_by == claim)))
     inc = new_increments()
-    at = bucket(start, now)
-    for delivery_id, (status, code, reason) in final.items():
-        if delivery_id in mine and status in FINAL:
-            if status == "sent":
-                add(inc, status, at=at, platform=platform_of(rows[delivery_id].user_agent))
-            else:
-                add(inc, status, reason=(code, reason))
+    for delivery_id, count in plan.counts.items():
+        if delivery_id in mine:
+            add(inc, count.counter, at=count.at, platform=count.platform, reason=count.reason)
     bump(db, m, nid, inc)
     Sub = m.Subscription
-    gone = [rows[d].subscription_id for d, r in results.items() if r.outcome == "gone"]
-    sent = [rows[d].subscription_id for d, r in results.items()
-            if r.outcome == "sent" and rows[d].consecutive_failures]
-    failed = [rows[d].subscription_id for d, r in results.items()
-              if r.outcome in ("failed", "retry")]
-    if gone:
-        db.session.execute(sa.update(Sub).where(Sub.id.in_(gone), Sub.revoked_at.is_(None))
-                           .values(revoked_at=now, revoked_reason="gone"))
-    if sent:
-        # Only rows that had failures: a write per sent row would double the database work.
-        db.session.execute(sa.update(Sub).where(Sub.id.in_(sent)).values(consecutive_failures=0))
-    if failed:
-        db.session.execute(sa.update(Sub).where(Sub.id.in_(failed))
+    if plan.gone:
+        db.session.execute(sa.update(Sub).where(Sub.id.in_(plan.gone), Sub.revoked_at.is_(None))
+                           .values(revoked_at=plan.now, revoked_reason="gone"))
+    if plan.recovered:
+        db.session.execute(sa.update(Sub).where(Sub.id.in_(plan.recovered))
+                           .values(consecutive_failures=0))
+    if plan.failing:
+        db.session.execute(sa.update(Sub).where(Sub.id.in_(plan.failing))
                            .values(consecutive_failures=Sub.consecutive_failures + 1))
     if not batch.cancelled:  # read here, not in a transaction of its own: one less commit
         N = m.Notification
-        batch.cancelled = db.session.scalar(sa.select(N.status).where(N.id == nid)) == "cancelled"
+        batch.cancelled = db.session.scalar(
+            sa.select(N.status).where(N.id == nid)) == NotificationStatus.CANCELLED
     db.session.commit()
+    return mine
 
-    for delivery_id, result in results.items():
-        if delivery_id not in mine:
-            continue  # another worker's now: it tells
-        if result.outcome == "sent":
-            batch.signals.append((signals.delivery_sent, {
-                "delivery_id": delivery_id, "notification_id": nid,
-                "subscription_id": rows[delivery_id].subscription_id}))
-        elif result.outcome in ("gone", "failed") or (
-            result.outcome == "retry" and rows[delivery_id].attempts >= max_attempts
-        ):
-            if result.status_code in (400, 401, 403):
-                log.error("webpush: push service refused delivery %s (%s): check the VAPID "
-                          "keys and subject", delivery_id, result.reason)
-            batch.signals.append((signals.delivery_failed, {
-                "delivery_id": delivery_id, "notification_id": nid,
-                "subscription_id": rows[delivery_id].subscription_id, "error": result.reason,
-                "status_code": result.status_code, "gone": result.outcome == "gone"}))
-    for due, (first, last) in sorted(retries.items()):
+
+_SIGNALS = {"sent": signals.delivery_sent, "failed": signals.delivery_failed}
+
+
+def _after_commit(nid: int, plan: Plan, mine: set[int], batch: _Batch) -> None:
+    """Once the plan is committed: signals of the rows still ours, then the retries.
+
+    A Redis that does not answer leaves the retries to ``recover``; the batch goes on.
+    """
+    for delivery_id, reason in plan.refused:
+        if delivery_id in mine:
+            log.error("webpush: push service refused delivery %s (%s): check the VAPID "
+                      "keys and subject", delivery_id, reason)
+    # Another worker's rows are theirs to tell.
+    batch.notifier.send([(_SIGNALS[s.kind], dict(s.kwargs)) for s in plan.signals
+                         if s.delivery_id in mine])
+    for due, (first, last) in sorted(plan.retries.items()):
         if batch.redis_down:
             break  # each failed attempt costs seconds of redis-py's own retries
         try:
@@ -369,14 +508,3 @@ def _record(nid: int, start: datetime, rows: dict[int, Any], results: dict[int, 
             # once they are overdue. The batch itself goes on.
             log.warning("webpush: Redis unavailable; the retry of deliveries %s-%s of "
                         "notification %s is left to recover", first, last, nid)
-    return counts
-
-
-def _whole_second(at: datetime) -> datetime:
-    """``at`` rounded up to a whole second."""
-    return at.replace(microsecond=0) + timedelta(seconds=1) if at.microsecond else at
-
-
-# -- recovery ---------------------------------------------------------------------------------
-
-

@@ -23,7 +23,7 @@ from .exceptions import (
 )
 from .ledger import cancel_notification
 from .models import Models, get_models
-from .payload import build_payload, check_payload_size
+from .notifications import NotificationOptions
 from .recovery import recover
 from .signals import user_forgotten
 from .stats import get_notification, notification_stats, prune
@@ -141,6 +141,8 @@ class WebPush:
     ) -> Any:
         """Send one Notification to many users (objects or ids); fan-out runs in a worker.
 
+        The keywords are ``notifications.NotificationOptions``' fields, with its defaults.
+
         Everything is validated before anything is stored; a bad argument raises
         InvalidNotification (PayloadTooLarge for the size). If Redis is down the
         notification is stored anyway and QueueUnavailable is raised; ``recover``
@@ -154,18 +156,11 @@ class WebPush:
             raise InvalidNotification(f"Invalid user: {exc}.") from exc
         if not user_ids:
             raise InvalidNotification("No user to notify.")
-        payload = build_payload(
-            title=title, body=body, url=url, icon=icon, image=image, badge=badge, tag=tag,
-            actions=actions, data=data, require_interaction=require_interaction, silent=silent)
-        check_payload_size(payload)
-        seconds = notifications.ttl_seconds(ttl)
-        notifications.check_options(urgency=urgency, topic=topic, send_at=send_at,
-                                    category=category, idempotency_key=idempotency_key)
-        targeting = notifications.resolve_devices(self.db, self.models, user_ids, devices)
-        return notifications.store_and_enqueue(
-            self.db, self.models, user_ids, payload=payload, targeting=targeting, ttl=seconds,
-            urgency=urgency, topic=topic, send_at=send_at, idempotency_key=idempotency_key,
-            category=category)
+        return notifications.submit(self.db, self.models, user_ids, NotificationOptions(
+            title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
+            topic=topic, send_at=send_at, idempotency_key=idempotency_key, category=category,
+            icon=icon, image=image, badge=badge, tag=tag, actions=actions, data=data,
+            require_interaction=require_interaction, silent=silent))
 
     def cancel(self, notification_id: int) -> bool:
         """Stop a scheduled, queued or still-sending notification; False if already over."""

@@ -21,6 +21,7 @@ from .ledger import finish_if_complete, notification_status
 from .models import Models
 from .redis_queue import FAN_OUT, SEND_BATCH, enqueue_at, fanout_job_id, get_queue
 from .sql import dialect_of, insert_for
+from .statuses import WAITING, DeliveryStatus, NotificationStatus
 from .targeting import targets
 
 
@@ -42,7 +43,7 @@ def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
         stmt = insert_for(db, table).from_select(
             ["notification_id", "subscription_id", "user_id", "status", "attempts", "created_at"],
             sa.select(sa.literal(notification_id, c.notification_id.type), pairs.c.sid,
-                      pairs.c.uid, sa.literal("pending", c.status.type),
+                      pairs.c.uid, sa.literal(DeliveryStatus.PENDING, c.status.type),
                       sa.literal(0, c.attempts.type), sa.literal(now, c.created_at.type)))
         return set(db.session.scalars(stmt.on_conflict_do_nothing(
             index_elements=["notification_id", "subscription_id"])
@@ -51,7 +52,8 @@ def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
         index_elements=["notification_id", "subscription_id"])
     inserted = db.session.execute(stmt.returning(table.c.subscription_id), [
         {"notification_id": notification_id, "subscription_id": sid, "user_id": uid,
-         "status": "pending", "attempts": 0, "created_at": now} for sid, uid, _agent in found])
+         "status": DeliveryStatus.PENDING, "attempts": 0, "created_at": now}
+        for sid, uid, _agent in found])
     return set(inserted.scalars())
 
 
@@ -60,7 +62,7 @@ def fan_out(notification_id: int) -> None:
     ext = app_state()
     db, m = ext.db, ext.models
     n = db.session.get(m.Notification, notification_id)
-    if n is None or n.status in ("cancelled", "done"):
+    if n is None or n.status in (NotificationStatus.CANCELLED, NotificationStatus.DONE):
         return
     if n.send_at and n.send_at > utcnow():
         # Run early (a recovered job): put it back on the schedule.
@@ -68,11 +70,12 @@ def fan_out(notification_id: int) -> None:
                    job_id=fanout_job_id(notification_id))
         return
     N = m.Notification
-    if n.status in ("queued", "scheduled"):
+    if n.status in WAITING:
         # Conditional: a cancel() committed since the read above must stand.
         started = db.session.execute(
-            sa.update(N).where(N.id == n.id, N.status.in_(("queued", "scheduled")))
-            .values(status="sending").execution_options(synchronize_session=False)).rowcount
+            sa.update(N).where(N.id == n.id, N.status.in_(sorted(WAITING)))
+            .values(status=NotificationStatus.SENDING)
+            .execution_options(synchronize_session=False)).rowcount
         db.session.commit()
         if not started:
             return
@@ -85,7 +88,7 @@ def fan_out(notification_id: int) -> None:
             without.extend(u for u in chunk if u not in covered)
             if not found:
                 continue
-            if notification_status(nid) == "cancelled":
+            if notification_status(nid) == NotificationStatus.CANCELLED:
                 return  # cancel() skipped what was written; nothing more is written
             inserted = _insert_deliveries(db, m, nid, now, found)
             # Count only rows this run inserted: a concurrent duplicate run adds none.
@@ -117,7 +120,7 @@ def enqueue_batches(notification_id: int, *, where: Any = None, after: int = 0) 
     db, D = ext.db, ext.models.Delivery
     size = current_app.config["WEBPUSH_BATCH_SIZE"]
     queue = get_queue()
-    chosen = D.status == "pending" if where is None else where
+    chosen = D.status == DeliveryStatus.PENDING if where is None else where
     ranges: list[tuple[int, int]] = []
     last = after
     while True:  # a batch's worth of ids at a time: a large audience is never read at once

@@ -20,16 +20,19 @@ from .counters import add, bump, new_increments, totals
 from .exceptions import NotificationNotFound
 from .models import Models
 from .redis_queue import get_queue
-from .statuses import FINAL
+from .statuses import FINAL, OPEN, UNFINISHED, DeliveryStatus, NotificationStatus
 
 log = logging.getLogger("flask_webpush_targeted")
+
+#: the reason of a delivery skipped because its notification was cancelled
+CANCELLED_REASON = "notification cancelled"
 
 
 def notification_status(notification_id: int) -> str | None:
     """The notification's status as committed now (one primary-key read)."""
     ext = app_state()
     N = ext.models.Notification
-    status = ext.db.session.scalar(sa.select(N.status).where(N.id == notification_id))
+    status: str | None = ext.db.session.scalar(sa.select(N.status).where(N.id == notification_id))
     ext.db.session.commit()  # end the read's transaction: the next read sees new commits
     return status
 
@@ -47,16 +50,16 @@ def finish_if_complete(notification_id: int, *, exact: bool = False) -> bool:
     D, N = m.Delivery, m.Notification
     if exact:
         open_rows = db.session.scalar(sa.select(sa.exists().where(
-            D.notification_id == notification_id, D.status.in_(("pending", "sending")))))
+            D.notification_id == notification_id, D.status.in_(UNFINISHED))))
     else:
         counted = totals(db, m, [notification_id])[notification_id]
         open_rows = counted["deliveries"] > sum(counted[s] for s in FINAL)
     if open_rows:
         return False
     result = db.session.execute(
-        sa.update(N).where(N.id == notification_id, N.status == "sending",
+        sa.update(N).where(N.id == notification_id, N.status == NotificationStatus.SENDING,
                            N.fanned_out_at.is_not(None))
-        .values(status="done", finished_at=utcnow()))
+        .values(status=NotificationStatus.DONE, finished_at=utcnow()))
     db.session.commit()
     return bool(result.rowcount)
 
@@ -67,14 +70,15 @@ def finish_cancelled(db: Any, m: Models, stale: datetime) -> int:
     day: later, nothing of theirs can still be open."""
     N, D = m.Notification, m.Delivery
     recent = utcnow() - timedelta(days=1)
-    ids = db.session.scalars(sa.select(N.id).where(N.status == "cancelled",
+    ids = db.session.scalars(sa.select(N.id).where(N.status == NotificationStatus.CANCELLED,
                                                    N.finished_at >= recent)).all()
     skipped = 0
     for nid, counted in totals(db, m, ids).items():
         if counted["deliveries"] <= sum(counted[s] for s in FINAL):
             continue
         skipped += _skip(db, m, nid, D.notification_id == nid, sa.or_(
-            D.status == "pending", sa.and_(D.status == "sending", D.claimed_at < stale)))
+            D.status == DeliveryStatus.PENDING,
+            sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale)))
         db.session.commit()
     return skipped
 
@@ -83,25 +87,25 @@ def skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> int:
     """Mark pending deliveries skipped (cancelled), counting them, in the caller's transaction;
     return how many."""
     D = m.Delivery
-    return _skip(db, m, notification_id, *where, D.status == "pending")
+    return _skip(db, m, notification_id, *where, D.status == DeliveryStatus.PENDING)
 
 
 def skip_claimed(db: Any, m: Models, notification_id: int, claim: str) -> int:
     """Mark the deliveries a batch claimed and never sent skipped (cancelled), counting them."""
     D = m.Delivery
     return _skip(db, m, notification_id, D.notification_id == notification_id,
-                 D.claimed_by == claim, D.status == "sending")
+                 D.claimed_by == claim, D.status == DeliveryStatus.SENDING)
 
 
 def _skip(db: Any, m: Models, notification_id: int, *where: Any) -> int:
     D = m.Delivery
     skipped = db.session.execute(
-        sa.update(D).where(*where).values(status="skipped", reason="notification cancelled",
+        sa.update(D).where(*where).values(status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON,
                                           claimed_by=None)
         .execution_options(synchronize_session=False))
     if skipped.rowcount:
         inc = new_increments()
-        add(inc, "skipped", skipped.rowcount, reason=(None, "notification cancelled"))
+        add(inc, DeliveryStatus.SKIPPED, skipped.rowcount, reason=(None, CANCELLED_REASON))
         bump(db, m, notification_id, inc)
     return int(skipped.rowcount)
 
@@ -113,10 +117,10 @@ def cancel_notification(notification_id: int) -> bool:
     n = db.session.get(m.Notification, notification_id, with_for_update=True)
     if n is None:
         raise NotificationNotFound(f"No notification has id {notification_id}.")
-    if n.status not in ("scheduled", "queued", "sending"):
+    if n.status not in OPEN:
         db.session.rollback()
         return False
-    n.status = "cancelled"
+    n.status = NotificationStatus.CANCELLED
     n.finished_at = utcnow()
     skip_pending(db, m, n.id, m.Delivery.notification_id == n.id)
     db.session.commit()

@@ -1,7 +1,9 @@
 """The tables, built on the host's Flask-SQLAlchemy ``db``.
 
-They are declared on ``db.Model`` so they share the host's metadata: the host's
-``db.create_all()`` and Flask-Migrate/Alembic see them like its own tables.
+Each table's columns and methods are a typed mixin declared here (``SubscriptionRow``...);
+the model classes combine each mixin with the host's ``db.Model``, so they share the host's
+metadata: the host's ``db.create_all()`` and Flask-Migrate/Alembic see them like its own
+tables. Annotate with the mixins: ``sub: SubscriptionRow``, ``type[SubscriptionRow]``.
 User ids are the strings Flask-Login's ``get_id()`` returns; there is no foreign
 key into the host's user table, whatever it is called.
 """
@@ -9,19 +11,25 @@ key into the host's user table, whatever it is called.
 from __future__ import annotations
 
 import hashlib
+import types
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from . import clock
 
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
 USER_ID = sa.String(255)
+#: ids of the tables that grow with every notification sent
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
@@ -40,14 +48,16 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Refuse a naive datetime; store an aware one converted to UTC."""
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Return the stored time aware, in UTC (SQLite keeps it naive)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -55,133 +65,144 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-@dataclass(frozen=True)
-class Models:
-    """The model classes built for one ``db``."""
+class _Row:
+    """What every model has besides its columns, as mypy sees it.
 
-    Subscription: Any
-    Consent: Any
-    Notification: Any
-    Delivery: Any
-    #: keys of the push API for external systems, and the notifications each key created
-    ApiKey: Any = None
-    ApiRequest: Any = None
-    #: running counters of each notification (funnel, time buckets, platforms)
-    Stat: Any = None
+    The host's ``db.Model`` provides the real constructor and ``__table__``: they are
+    declared here for type checking only, so the mixins never shadow the declarative base.
+    """
+
+    if TYPE_CHECKING:
+        __table__: ClassVar[sa.Table]
+
+        def __init__(self, **kwargs: Any) -> None: ...
 
 
-_built: WeakKeyDictionary[Any, Models] = WeakKeyDictionary()
+# Constraints and indexes are made per model class (``declared_attr``): an Index or a
+# constraint belongs to one Table, and each host ``db`` gets tables of its own.
+_TableArgs = tuple[sa.schema.SchemaItem | dict[str, Any], ...]
 
 
-def get_models(db: Any) -> Models:
-    """Return the models for ``db``, building them on its metadata the first time."""
-    if db not in _built:
-        _built[db] = _build(db)
-    return _built[db]
+class SubscriptionRow(_Row):
+    """A browser's push subscription, linked to one user with their consent."""
+
+    __tablename__ = "webpush_subscription"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """The table's index on (user, revoked): a user's active devices."""
+        return (sa.Index("ix_webpush_subscription_user_active", "user_id", "revoked_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+    endpoint: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    #: unique key of the endpoint: one browser, one row, one account
+    endpoint_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+    p256dh: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    auth: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    label: Mapped[str | None] = mapped_column(sa.String(200))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+    consent_version: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    consecutive_failures: Mapped[int] = mapped_column(nullable=False, default=0)
+
+    @property
+    def active(self) -> bool:
+        """Whether the subscription is not revoked."""
+        return self.revoked_at is None
+
+    @property
+    def push_service(self) -> str:
+        """The push service's host: enough to tell browsers apart, no secret."""
+        return urlsplit(self.endpoint).hostname or ""
+
+    def set_endpoint(self, endpoint: str) -> None:
+        """Set the endpoint and its unique hash together."""
+        self.endpoint = endpoint
+        self.endpoint_sha256 = endpoint_hash(endpoint)
 
 
-def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
-    base: Any = db.Model
-    BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+class ConsentRow(_Row):
+    """One entry of the append-only consent ledger (granted or withdrawn)."""
 
-    class Subscription(base):
-        """A browser's push subscription, linked to one user with their consent."""
+    __tablename__ = "webpush_consent"
 
-        __tablename__ = "webpush_subscription"
-        __table_args__ = (sa.Index("ix_webpush_subscription_user_active", "user_id", "revoked_at"),)
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """The table's index on (user, time): a user's consent history."""
+        return (sa.Index("ix_webpush_consent_user_time", "user_id", "created_at"),)
 
-        id: Mapped[int] = mapped_column(primary_key=True)
-        user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
-        endpoint: Mapped[str] = mapped_column(sa.Text, nullable=False)
-        #: unique key of the endpoint: one browser, one row, one account
-        endpoint_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
-        p256dh: Mapped[str] = mapped_column(sa.String(100), nullable=False)
-        auth: Mapped[str] = mapped_column(sa.String(32), nullable=False)
-        label: Mapped[str | None] = mapped_column(sa.String(200))
-        user_agent: Mapped[str | None] = mapped_column(sa.String(512))
-        consent_version: Mapped[str] = mapped_column(sa.String(64), nullable=False)
-        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-        last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-        revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        revoked_reason: Mapped[str | None] = mapped_column(sa.String(32))
-        consecutive_failures: Mapped[int] = mapped_column(nullable=False, default=0)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+    subscription_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webpush_subscription.id", ondelete="SET NULL"), index=True
+    )
+    #: "granted" or "withdrawn"
+    action: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    #: why a withdrawal happened: user, device_revoked, moved, logout, forgotten
+    reason: Mapped[str | None] = mapped_column(sa.String(32))
+    notifications: Mapped[bool] = mapped_column(nullable=False)
+    link_to_account: Mapped[bool] = mapped_column(nullable=False)
+    text_version: Mapped[str | None] = mapped_column(sa.String(64))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
-        @property
-        def active(self) -> bool:
-            return self.revoked_at is None
 
-        @property
-        def push_service(self) -> str:
-            """The push service's host: enough to tell browsers apart, no secret."""
-            return urlsplit(self.endpoint).hostname or ""
+class NotificationRow(_Row):
+    """A message to chosen users and devices; one Notification, many deliveries."""
 
-        def set_endpoint(self, endpoint: str) -> None:
-            self.endpoint = endpoint
-            self.endpoint_sha256 = endpoint_hash(endpoint)
+    __tablename__ = "webpush_notification"
 
-    class Consent(base):
-        """One entry of the append-only consent ledger (granted or withdrawn)."""
-
-        __tablename__ = "webpush_consent"
-        __table_args__ = (sa.Index("ix_webpush_consent_user_time", "user_id", "created_at"),)
-
-        id: Mapped[int] = mapped_column(primary_key=True)
-        user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
-        subscription_id: Mapped[int | None] = mapped_column(
-            sa.ForeignKey("webpush_subscription.id", ondelete="SET NULL"), index=True
-        )
-        #: "granted" or "withdrawn"
-        action: Mapped[str] = mapped_column(sa.String(16), nullable=False)
-        #: why a withdrawal happened: user, device_revoked, moved, logout, forgotten
-        reason: Mapped[str | None] = mapped_column(sa.String(32))
-        notifications: Mapped[bool] = mapped_column(nullable=False)
-        link_to_account: Mapped[bool] = mapped_column(nullable=False)
-        text_version: Mapped[str | None] = mapped_column(sa.String(64))
-        user_agent: Mapped[str | None] = mapped_column(sa.String(512))
-        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-
-    class Notification(base):
-        """A message to chosen users and devices; one Notification, many deliveries."""
-
-        __tablename__ = "webpush_notification"
-        __table_args__ = (
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """The table's indexes: the lists by status and by category, newest first."""
+        return (
             sa.Index("ix_webpush_notification_status_created", "status", "created_at"),
             sa.Index("ix_webpush_notification_category_created", "category", "created_at"),
         )
 
-        id: Mapped[int] = mapped_column(BigId, primary_key=True)
-        idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
-        #: scheduled, queued, sending, done, cancelled
-        status: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="queued")
-        category: Mapped[str | None] = mapped_column(sa.String(64))
-        #: what the browser shows: title, body, url, icon, image, badge, tag, actions...
-        payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
-        #: who and which devices: {"user_ids": [...], "devices": "all" | "latest" | [...]}
-        targeting: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
-        #: requested users with no consented, active device when fanned out
-        users_without_devices: Mapped[list[str] | None] = mapped_column(sa.JSON)
-        #: the sizes of the two lists above, kept so lists and figures never load them
-        #: (the targeting of a large audience is megabytes of JSON)
-        target_count: Mapped[int] = mapped_column(nullable=False, default=0)
-        without_count: Mapped[int | None] = mapped_column()
-        ttl: Mapped[int] = mapped_column(nullable=False)
-        urgency: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="normal")
-        topic: Mapped[str | None] = mapped_column(sa.String(32))
-        send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-        queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        #: when the worker finished writing the deliveries (None: fan-out still to do)
-        fanned_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        job_id: Mapped[str | None] = mapped_column(sa.String(64))
-        #: totals kept when old deliveries are pruned
-        totals: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
+    #: scheduled, queued, sending, done, cancelled
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="queued")
+    category: Mapped[str | None] = mapped_column(sa.String(64))
+    #: what the browser shows: title, body, url, icon, image, badge, tag, actions...
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
+    #: who and which devices: {"user_ids": [...], "devices": "all" | "latest" | [...]}
+    targeting: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
+    #: requested users with no consented, active device when fanned out
+    users_without_devices: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    #: the sizes of the two lists above, kept so lists and figures never load them
+    #: (the targeting of a large audience is megabytes of JSON)
+    target_count: Mapped[int] = mapped_column(nullable=False, default=0)
+    without_count: Mapped[int | None] = mapped_column()
+    ttl: Mapped[int] = mapped_column(nullable=False)
+    urgency: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="normal")
+    topic: Mapped[str | None] = mapped_column(sa.String(32))
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: when the worker finished writing the deliveries (None: fan-out still to do)
+    fanned_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    job_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: totals kept when old deliveries are pruned
+    #: ({"failure_reasons": [...]}, see stats.prune)
+    totals: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
-    class Delivery(base):
-        """One notification to one subscription: what happened to it."""
 
-        __tablename__ = "webpush_delivery"
-        __table_args__ = (
+class DeliveryRow(_Row):
+    """One notification to one subscription: what happened to it."""
+
+    __tablename__ = "webpush_delivery"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """One delivery per (notification, subscription); lookups by user and device."""
+        return (
             sa.UniqueConstraint("notification_id", "subscription_id",
                                 name="uq_webpush_delivery_notification_subscription"),
             sa.Index("ix_webpush_delivery_user", "user_id"),
@@ -193,99 +214,162 @@ def _build(db: Any) -> Models:  # noqa: C901 - one class per table, nothing else
             {"postgresql_with": {"fillfactor": 33}},
         )
 
-        id: Mapped[int] = mapped_column(BigId, primary_key=True)
-        notification_id: Mapped[int] = mapped_column(
-            sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"), nullable=False
-        )
-        subscription_id: Mapped[int | None] = mapped_column(
-            sa.ForeignKey("webpush_subscription.id", ondelete="SET NULL")
-        )
-        #: kept here so a device that moves accounts keeps its past deliveries' owner
-        user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
-        #: pending (waiting), sending (claimed by a batch), then one of sent, failed,
-        #: gone, expired, skipped
-        status: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="pending")
-        status_code: Mapped[int | None] = mapped_column()
-        reason: Mapped[str | None] = mapped_column(sa.String(255))
-        attempts: Mapped[int] = mapped_column(nullable=False, default=0)
-        claimed_by: Mapped[str | None] = mapped_column(sa.String(64))
-        claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-        sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        displayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        #: the action button clicked, if any
-        action: Mapped[str | None] = mapped_column(sa.String(64))
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"), nullable=False
+    )
+    subscription_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webpush_subscription.id", ondelete="SET NULL")
+    )
+    #: kept here so a device that moves accounts keeps its past deliveries' owner
+    user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+    #: pending (waiting), sending (claimed by a batch), then one of sent, failed,
+    #: gone, expired, skipped
+    status: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="pending")
+    status_code: Mapped[int | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(sa.String(255))
+    attempts: Mapped[int] = mapped_column(nullable=False, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    displayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the action button clicked, if any
+    action: Mapped[str | None] = mapped_column(sa.String(64))
 
-    class Stat(base):
-        """Running counters of a notification, bumped as results and events arrive.
 
-        One row per (notification, dimension, key): dimension ``total`` (key ""), the
-        funnel; ``minute`` / ``hour`` (key = UTC bucket start), the time series;
-        ``platform`` (key = browser family and form factor from the User-Agent, one of
-        ``platforms.PLATFORMS``: never the label a customer typed); ``reason`` (key =
-        ``status code|reason``). Figures for a million deliveries are then a few rows
-        away, and survive pruning the deliveries and erasing a user.
-        """
+class StatRow(_Row):
+    """Running counters of a notification, bumped as results and events arrive.
 
-        __tablename__ = "webpush_stat"
-        __table_args__ = (sa.UniqueConstraint("notification_id", "dimension", "key",
-                                              name="uq_webpush_stat_notification_key"),)
+    One row per (notification, dimension, key): dimension ``total`` (key ""), the
+    funnel; ``minute`` / ``hour`` (key = UTC bucket start), the time series;
+    ``platform`` (key = browser family and form factor from the User-Agent, one of
+    ``platforms.PLATFORMS``: never the label a customer typed); ``reason`` (key =
+    ``status code|reason``). Figures for a million deliveries are then a few rows
+    away, and survive pruning the deliveries and erasing a user.
+    """
 
-        id: Mapped[int] = mapped_column(BigId, primary_key=True)
-        notification_id: Mapped[int] = mapped_column(
-            sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"), nullable=False)
-        dimension: Mapped[str] = mapped_column(sa.String(8), nullable=False)
-        key: Mapped[str] = mapped_column(sa.String(200), nullable=False, default="")
-        deliveries: Mapped[int] = mapped_column(nullable=False, default=0)
-        sent: Mapped[int] = mapped_column(nullable=False, default=0)
-        failed: Mapped[int] = mapped_column(nullable=False, default=0)
-        gone: Mapped[int] = mapped_column(nullable=False, default=0)
-        expired: Mapped[int] = mapped_column(nullable=False, default=0)
-        skipped: Mapped[int] = mapped_column(nullable=False, default=0)
-        displayed: Mapped[int] = mapped_column(nullable=False, default=0)
-        clicked: Mapped[int] = mapped_column(nullable=False, default=0)
-        closed: Mapped[int] = mapped_column(nullable=False, default=0)
+    __tablename__ = "webpush_stat"
 
-    class ApiKey(base):
-        """A key of the push API for external systems (CRMs): name, scopes, never the secret."""
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """One row per (notification, dimension, key)."""
+        return (sa.UniqueConstraint("notification_id", "dimension", "key",
+                                    name="uq_webpush_stat_notification_key"),)
 
-        __tablename__ = "webpush_api_key"
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"), nullable=False)
+    dimension: Mapped[str] = mapped_column(sa.String(8), nullable=False)
+    key: Mapped[str] = mapped_column(sa.String(200), nullable=False, default="")
+    deliveries: Mapped[int] = mapped_column(nullable=False, default=0)
+    sent: Mapped[int] = mapped_column(nullable=False, default=0)
+    failed: Mapped[int] = mapped_column(nullable=False, default=0)
+    gone: Mapped[int] = mapped_column(nullable=False, default=0)
+    expired: Mapped[int] = mapped_column(nullable=False, default=0)
+    skipped: Mapped[int] = mapped_column(nullable=False, default=0)
+    displayed: Mapped[int] = mapped_column(nullable=False, default=0)
+    clicked: Mapped[int] = mapped_column(nullable=False, default=0)
+    closed: Mapped[int] = mapped_column(nullable=False, default=0)
 
-        id: Mapped[int] = mapped_column(primary_key=True)
-        name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
-        #: SHA-256 (hex) of the random secret; the secret is shown once, at creation
-        secret_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
-        #: what the key may do: a subset of "send", "stats", "devices"
-        scopes: Mapped[list[str]] = mapped_column(sa.JSON, nullable=False)
-        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-        #: updated at most once a minute, so a busy key does not write on every request
-        last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-        revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    class ApiRequest(base):
-        """A notification created through the push API: by which key, with which body."""
+class ApiKeyRow(_Row):
+    """A key of the push API for external systems (CRMs): name, scopes, never the secret."""
 
-        __tablename__ = "webpush_api_request"
-        __table_args__ = (
+    __tablename__ = "webpush_api_key"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    #: SHA-256 (hex) of the random secret; the secret is shown once, at creation
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    #: what the key may do: a subset of "send", "stats", "devices"
+    scopes: Mapped[list[str]] = mapped_column(sa.JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    #: updated at most once a minute, so a busy key does not write on every request
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiRequestRow(_Row):
+    """A notification created through the push API: by which key, with which body."""
+
+    __tablename__ = "webpush_api_request"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """Idempotency keys per API key; the requests of a notification."""
+        return (
             # Idempotency keys are per API key: two CRMs never collide. NULLs are distinct.
             sa.UniqueConstraint("api_key_id", "idempotency_key",
                                 name="uq_webpush_api_request_key_idempotency"),
             sa.Index("ix_webpush_api_request_notification", "notification_id"),
         )
 
-        id: Mapped[int] = mapped_column(BigId, primary_key=True)
-        api_key_id: Mapped[int] = mapped_column(sa.ForeignKey("webpush_api_key.id"),
-                                                nullable=False)
-        idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
-        #: SHA-256 of the canonical request: the same key with another body is refused
-        request_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
-        #: None while the request that claimed the idempotency key is still running
-        notification_id: Mapped[int | None] = mapped_column(
-            sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"))
-        created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(sa.ForeignKey("webpush_api_key.id"),
+                                            nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+    #: SHA-256 of the canonical request: the same key with another body is refused
+    request_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    #: None while the request that claimed the idempotency key is still running
+    notification_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
-    return Models(Subscription, Consent, Notification, Delivery, ApiKey=ApiKey,
-                  ApiRequest=ApiRequest, Stat=Stat)
+
+@dataclass(frozen=True)
+class Models:
+    """The model classes built for one ``db``."""
+
+    Subscription: type[SubscriptionRow]
+    Consent: type[ConsentRow]
+    Notification: type[NotificationRow]
+    Delivery: type[DeliveryRow]
+    #: keys of the push API for external systems, and the notifications each key created
+    ApiKey: type[ApiKeyRow]
+    ApiRequest: type[ApiRequestRow]
+    #: running counters of each notification (funnel, time buckets, platforms)
+    Stat: type[StatRow]
+
+
+_built: WeakKeyDictionary[SQLAlchemy, Models] = WeakKeyDictionary()
+
+
+def get_models(db: SQLAlchemy) -> Models:
+    """Return the models for ``db``, building them on its metadata the first time."""
+    if db not in _built:
+        _built[db] = _build(db)
+    return _built[db]
+
+
+_R = TypeVar("_R", bound=_Row)
+
+
+def _model(row: type[_R], base: type[Any]) -> type[_R]:
+    """The model of ``row`` on the host's ``base``: ``SubscriptionRow`` -> ``Subscription``."""
+    name = row.__name__.removesuffix("Row")
+
+    def namespace(ns: dict[str, Any]) -> None:
+        ns.update(__module__=__name__, __qualname__=name, __doc__=row.__doc__)
+
+    # What a class statement does (the base's metaclass and its __prepare__ included), with
+    # the name given at run time; a class statement on an untyped base is no type to mypy.
+    return cast("type[_R]", types.new_class(name, (row, base), exec_body=namespace))
+
+
+def _build(db: SQLAlchemy) -> Models:
+    """Make the model classes on ``db.Model`` (its metadata, its registry)."""
+    base = db.Model
+    return Models(
+        Subscription=_model(SubscriptionRow, base),
+        Consent=_model(ConsentRow, base),
+        Notification=_model(NotificationRow, base),
+        Delivery=_model(DeliveryRow, base),
+        # the order the tables were first declared in: the metadata keeps it
+        Stat=_model(StatRow, base),
+        ApiKey=_model(ApiKeyRow, base),
+        ApiRequest=_model(ApiRequestRow, base),
+    )

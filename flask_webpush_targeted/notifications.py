@@ -2,6 +2,8 @@
 
 Everything that can be checked before a worker runs is checked here, before a
 row is written: a bad call raises a specific exception and stores nothing.
+``NotificationOptions`` is the one list of a notification's options, and
+``notification_fields`` what every JSON answer shows of a stored one.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from flask import current_app
@@ -20,14 +23,89 @@ from .clock import utcnow
 from .exceptions import InvalidNotification, QueueUnavailable
 from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
 from .models import Models
-from .payload import check_text, default_tag
+from .payload import build_payload, check_payload_size, check_text, default_tag
 from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
 from .statuses import WAITING, NotificationStatus
 
 URGENCIES = ("very-low", "low", "normal", "high")
+#: the words ``devices`` takes besides a list of subscription ids (or, in Python, a callable)
+DEVICE_WORDS = ("all", "latest")
 MAX_TTL = 28 * 86400
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _CHUNK = 1000
+
+#: the JSON type of an option in the push API's body: ``json`` in the option's field metadata
+#: (None there for an option the body does not take)
+JsonKind = Literal["string", "boolean", "integer", "date-time", "devices", "actions", "any"]
+
+
+def _option(default: Any, json: JsonKind | None) -> Any:
+    return field(default=default, metadata={"json": json})
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotificationOptions:
+    """A notification's options: ``notify_users``' keyword arguments, with their defaults.
+
+    The one definition the others follow: ``WebPush.notify_users`` takes exactly these
+    keywords (a test compares the signatures), the push API's body these fields but
+    ``idempotency_key`` (a header there), with the JSON type of ``json`` in each field's
+    metadata, and its OpenAPI document describes those fields.
+    """
+
+    title: str = field(metadata={"json": "string"})
+    body: str = _option("", "string")
+    url: str | None = _option(None, "string")
+    devices: Any = _option("all", "devices")
+    ttl: int | timedelta | None = _option(None, "integer")
+    urgency: str = _option("normal", "string")
+    topic: str | None = _option(None, "string")
+    send_at: datetime | None = _option(None, "date-time")
+    #: the push API takes it as the Idempotency-Key header, scoped to the API key
+    idempotency_key: str | None = _option(None, None)
+    category: str | None = _option(None, "string")
+    icon: str | None = _option(None, "string")
+    image: str | None = _option(None, "string")
+    badge: str | None = _option(None, "string")
+    tag: str | None = _option(None, "string")
+    actions: list[dict[str, str]] | None = _option(None, "actions")
+    data: Any = _option(None, "any")
+    require_interaction: bool = _option(False, "boolean")
+    silent: bool = _option(False, "boolean")
+
+    def payload(self) -> dict[str, Any]:
+        """The service worker's payload these options make (validated, without its token)."""
+        return build_payload(
+            title=self.title, body=self.body, url=self.url, icon=self.icon, image=self.image,
+            badge=self.badge, tag=self.tag, actions=self.actions, data=self.data,
+            require_interaction=self.require_interaction, silent=self.silent)
+
+
+def iso(value: datetime | None) -> str | None:
+    """A stored time in a JSON answer: ISO 8601 text, or None."""
+    return value.isoformat() if value is not None else None
+
+
+def notification_fields(n: Any) -> dict[str, Any]:
+    """What both JSON views of a stored notification show of it: the admin's JSON and the
+    push API's answers add their own fields to these."""
+    return {"id": n.id, "status": n.status, "category": n.category, "urgency": n.urgency,
+            "ttl": n.ttl, "topic": n.topic, "created_at": iso(n.created_at),
+            "send_at": iso(n.send_at), "finished_at": iso(n.finished_at)}
+
+
+def submit(db: Any, m: Models, user_ids: list[str], options: NotificationOptions) -> Any:
+    """Validate every option, then store the notification and enqueue its fan-out."""
+    payload = options.payload()
+    check_payload_size(payload)
+    seconds = ttl_seconds(options.ttl)
+    check_options(urgency=options.urgency, topic=options.topic, send_at=options.send_at,
+                  category=options.category, idempotency_key=options.idempotency_key)
+    targeting = resolve_devices(db, m, user_ids, options.devices)
+    return store_and_enqueue(
+        db, m, user_ids, payload=payload, targeting=targeting, ttl=seconds,
+        urgency=options.urgency, topic=options.topic, send_at=options.send_at,
+        idempotency_key=options.idempotency_key, category=options.category)
 
 
 def ttl_seconds(ttl: Any) -> int:
@@ -79,7 +157,7 @@ def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> di
     users; a callable is applied now, to each active subscription, and stored
     as the ids it chose (a function cannot travel to another process).
     """
-    if devices in ("all", "latest"):
+    if devices in DEVICE_WORDS:
         return {"user_ids": user_ids, "devices": devices}
     Sub = m.Subscription
     if callable(devices):

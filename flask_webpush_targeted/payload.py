@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -144,15 +145,12 @@ def encode_payload(payload: dict[str, Any], token: str) -> bytes:
 
 
 def payload_encoder(payload: dict[str, Any]) -> Callable[[str], bytes]:
-    """``encode_payload`` for many tokens of one payload: the JSON is built once per batch.
-
-    Tokens are base64url and ".", which JSON writes as they are, so the bytes are the same.
-    """
-    if "token" in payload:  # would be replaced in place, not appended
-        return lambda token: encode_payload(payload, token)
-    head = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)[:-1]
-    head += ',"token":"' if payload else '"token":"'
-    return lambda token: f'{head}{token}"}}'.encode()
+    """``encode_payload`` for the many tokens of one payload (a batch's messages)."""
+    # json.dumps per message, not JSON spliced once per batch: 4.9-9.4 µs a message against
+    # ~300 µs (the send path's CPU; encryption 160-180 µs), 2-core VM, 2026-12-01 (timeit,
+    # best of 5, a 283-byte payload); no difference benchmarks/send_throughput.py or the
+    # send path alone could see.
+    return functools.partial(encode_payload, payload)
 
 
 def default_tag(notification_id: int) -> str:

@@ -13,23 +13,27 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .counters import add, bump, new_increments
 from .models import Models
-from .sql import dialect_of
+from .sql import dialect_of, rowcount
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
 
 #: the reason an erased delivery that was not sent yet is counted under (as skipped)
 ERASED = "user data erased before sending"
 
 
-def _iso(value: Any) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def export_user(db: Any, m: Models, user_id: str) -> dict[str, Any]:
+def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
     """Everything about a user, readable, without raw endpoints or keys."""
     subs = db.session.scalars(
         sa.select(m.Subscription).where(m.Subscription.user_id == user_id)
@@ -69,7 +73,7 @@ def export_user(db: Any, m: Models, user_id: str) -> dict[str, Any]:
     }
 
 
-def forget_user(db: Any, m: Models, user_id: str) -> dict[str, int]:
+def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     """Delete the user's deliveries, consents and subscriptions; return what went."""
     D = m.Delivery
     # Children first, in one transaction: no foreign key is left dangling on any database.
@@ -87,7 +91,7 @@ def forget_user(db: Any, m: Models, user_id: str) -> dict[str, int]:
         bump(db, m, notification_id, inc)
     counts = {"deliveries": len(gone)}
     result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))
-    counts["consents"] = result.rowcount or 0
+    counts["consents"] = rowcount(result)
     own_devices = sa.select(m.Subscription.id).where(m.Subscription.user_id == user_id)
     erase_from_notifications(db, m, user_id, list(db.session.scalars(own_devices)))
     # Rows of other users may still point at this user's devices (a device that moved
@@ -98,7 +102,7 @@ def forget_user(db: Any, m: Models, user_id: str) -> dict[str, int]:
                            .values(subscription_id=None))
     result = db.session.execute(sa.delete(m.Subscription)
                                 .where(m.Subscription.user_id == user_id))
-    counts["subscriptions"] = result.rowcount or 0
+    counts["subscriptions"] = rowcount(result)
     db.session.commit()
     return counts
 
@@ -160,7 +164,7 @@ _SQLITE_LISTS = (  # column, path, what matches, what else the statement sets
 )
 
 
-def erase_from_notifications(db: Any, m: Models, user_id: str, device_ids: list[int]) -> int:
+def erase_from_notifications(db: SQLAlchemy, m: Models, user_id: str, device_ids: list[int]) -> int:
     """Remove the user's id, and their devices' ids, from every notification's targeting and
     users without devices (in the caller's transaction); return how many changed.
 

@@ -11,13 +11,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from rq.job import Job
+from rq.job import Job, JobStatus
 
 from .clock import utcnow
 from .context import app_state
 from .fanout import enqueue_batches
 from .ledger import finish_cancelled, finish_if_complete
 from .redis_queue import FAN_OUT, enqueue_at, fanout_job_id, get_queue, take_turn
+from .statuses import WAITING, DeliveryStatus, NotificationStatus
+
+#: an RQ job in one of these states will still run
+_ALIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED})
 
 
 def _job_alive(job_id: str | None) -> bool:
@@ -28,7 +32,7 @@ def _job_alive(job_id: str | None) -> bool:
         job = Job.fetch(job_id, connection=queue.connection)
     except Exception:  # rq raises NoSuchJobError, or a deserialisation error for a broken hash
         return False
-    return job.get_status(refresh=False) in ("queued", "scheduled", "started", "deferred")
+    return job.get_status(refresh=False) in _ALIVE
 
 
 def recover() -> dict[str, int]:
@@ -42,7 +46,7 @@ def recover() -> dict[str, int]:
     queue = get_queue()
     done = {"enqueued": 0, "scheduled": 0, "batches": 0}
     waiting = db.session.execute(sa.select(N.id, N.status, N.job_id, N.send_at, N.queued_at)
-                                 .where(N.status.in_(("queued", "scheduled")))).all()
+                                 .where(N.status.in_(sorted(WAITING)))).all()
     db.session.commit()
     for n in waiting:
         if _job_alive(n.job_id):
@@ -53,8 +57,8 @@ def recover() -> dict[str, int]:
         # stands (and a job enqueued after it finds the notification cancelled).
         taken = db.session.execute(
             sa.update(N).where(N.id == n.id, N.status == n.status)
-            .values(status="scheduled" if later else "queued", job_id=job_id,
-                    queued_at=n.queued_at or now)
+            .values(status=NotificationStatus.SCHEDULED if later else NotificationStatus.QUEUED,
+                    job_id=job_id, queued_at=n.queued_at or now)
             .execution_options(synchronize_session=False)).rowcount
         db.session.commit()
         if not taken:
@@ -66,14 +70,14 @@ def recover() -> dict[str, int]:
             queue.enqueue(FAN_OUT, n.id, job_id=job_id)
             done["enqueued"] += 1
     sending = db.session.execute(sa.select(N.id, N.fanned_out_at, N.queued_at, N.created_at)
-                                 .where(N.status == "sending")).all()
+                                 .where(N.status == NotificationStatus.SENDING)).all()
     # Claims older than the timeout belong to a dead worker; pending rows that long past
     # their due time have lost their job (Redis down when it was enqueued, or Redis lost it)
     # or wait in a long queue: either way one more job for them is harmless (claims make a
     # second run send nothing twice), and each notification gets at most one such round per
     # WEBPUSH_CLAIM_TIMEOUT, so a long queue is not flooded with copies.
-    stuck = sa.or_(sa.and_(D.status == "sending", D.claimed_at < stale),
-                   sa.and_(D.status == "pending",
+    stuck = sa.or_(sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale),
+                   sa.and_(D.status == DeliveryStatus.PENDING,
                            sa.func.coalesce(D.next_attempt_at, D.created_at) < stale))
     for n in sending:
         nid = n.id

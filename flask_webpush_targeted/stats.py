@@ -9,9 +9,9 @@ notifications keep their reasons in ``Notification.totals``; their counters stay
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.orm import defer
@@ -19,15 +19,22 @@ from sqlalchemy.orm import defer
 from . import counters
 from .clock import utcnow
 from .exceptions import NotificationNotFound
-from .models import Models
+from .models import DeliveryRow, Models, NotificationRow
+from .sql import rowcount
 from .statuses import FINAL, UNSUCCESSFUL
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+    #: a delivery with its device's label (None: no device, or the device was forgotten)
+    DeliveryWithLabel: TypeAlias = sa.Row[DeliveryRow, str | None]
 
 
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _counts(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
+def _counts(db: SQLAlchemy, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:
     """Funnel counts for several notifications, from their counters."""
     result = counters.totals(db, m, ids)
     for counts in result.values():
@@ -37,7 +44,7 @@ def _counts(db: Any, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]
     return result
 
 
-def _funnel(n: Any, counts: dict[str, int]) -> dict[str, Any]:
+def _funnel(n: NotificationRow, counts: dict[str, int]) -> dict[str, Any]:
     targeted, without = n.target_count, n.without_count or 0
     funnel: dict[str, Any] = {"id": n.id, "status": n.status, "targeted_users": targeted,
                               "users_without_devices": without, **counts,
@@ -49,7 +56,7 @@ def _funnel(n: Any, counts: dict[str, int]) -> dict[str, Any]:
     return funnel
 
 
-def get_notification(db: Any, m: Models, notification_id: int) -> Any:
+def get_notification(db: SQLAlchemy, m: Models, notification_id: int) -> NotificationRow:
     """The stored Notification, or NotificationNotFound."""
     n = db.session.get(m.Notification, notification_id)
     if n is None:
@@ -57,7 +64,7 @@ def get_notification(db: Any, m: Models, notification_id: int) -> Any:
     return n
 
 
-def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, Any]:
+def notification_stats(db: SQLAlchemy, m: Models, notification_id: int) -> dict[str, Any]:
     """The full figures of one notification: funnel, rates, failure reasons, platforms."""
     n = get_notification(db, m, notification_id)
     S = m.Stat
@@ -77,7 +84,7 @@ def notification_stats(db: Any, m: Models, notification_id: int) -> dict[str, An
 
 
 
-def _failure_reasons(db: Any, m: Models, notification_id: int,
+def _failure_reasons(db: SQLAlchemy, m: Models, notification_id: int,
                      counts: dict[str, Any]) -> list[dict[str, Any]]:
     """The 20 most frequent (status, code, reason) of the unsuccessful deliveries, from
     the reason counters (``counts``: the notification's funnel counters)."""
@@ -96,7 +103,8 @@ def _failure_reasons(db: Any, m: Models, notification_id: int,
     return reasons[:20]
 
 
-def _failure_reasons_of_rows(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
+def _failure_reasons_of_rows(db: SQLAlchemy, m: Models,
+                             notification_id: int) -> list[dict[str, Any]]:
     """The same grouped over the deliveries: for notifications counted before reasons had
     counters of their own (a scan of the notification's rows)."""
     D = m.Delivery
@@ -110,7 +118,7 @@ def _failure_reasons_of_rows(db: Any, m: Models, notification_id: int) -> list[d
     ]
 
 
-def list_notifications(db: Any, m: Models, *, page: int = 1, per_page: int = 25,
+def list_notifications(db: SQLAlchemy, m: Models, *, page: int = 1, per_page: int = 25,
                        status: str | None = None, category: str | None = None,
                        since: datetime | None = None, until: datetime | None = None,
                        lists: bool = False) -> tuple[list[dict[str, Any]], int]:
@@ -138,7 +146,7 @@ def list_notifications(db: Any, m: Models, *, page: int = 1, per_page: int = 25,
     return [{"notification": n, "funnel": _funnel(n, counts[n.id])} for n in rows], int(total or 0)
 
 
-def time_series(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]]:
+def time_series(db: SQLAlchemy, m: Models, notification_id: int) -> list[dict[str, Any]]:
     """Sent, displayed and clicked per minute for the first hour after sending, then per hour."""
     get_notification(db, m, notification_id)
     S = m.Stat
@@ -149,8 +157,8 @@ def time_series(db: Any, m: Models, notification_id: int) -> list[dict[str, Any]
     return sorted(points, key=lambda p: p["at"])
 
 
-def deliveries_page(db: Any, m: Models, notification_id: int, *, page: int = 1,
-                    per_page: int = 50) -> tuple[list[Any], int]:
+def deliveries_page(db: SQLAlchemy, m: Models, notification_id: int, *, page: int = 1,
+                    per_page: int = 50) -> tuple[list[DeliveryWithLabel], int]:
     """One page of a notification's deliveries with their device labels."""
     D, Sub = m.Delivery, m.Subscription
     n = db.session.get(m.Notification, notification_id)
@@ -164,7 +172,8 @@ def deliveries_page(db: Any, m: Models, notification_id: int, *, page: int = 1,
     return list(rows), int(total or 0)
 
 
-def iter_deliveries(db: Any, m: Models, notification_id: int, chunk: int = 1000) -> Any:
+def iter_deliveries(db: SQLAlchemy, m: Models, notification_id: int,
+                    chunk: int = 1000) -> Iterator[DeliveryWithLabel]:
     """Every delivery of a notification with its device label, read in keyset chunks."""
     D, Sub = m.Delivery, m.Subscription
     last = 0
@@ -180,7 +189,8 @@ def iter_deliveries(db: Any, m: Models, notification_id: int, chunk: int = 1000)
         db.session.expunge_all()
 
 
-def user_history(db: Any, m: Models, user_id: str, *, limit: int = 200) -> list[Any]:
+def user_history(db: SQLAlchemy, m: Models, user_id: str, *,
+                 limit: int = 200) -> list[sa.Row[DeliveryRow, NotificationRow, str | None]]:
     """A customer's latest deliveries, with the notification and device of each."""
     D, N, Sub = m.Delivery, m.Notification, m.Subscription
     return list(db.session.execute(
@@ -189,7 +199,7 @@ def user_history(db: Any, m: Models, user_id: str, *, limit: int = 200) -> list[
         .where(D.user_id == user_id).order_by(D.id.desc()).limit(limit)).all())
 
 
-def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
+def prune(db: SQLAlchemy, m: Models, older_than: timedelta) -> dict[str, int]:
     """Delete deliveries of notifications finished before the cutoff.
 
     Their counters stay; the failure reasons are kept in ``Notification.totals``.
@@ -203,8 +213,8 @@ def prune(db: Any, m: Models, older_than: timedelta) -> dict[str, int]:
         if not db.session.scalar(sa.select(sa.exists().where(D.notification_id == nid))):
             continue
         reasons = _failure_reasons(db, m, nid, counters.totals(db, m, [nid])[nid])
-        db.session.get(N, nid).totals = {"failure_reasons": reasons}
-        deleted += db.session.execute(sa.delete(D).where(D.notification_id == nid)).rowcount or 0
+        db.session.get_one(N, nid).totals = {"failure_reasons": reasons}
+        deleted += rowcount(db.session.execute(sa.delete(D).where(D.notification_id == nid)))
         db.session.commit()
         pruned += 1
     return {"notifications": pruned, "deliveries": deleted}

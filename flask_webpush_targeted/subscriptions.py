@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from flask import current_app
@@ -19,9 +19,12 @@ from flask import current_app
 from . import signals
 from .exceptions import BadRequestError, ConsentRequired, SubscriptionNotFound
 from .limits import MAX_ROW_ID
-from .models import Models, endpoint_hash, utcnow
+from .models import Models, SubscriptionRow, endpoint_hash, utcnow
 from .transport.endpoints import lookup_endpoint, validate_endpoint, validate_keys
 from .transport.text import clean_text
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class SubscribeRequest:
     device_label: str | None
 
 
-def parse_subscription(data: Any, extra_origins: Iterable[str]) -> SubscriptionInfo:
+def parse_subscription(data: object, extra_origins: Iterable[str]) -> SubscriptionInfo:
     """Validate a PushSubscription JSON object (endpoint, keys)."""
     if not isinstance(data, Mapping):
         raise BadRequestError("subscription must be an object with endpoint and keys.")
@@ -61,7 +64,7 @@ def parse_subscription(data: Any, extra_origins: Iterable[str]) -> SubscriptionI
 
 
 def parse_subscribe_request(
-    body: Any, consent_version: str, extra_origins: Iterable[str]
+    body: object, consent_version: str, extra_origins: Iterable[str]
 ) -> SubscribeRequest:
     """Validate the whole subscribe body: shape (400), consent (403), then endpoint (422)."""
     if not isinstance(body, Mapping):
@@ -98,7 +101,7 @@ def parse_subscribe_request(
 class SubscriptionStore:
     """Writes subscriptions and the consent ledger, one transaction per call."""
 
-    def __init__(self, db: Any, models: Models) -> None:
+    def __init__(self, db: SQLAlchemy, models: Models) -> None:
         self.db = db
         self.m = models
 
@@ -113,7 +116,7 @@ class SubscriptionStore:
         ))
 
     def subscribe(self, user_id: str, req: SubscribeRequest,
-                  user_agent: str | None) -> tuple[Any, bool]:
+                  user_agent: str | None) -> tuple[SubscriptionRow, bool]:
         """Store or refresh a subscription; return (subscription, newly this user's)."""
         try:
             return self._subscribe(user_id, req, user_agent)
@@ -123,7 +126,7 @@ class SubscriptionStore:
             return self._subscribe(user_id, req, user_agent)
 
     def _subscribe(self, user_id: str, req: SubscribeRequest,
-                   user_agent: str | None) -> tuple[Any, bool]:
+                   user_agent: str | None) -> tuple[SubscriptionRow, bool]:
         Sub = self.m.Subscription
         info = req.subscription
         app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -167,7 +170,8 @@ class SubscriptionStore:
             signals.subscription_created.send(app, subscription=sub)
         return sub, is_new
 
-    def user_subscriptions(self, user_id: str, *, active_only: bool = False) -> list[Any]:
+    def user_subscriptions(self, user_id: str, *,
+                           active_only: bool = False) -> list[SubscriptionRow]:
         """A user's subscriptions, newest first."""
         Sub = self.m.Subscription
         query = sa.select(Sub).where(Sub.user_id == user_id)
@@ -175,7 +179,7 @@ class SubscriptionStore:
             query = query.where(Sub.revoked_at.is_(None))
         return list(self.db.session.scalars(query.order_by(Sub.created_at.desc(), Sub.id.desc())))
 
-    def get_own(self, user_id: str, subscription_id: int) -> Any:
+    def get_own(self, user_id: str, subscription_id: int) -> SubscriptionRow:
         """One of the user's own subscriptions, or SubscriptionNotFound (never another's)."""
         # An id the column cannot hold (a URL's <int:...> takes any size) names none.
         if (isinstance(subscription_id, bool) or not isinstance(subscription_id, int)
@@ -187,7 +191,7 @@ class SubscriptionStore:
         return sub
 
     def revoke(self, user_id: str, subscription_id: int, *, reason: str = "device_revoked",
-               user_agent: str | None = None) -> Any:
+               user_agent: str | None = None) -> SubscriptionRow:
         """Revoke one of the user's devices and record the withdrawal for it."""
         sub = self.get_own(user_id, subscription_id)
         if sub.revoked_at is None:
@@ -218,7 +222,8 @@ class SubscriptionStore:
         signals.consent_withdrawn.send(app, user_id=user_id)
         return len(active)
 
-    def rotate(self, old_endpoint: Any, old_auth: Any, new: SubscriptionInfo) -> Any:
+    def rotate(self, old_endpoint: object, old_auth: object,
+               new: SubscriptionInfo) -> SubscriptionRow:
         """Replace a subscription the browser rotated, proven by the old one's auth secret."""
         Sub = self.m.Subscription
         if not isinstance(old_endpoint, str) or not isinstance(old_auth, str):

@@ -12,14 +12,20 @@ import hashlib
 import hmac
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import current_app
 
 from .clock import utcnow
 from .counters import add, bucket, bump, new_increments, platform_of, send_start
+from .sql import rowcount
 from .transport.b64url import b64url_decode, b64url_encode
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .models import Models
 
 _LABEL = b"flask-webpush-targeted/tracking-token/v1"
 _MAC_BYTES = 16
@@ -77,7 +83,8 @@ def read_token(token: object, *, now: float | None = None) -> int:
 EVENT_COLUMNS = {"displayed": "displayed_at", "clicked": "clicked_at", "closed": "closed_at"}
 
 
-def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | None = None) -> bool:
+def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
+                 action: str | None = None) -> bool:
     """Record an event once, at server time; False when it was already counted."""
     D, Sub, N = m.Delivery, m.Subscription, m.Notification
     now = utcnow()
@@ -100,7 +107,7 @@ def record_event(db: Any, m: Any, delivery_id: int, event: str, action: str | No
         # also proves the notification was shown, even if its displayed beacon was lost.
         result = db.session.execute(sa.update(D).where(D.id == delivery_id, column.is_(None))
                                     .values(**values))
-        if result.rowcount:
+        if rowcount(result):
             counted.append(kind)
     if counted:
         row = db.session.execute(

@@ -1,7 +1,9 @@
 """The RQ worker that runs the jobs in the app's context, and the loop that keeps it up.
 
 Each worker runs ``recover`` when it starts and once per WEBPUSH_RECOVER_INTERVAL among
-all workers of the queue; ``run_worker`` starts it again after a Redis failure.
+all workers of the queue; ``run_worker`` starts it again after a Redis failure. The
+worker's sending state (``worker_state``) is built as it is made, before any job or fork,
+and closed when it stops.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rq import SimpleWorker, Worker
 
 from .recovery import recover
 from .redis_queue import get_queue, redis_connection, take_turn
+from .worker_state import SendingState, start_sending, stop_sending
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -28,13 +31,16 @@ class _AppWorkerMixin:
     app: Flask
     name: str
     _parent_pid: int
+    #: built by make_worker, inherited by each work horse, closed by teardown
+    sending: SendingState
 
     def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
         with self.app.app_context():
             if os.getpid() != self._parent_pid:
                 # A forked work horse must not share the parent's database sockets.
                 self.app.extensions["webpush"].db.engine.dispose(close=False)
-            return super().perform_job(job, queue, execution)  # type: ignore[misc]
+            performed: bool = super().perform_job(job, queue, execution)  # type: ignore[misc]
+            return performed
 
     @property
     def dequeue_timeout(self) -> int:
@@ -45,6 +51,15 @@ class _AppWorkerMixin:
         if app is None:
             return ttl_bound
         return max(1, min(ttl_bound, int(app.config["WEBPUSH_RECOVER_INTERVAL"])))
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()  # type: ignore[misc]
+        finally:
+            # RQ tears down the worker, never a work horse, when work() ends: stopped,
+            # burst done, or quitting on an error.
+            if os.getpid() == self._parent_pid:
+                stop_sending(self.app, self.sending)
 
     def run_maintenance_tasks(self) -> None:
         starting = getattr(self, "last_cleaned_at", None) is None
@@ -78,12 +93,14 @@ class AppSimpleWorker(_AppWorkerMixin, SimpleWorker):
 
 def make_worker(app: Flask, *, simple: bool = False,
                 name: str | None = None) -> AppWorker | AppSimpleWorker:
-    """A worker for the app's queue; it runs ``recover`` at start and periodically."""
+    """A worker for the app's queue, its sending state built; it runs ``recover`` at start
+    and periodically, and closes the sending state when its ``work`` ends."""
     cls: type[AppWorker] | type[AppSimpleWorker] = AppSimpleWorker if simple else AppWorker
     worker = cls([get_queue(app)], connection=redis_connection(app), name=name,
                  maintenance_interval=app.config["WEBPUSH_RECOVER_INTERVAL"])
     worker.app = app
     worker._parent_pid = os.getpid()
+    worker.sending = start_sending(app)
     return worker
 
 

@@ -1,12 +1,45 @@
-"""The sending state of a worker process: one PushSender whose VAPID header cache, DNS
-answers and keep-alive connections every batch of the process reuses."""
+"""The sending state of a worker process: built once when the worker starts, handed to
+every job, closed when the worker stops.
+
+``SendingState`` holds what sending needs and what is worth keeping from one batch to the
+next: the VAPID key, loaded and checked, with the signed header per push service
+(``VapidHeaders``); the endpoint guard with its DNS answers (``EndpointGuard``); and the
+``PushSender``, with its TLS context, 429 pauses, keep-alive connections and event loop.
+``make_worker`` builds it before the worker takes its first job, as arq's ``on_startup``
+builds a worker's resources, and keeps it on the app's ``AppState``; the worker closes it
+when it stops. Jobs reach it through ``sending_state()`` (``worker_sender()`` for the
+sender alone).
+
+What lives across jobs, by how the jobs run:
+
+``flask webpush worker --simple`` (``AppSimpleWorker``: jobs run in the worker's process)
+    Everything: one signed VAPID header per push service, renewed an hour before its 12 h
+    expiry; each host's DNS answer for a minute; the keep-alive connections; the pauses
+    services asked for with 429.
+
+``flask webpush worker`` (``AppWorker``, the default: a work horse forked per job)
+    The state is built in the worker before any fork, so every horse starts with the VAPID
+    key already loaded and the subject checked, the TLS context with its CA certificates
+    read, and the guard's and sender's settings. Their caches are inherited too, but the
+    worker itself sends nothing and nothing is signed ahead, so they are empty: each horse
+    signs its header per push service (one ECDSA signature), resolves hosts again, and
+    opens its own connections on an event loop of its own (never the worker's sockets or
+    loop, which it leaves untouched); what a horse learns ends with it.
+
+Anywhere else (a test calling ``send_batch``, a plain ``rq worker``)
+    Built by the first job of the process that needs it, kept for the process's later
+    jobs, closed when the process exits. Under a plain forking ``rq worker`` that is once
+    per work horse, which ends with ``os._exit`` (its sockets close with it): nothing
+    lives across jobs.
+"""
 
 from __future__ import annotations
 
 import atexit
-import os
+import threading
+from dataclasses import dataclass
 
-from flask import current_app
+from flask import Flask, current_app
 
 from .clock import monotonic
 from .context import app_state
@@ -15,27 +48,77 @@ from .transport.sender import PushSender
 from .transport.vapid import VapidHeaders, load_vapid_private_key
 
 
+@dataclass
+class SendingState:
+    """What sending keeps between jobs: VAPID signer, endpoint guard and sender."""
+
+    vapid: VapidHeaders
+    guard: EndpointGuard
+    sender: PushSender
+    #: made by a job rather than by a worker starting: then closed when the process exits
+    on_first_use: bool = False
+
+    def close(self) -> None:
+        """Close the sender's connections and event loop (those of this process)."""
+        if self.on_first_use:
+            atexit.unregister(self.close)
+        self.sender.close()
+
+
+#: one first-use build at a time (jobs run in one thread, tests may not)
+_building = threading.Lock()
+
+
+def build_sending_state(app: Flask) -> SendingState:
+    """A new sending state from the app's configuration (the VAPID key is loaded here)."""
+    config = app.config
+    vapid = VapidHeaders(load_vapid_private_key(config["WEBPUSH_VAPID_PRIVATE_KEY"]),
+                         config["WEBPUSH_VAPID_SUBJECT"])
+    guard = EndpointGuard(app_state(app).extra_origins)
+    sender = PushSender(
+        vapid, guard,
+        timeout=(config["WEBPUSH_CONNECT_TIMEOUT"], config["WEBPUSH_READ_TIMEOUT"]),
+        concurrency=config["WEBPUSH_SEND_CONCURRENCY"],
+        per_origin=config["WEBPUSH_PER_ORIGIN_CONCURRENCY"],
+        max_retry_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
+        clock=monotonic,
+    )
+    return SendingState(vapid, guard, sender)
+
+
+def start_sending(app: Flask) -> SendingState:
+    """Build the app's sending state as a worker starts (closing one left from before)."""
+    state = build_sending_state(app)
+    previous, app_state(app).sending = app_state(app).sending, state
+    if previous is not None:
+        previous.close()
+    return state
+
+
+def stop_sending(app: Flask, state: SendingState) -> None:
+    """Close ``state`` as its worker stops, and forget it if it is still the app's."""
+    if app_state(app).sending is state:
+        app_state(app).sending = None
+    state.close()
+
+
+def sending_state(app: Flask | None = None) -> SendingState:
+    """The sending state of the app (the current one by default), built on first use."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    holder = app_state(app)
+    state = holder.sending
+    if state is None:
+        with _building:
+            state = holder.sending
+            if state is None:
+                state = build_sending_state(app)
+                state.on_first_use = True
+                # Nobody stops this process's state but its end; a worker's closes it sooner.
+                atexit.register(state.close)
+                holder.sending = state
+    return state
+
+
 def worker_sender() -> PushSender:
-    """This process's sender: VAPID header cache and keep-alive pool live across jobs."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    cached = app.extensions.get("webpush.sender")
-    if cached is None or cached[1] != _pid():
-        config = app.config
-        sender = PushSender(
-            VapidHeaders(load_vapid_private_key(config["WEBPUSH_VAPID_PRIVATE_KEY"]),
-                         config["WEBPUSH_VAPID_SUBJECT"]),
-            EndpointGuard(app_state(app).extra_origins),
-            timeout=(config["WEBPUSH_CONNECT_TIMEOUT"], config["WEBPUSH_READ_TIMEOUT"]),
-            concurrency=config["WEBPUSH_SEND_CONCURRENCY"],
-            per_origin=config["WEBPUSH_PER_ORIGIN_CONCURRENCY"],
-            max_retry_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
-            clock=monotonic,
-        )
-        cached = (sender, _pid())
-        app.extensions["webpush.sender"] = cached
-        atexit.register(sender.close)
-    return cached[0]
-
-
-def _pid() -> int:
-    return os.getpid()
+    """The current app's sender: VAPID headers, DNS answers and connections kept across jobs."""
+    return sending_state().sender

@@ -110,7 +110,17 @@ def test_every_admin_route_is_for_administrators_only_and_denied_by_default(
     assert call(admin.http, admin.csrf).status_code == admin_status
 
 
-# -- the list -----------------------------------------------------------------------------
+def test_the_access_test_above_covers_every_admin_route(app: Any) -> None:
+    # A new admin view is then refused to everyone but administrators by the test above,
+    # which it would not be by its own code without @stats_access_required.
+    admin = {(method, rule.rule.removeprefix(ADMIN)) for rule in app.url_map.iter_rules()
+             if rule.endpoint.startswith("webpush.admin")
+             for method in rule.methods - {"HEAD", "OPTIONS"}}
+    tested = {(method, re.sub(r"\{nid\}", "<int:nid>", path).replace(
+        "/users/1", "/users/<webpush_user_id:user_id>")) for method, path, _, _ in ROUTES}
+    assert admin == tested
+
+
 
 
 def test_the_list_is_newest_first_paginated_and_filtered(sending: SendingHost) -> None:

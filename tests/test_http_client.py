@@ -267,18 +267,25 @@ def test_a_request_cancelled_while_waiting_for_a_connection_gives_its_turn_away(
 
 
 def test_a_turn_released_while_its_cancelled_waiter_has_not_resumed_is_not_lost() -> None:
-    from flask_webpush_targeted.transport.http11 import _Slots
-
     async def main() -> None:
-        slots = _Slots(1)
-        await slots.take()
-        waiter = asyncio.ensure_future(slots.take())
+        pool = Pool(connect_timeout=2.0, read_timeout=2.0, per_origin=1)
+        url = "http://127.0.0.1:9/push/x"  # the discard port: closed, refused at once
+        with pytest.raises(ConnectionRefusedError):
+            await pool.post(url, {}, b"x")
+        [slots] = pool._slots.values()  # the origin's turns, an asyncio.Semaphore
+        await slots.acquire()
+        waiter = asyncio.ensure_future(slots.acquire())
         await asyncio.sleep(0)  # it waits for the turn
         waiter.cancel()
         slots.release()  # before the cancelled waiter runs again
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        assert slots.try_take() and not slots.try_take()
+        # The turn is not lost: a request takes it at once (and is refused, as before)...
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.wait_for(pool.post(url, {}, b"x"), 1)
+        # ...nor doubled: one taker gets it, the next would wait.
+        await asyncio.wait_for(slots.acquire(), 1)
+        assert slots.locked()
 
     asyncio.run(main())
 

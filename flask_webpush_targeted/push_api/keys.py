@@ -158,4 +158,5 @@ def rate_bucket(row: Any) -> str:
     """A Redis key part naming this key: unique across databases, revealing nothing."""
     # The id alone repeats across databases sharing a Redis (tests, staging); a prefix of
     # the hash of a random secret does not, and cannot be turned back into the secret.
-    return row.secret_sha256[:24]
+    digest: str = row.secret_sha256
+    return digest[:24]

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the push API, written by hand to match views/crm.py.
+"""The OpenAPI 3.1 document of the push API, written by hand to match push_api/views.py.
 
 tests/test_openapi.py keeps the two honest: every route under ``/api/v1`` is
 described here and everything here is routed, every example validates against
@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
+from ..notifications import DEVICE_WORDS, MAX_TTL, URGENCIES
 from ..platforms import PLATFORMS
 from ..statuses import NOTIFICATION_STATUSES
 from ..web_input import MAX_DEPTH
@@ -141,15 +142,15 @@ SCHEMAS: dict[str, Any] = {
             "url": _nullable({**_URL, "minLength": 0,
                               "description": _URL_TEXT + " Empty or absent: '/'."}),
             "devices": _nullable({"anyOf": [
-                {"type": "string", "enum": ["all", "latest"]},
+                {"type": "string", "enum": list(DEVICE_WORDS)},
                 {"type": "array", "minItems": 1, "items": _ID,
                  "description": "Subscription ids, each of one of the targeted users."},
             ]}),
-            "ttl": _nullable({"type": "integer", "minimum": 0, "maximum": 2_419_200,
+            "ttl": _nullable({"type": "integer", "minimum": 0, "maximum": MAX_TTL,
                               "description": "Validity period in seconds (RFC 8030 TTL); "
                                             "default WEBPUSH_DEFAULT_TTL."}),
             "urgency": _nullable({"type": "string",
-                                  "enum": ["very-low", "low", "normal", "high"]}),
+                                  "enum": list(URGENCIES)}),
             "topic": _nullable({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$",
                                 "description": "Collapse key (RFC 8030 Topic)."}),
             "send_at": _nullable(_TIME_IN),
@@ -231,7 +232,7 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
             "title": {"type": "string"},
             "category": {"type": ["string", "null"]},
-            "urgency": {"type": "string", "enum": ["very-low", "low", "normal", "high"]},
+            "urgency": {"type": "string", "enum": list(URGENCIES)},
             "ttl": _COUNT,
             "topic": {"type": ["string", "null"]},
             "created_at": _TIME,

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..exceptions import APIError, BadRequestError
 from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
+from ..notifications import JsonKind, NotificationOptions
 from ..statuses import NOTIFICATION_STATUSES
 
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
@@ -29,10 +30,12 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}
 
 _QUERY_INTEGER = re.compile(r"([0-9]+)(?:\.0*)?", re.ASCII)
 
-_TEXT_FIELDS = ("body", "url", "urgency", "topic", "category", "icon", "image", "badge", "tag")
-_BOOL_FIELDS = ("require_interaction", "silent")
-FIELDS = frozenset(("user_ids", "title", "devices", "ttl", "send_at", "actions", "data",
-                    *_TEXT_FIELDS, *_BOOL_FIELDS))
+#: the body's options and their JSON types: NotificationOptions' fields the body takes
+OPTION_KINDS: dict[str, JsonKind] = {
+    f.name: f.metadata["json"] for f in fields(NotificationOptions) if f.metadata["json"]}
+_TEXT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "string" and n != "title")
+_BOOL_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "boolean")
+FIELDS = frozenset(("user_ids", *OPTION_KINDS))
 
 
 class TooManyUsers(APIError, RequestEntityTooLarge):
@@ -43,7 +46,8 @@ class TooManyUsers(APIError, RequestEntityTooLarge):
 
 @dataclass(frozen=True)
 class NotifyRequest:
-    """A well-formed ``POST notifications`` body: the ids and notify_users' keyword arguments."""
+    """A well-formed ``POST notifications`` body: the ids and notify_users' keyword arguments
+    (the options given, not null: the digest must not change when a default does)."""
 
     user_ids: list[str]
     options: dict[str, Any] = field(default_factory=dict)

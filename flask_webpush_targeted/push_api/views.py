@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,15 +26,15 @@ from ..exceptions import (
     InvalidNotification,
     NotificationNotFound,
     QueueUnavailable,
-    RateLimited,
 )
-from ..redis_queue import REDIS_ERRORS, redis_connection
+from ..limits import MAX_ID
+from ..notifications import iso, notification_fields
+from ..ratelimit import check_rate_limit
 from ..targeting import users_without
 from ..web_input import add_user_id_converter, read_json_body
 from .keys import authenticate, rate_bucket, require_scope
 from .openapi import openapi_document
 from .requests import (
-    MAX_ID,
     NotifyRequest,
     check_user_id,
     idempotency_key,
@@ -85,21 +83,11 @@ def register(bp: Blueprint) -> None:
 
 def _check_rate_limit(key: Any) -> None:
     limit = current_app.config["WEBPUSH_API_RATE_LIMIT"]
-    now = time.time()
-    bucket = f"webpush:api-rate:{rate_bucket(key)}:{int(now // 60)}"
-    try:
-        pipe = redis_connection().pipeline()
-        pipe.incr(bucket)
-        pipe.expire(bucket, 120)
-        count = pipe.execute()[0]
-    except REDIS_ERRORS:
-        # Without Redis nothing is sent anyway (the queue is down): serve rather than refuse.
-        log.warning("webpush: API rate limit not checked, Redis does not answer")
-        return
-    if count > limit:
-        raise RateLimited(f"More than {limit} requests this minute with this API key; "
-                          "try again after Retry-After seconds.",
-                          retry_after=max(1, 60 - int(now) % 60))
+    # Without Redis nothing is sent anyway (the queue is down): serve rather than refuse.
+    check_rate_limit(f"webpush:api-rate:{rate_bucket(key)}", limit,
+                     f"More than {limit} requests this minute with this API key; "
+                     "try again after Retry-After seconds.",
+                     outage_warning="webpush: API rate limit not checked, Redis does not answer")
 
 
 def _authorize(*scopes: str) -> Any:
@@ -120,27 +108,21 @@ def _answer(body: Any, status: int = 200, **headers: str) -> Response:
     return response
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def _status_url(notification_id: int) -> str:
     return url_for("webpush.api_notification", notification_id=notification_id, _external=True)
 
 
 def _notification_json(n: Any, figures: dict[str, Any], *, detail: bool) -> dict[str, Any]:
+    """The API's Notification (its OpenAPI schema): the admin JSON's fields it shares, the
+    title rather than the whole payload, and the funnel; the admin's keeps its own shape."""
     funnel = {k: figures.get(k, 0) if not k.endswith("_rate") else figures.get(k)
               for k in FUNNEL}
     if detail:
         funnel.update(failure_reasons=figures.get("failure_reasons", []),
                       by_platform=figures.get("by_platform", []),
                       pruned=bool(figures.get("pruned")))
-    return {
-        "id": n.id, "status": n.status, "title": n.payload.get("title", ""),
-        "category": n.category, "urgency": n.urgency, "ttl": n.ttl, "topic": n.topic,
-        "created_at": _iso(n.created_at), "send_at": _iso(n.send_at),
-        "finished_at": _iso(n.finished_at), "status_url": _status_url(n.id), "stats": funnel,
-    }
+    return {**notification_fields(n), "title": n.payload.get("title", ""),
+            "status_url": _status_url(n.id), "stats": funnel}
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -226,8 +208,8 @@ def _accepted(n: Any, req: NotifyRequest, replay: bool) -> Response:
     if replay:
         headers["Idempotent-Replayed"] = "true"
     return _answer({
-        "id": n.id, "status": n.status, "status_url": url, "created_at": _iso(n.created_at),
-        "send_at": _iso(n.send_at), "targeted_users": n.target_count,
+        "id": n.id, "status": n.status, "status_url": url, "created_at": iso(n.created_at),
+        "send_at": iso(n.send_at), "targeted_users": n.target_count,
         "users_without_devices": without, "replayed": replay,
     }, 202, **headers)
 
@@ -318,9 +300,9 @@ def _device_json(sub: Any, granted_at: Any, pushed_at: Any) -> dict[str, Any]:
         state = "withdrawn"
     return {
         "id": sub.id, "label": sub.label, "push_service": sub.push_service,
-        "added_at": _iso(sub.created_at), "last_used_at": _iso(last_used),
+        "added_at": iso(sub.created_at), "last_used_at": iso(last_used),
         "active": sub.active,
         "consent": {"state": state, "text_version": sub.consent_version,
-                    "granted_at": _iso(granted_at or sub.created_at),
-                    "ended_at": _iso(sub.revoked_at), "reason": sub.revoked_reason},
+                    "granted_at": iso(granted_at or sub.created_at),
+                    "ended_at": iso(sub.revoked_at), "reason": sub.revoked_reason},
     }

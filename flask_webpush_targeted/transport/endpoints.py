@@ -81,10 +81,8 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise InvalidSubscription("The endpoint must not carry a user name or password.")
     scheme = parts.scheme.lower()
-    default_port = 443 if scheme == "https" else 80
-    origin = f"{scheme}://{host}:{port or default_port}"
     normalised = normalise_endpoint(parts)
-    if origin in extra_origins:
+    if is_extra_origin(parts, extra_origins):
         return normalised
     if scheme != "https":
         raise InvalidSubscription("The endpoint must use https.")
@@ -104,6 +102,12 @@ def validate_endpoint(endpoint: Any, extra_origins: Iterable[str]) -> str:
             "origin with WEBPUSH_EXTRA_PUSH_SERVICES."
         )
     return normalised
+
+
+def is_extra_origin(parts: SplitResult, extra_origins: Iterable[str]) -> bool:
+    """Whether the URL's origin is one of ``extra_origins`` (``web_origin`` spellings, as
+    ``config.extra_push_origins`` gives them): then none of the policy's other checks apply."""
+    return web_origin(parts) in extra_origins
 
 
 def normalise_endpoint(parts: SplitResult) -> str:

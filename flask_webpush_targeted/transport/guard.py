@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..exceptions import InvalidSubscription
-from .endpoints import check_endpoint_text, validate_endpoint
+from .endpoints import check_endpoint_text, is_extra_origin, validate_endpoint
 from .origins import origin_prefix
 
 
@@ -46,7 +46,8 @@ class EndpointGuard:
     The host is resolved once per ``dns_ttl``, by ``resolve`` (``socket.getaddrinfo``'s
     signature; by default that function, looked up at each call), and the connection goes to
     the very addresses checked (``Route.addresses``). A lookup that fails is a retryable
-    ``Route.lookup_error``, never remembered as safe.
+    ``Route.lookup_error``, never remembered as safe. ``extra_origins`` are spelled as
+    ``web_origin`` spells them (``config.extra_push_origins``): ``http://127.0.0.1:8765``.
     """
 
     def __init__(self, extra_origins: Iterable[str], dns_ttl: float = 60.0, *,
@@ -111,8 +112,7 @@ class EndpointGuard:
         except InvalidSubscription as exc:
             return exc.message, None
         parts = urlsplit(endpoint)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}" in self.extra_origins:
+        if is_extra_origin(parts, self.extra_origins):
             return None, None
         return None, parts.hostname or ""
 

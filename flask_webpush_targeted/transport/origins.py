@@ -1,5 +1,9 @@
 """The origin of a URL, computed one way for every use: VAPID's ``aud``, the stored
-spelling of an endpoint, WEBPUSH_EXTRA_PUSH_SERVICES, the connection pools' keys."""
+spelling of an endpoint, WEBPUSH_EXTRA_PUSH_SERVICES and the endpoints matched against
+it (when stored and again before each POST), the connection pools' keys.
+
+``web_origin`` is that one way; the others are shortcuts to it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ DEFAULT_PORTS = {"https": 443, "http": 80}
 def web_origin(parts: SplitResult) -> str:
     """The RFC 6454 origin of a URL: scheme and host in lower case, the scheme's default
     port dropped, IPv6 brackets kept (``https://fcm.googleapis.com``): what VAPID's
-    ``aud`` wants."""
+    ``aud`` wants, and the spelling WEBPUSH_EXTRA_PUSH_SERVICES is compared in."""
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:

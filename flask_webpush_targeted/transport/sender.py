@@ -11,10 +11,11 @@ import contextlib
 import contextvars
 import logging
 import math
+import os
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -81,10 +82,14 @@ class PushSender:
     """Encrypts (aes128gcm, RFC 8291) and POSTs many messages concurrently on one event loop.
 
     One sender lives per worker process: its VAPID headers, DNS answers and keep-alive
-    connections are reused by every batch. A push service answering 429 is paused for
-    its Retry-After, so one slow service does not stall the others; that pause, and the
-    retry time any Retry-After hints, are at most ``max_retry_delay`` seconds
-    (WEBPUSH_RETRY_MAX_DELAY): a service cannot silence itself for the life of the process.
+    connections are reused by every batch. A process forked from the one that made it
+    (RQ's work horse) keeps the VAPID key and headers, the TLS context, the guard's answers
+    and the pauses, and gets an event loop and connections of its own.
+
+    A push service answering 429 is paused for its Retry-After, so one slow service does
+    not stall the others; that pause, and the retry time any Retry-After hints, are at most
+    ``max_retry_delay`` seconds (WEBPUSH_RETRY_MAX_DELAY): a service cannot silence itself
+    for the life of the process.
     """
 
     def __init__(self, vapid: VapidHeaders, guard: EndpointGuard, *,
@@ -96,28 +101,69 @@ class PushSender:
         self.concurrency = concurrency
         self.max_retry_delay = max_retry_delay
         self._clock = clock
-        self._loop = asyncio.new_event_loop()
-        self._pool = Pool(connect_timeout=timeout[0], read_timeout=timeout[1],
-                          per_origin=per_origin, ssl_context=ssl_context)
+        # Made once, shared by this process's pools and a forked child's: reading the CA
+        # certificates takes 40-80 ms (2-core VM, 2026-12-01), which a forking worker
+        # paid for every job.
+        self._pool_settings = (timeout, per_origin, ssl_context or ssl.create_default_context())
+        # The event loop and the pool's sockets belong to the process that made them: made
+        # on the first send, and again in a forked child (``_io``).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: Pool | None = None
+        self._owner = 0  # the pid of the process that made them
+        self._inherited: list[tuple[asyncio.AbstractEventLoop, Pool | None]] = []
         self._paused: dict[str, float] = {}
         self._origins: dict[str, str] = {}  # origin_prefix -> origin_of
         self._headers: dict[tuple[str, int, str, str | None], dict[str, str]] = {}
 
-    def send_many(self, messages: list[Message],
+    def send_many(self, messages: Iterable[Message],
                   on_results: Callable[[list[tuple[Any, PushResult]]], None],
                   flush_every: int) -> None:
         """Send every message; hand results to ``on_results`` every ``flush_every`` answers
         (and whenever nothing else is in flight)."""
-        self._run(self._send_all(messages, on_results, flush_every))
+        loop, pool = self._io()
+        self._run(loop, self._send_all(pool, messages, on_results, flush_every))
 
     def close(self) -> None:
-        """Close the connections and the event loop."""
-        self._pool.close()
-        with contextlib.suppress(RuntimeError):  # another loop runs in this thread
-            self._loop.run_until_complete(asyncio.sleep(0))  # let the transports close
-        self._loop.close()
+        """Close the connections and the event loop, if this process made them; idempotent.
 
-    def _run(self, coroutine: Any) -> None:
+        Those a forked child inherited are left alone: the parent still owns them.
+        """
+        loop, pool = self._loop, self._pool
+        if loop is None or pool is None or self._owner != os.getpid():
+            return
+        self._loop = self._pool = None
+        pool.close()
+        with contextlib.suppress(RuntimeError):  # another loop runs in this thread
+            loop.run_until_complete(asyncio.sleep(0))  # let the transports close
+        loop.close()
+
+    @property
+    def connections_opened(self) -> int:
+        """Connections this process's pool opened so far (0 before the first send)."""
+        if self._pool is None or self._owner != os.getpid():
+            return 0
+        return self._pool.opened
+
+    def _io(self) -> tuple[asyncio.AbstractEventLoop, Pool]:
+        """This process's event loop and pool, made on first use.
+
+        A forked child must not touch what it inherited: its sockets are the parent's
+        connections, and the loop's selector (an epoll instance) is shared with the parent,
+        so closing or unregistering anything would break the parent's. Both are kept
+        unclosed (a loop garbage-collected unclosed closes itself), and the child makes its own.
+        """
+        pid = os.getpid()
+        if self._loop is None or self._pool is None or self._owner != pid:
+            if self._loop is not None:
+                self._inherited.append((self._loop, self._pool))
+            timeout, per_origin, ssl_context = self._pool_settings
+            self._loop = asyncio.new_event_loop()
+            self._pool = Pool(connect_timeout=timeout[0], read_timeout=timeout[1],
+                              per_origin=per_origin, ssl_context=ssl_context)
+            self._owner = pid
+        return self._loop, self._pool
+
+    def _run(self, loop: asyncio.AbstractEventLoop, coroutine: Any) -> None:
         """Run ``coroutine`` to completion on this sender's own event loop.
 
         When the calling thread already runs an event loop (a job called from async code,
@@ -128,14 +174,14 @@ class PushSender:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            self._loop.run_until_complete(coroutine)
+            loop.run_until_complete(coroutine)
             return
         context = contextvars.copy_context()
         failure: list[BaseException] = []
 
         def target() -> None:
             try:
-                context.run(self._loop.run_until_complete, coroutine)
+                context.run(loop.run_until_complete, coroutine)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
 
@@ -145,10 +191,9 @@ class PushSender:
         if failure:
             raise failure[0]
 
-    async def _send_all(self, messages: list[Message],
+    async def _send_all(self, pool: Pool, messages: Iterable[Message],
                         on_results: Callable[[list[tuple[Any, PushResult]]], None],
                         flush_every: int) -> None:
-        pool = self._pool
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()  # strong references until each is done
         answered: list[tuple[Any, PushResult]] = []

@@ -161,6 +161,6 @@ class VapidHeaders:
             expires = int(now) + VAPID_LIFETIME
             # A fresh dict every time: pywebpush and py_vapid mutate the claims they get.
             claims = {"aud": origin, "exp": expires, "sub": self._subject}
-            value = self._vapid.sign(claims)["Authorization"]
+            value: str = self._vapid.sign(claims)["Authorization"]
             self._cache[origin] = (value, expires)
             return value

@@ -5,15 +5,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import current_app
+from flask import abort, current_app
+from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from ..context import extension as ext
 from ..exceptions import BadRequestError, LoginRequired
+from ..notifications import iso
 from ..users import user_id_of
 from ..web_input import MAX_DEPTH, check_tree, json_bytes
 
-__all__ = ["ext", "json_body", "require_login_json", "subscription_json"]
+__all__ = ["ext", "json_body", "login_page", "require_login_json", "subscription_json"]
+
+
+def login_page() -> ResponseReturnValue:
+    """What an anonymous user gets from an HTML page: Flask-Login's ``unauthorized()`` (the
+    host's login page, or its own handler's answer), or a 401 without a login manager."""
+    manager = getattr(current_app, "login_manager", None)
+    if manager is None:
+        abort(401)
+    answer: ResponseReturnValue = manager.unauthorized()
+    return answer
 
 
 def require_login_json() -> str:
@@ -44,9 +56,9 @@ def subscription_json(sub: Any) -> dict[str, Any]:
         "label": sub.label,
         "push_service": sub.push_service,
         "active": sub.active,
-        "created_at": sub.created_at.isoformat(),
-        "last_seen_at": sub.last_seen_at.isoformat(),
-        "revoked_at": sub.revoked_at.isoformat() if sub.revoked_at else None,
+        "created_at": iso(sub.created_at),
+        "last_seen_at": iso(sub.last_seen_at),
+        "revoked_at": iso(sub.revoked_at),
         # lets the page tell "this browser" apart without the server echoing the endpoint
         "endpoint_sha256": sub.endpoint_sha256,
     }

@@ -7,15 +7,13 @@ delivery and expires; each (delivery, event) counts once, at server time.
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from .. import signals
-from ..exceptions import BadRequestError, RateLimited, TrackingTokenInvalid
-from ..redis_queue import REDIS_ERRORS, redis_connection
+from ..exceptions import BadRequestError, TrackingTokenInvalid
+from ..ratelimit import check_rate_limit
 from ..tracking import EVENT_COLUMNS, InvalidToken, read_token, record_event
 from .common import ext, json_body
 
@@ -26,22 +24,11 @@ def register(bp: Blueprint) -> None:
 
 
 def _check_rate_limit() -> None:
-    limit = current_app.config["WEBPUSH_EVENTS_RATE_LIMIT"]
-    window = int(time.time() // 60)
     # Named after the queue: apps sharing a Redis keep limits of their own.
-    key = (f"webpush:events-rate:{current_app.config['WEBPUSH_QUEUE']}:"
-           f"{request.remote_addr}:{window}")
-    try:
-        conn = redis_connection()
-        pipe = conn.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count = pipe.execute()[0]
-    except REDIS_ERRORS:
-        return  # without Redis, count the event rather than lose it
-    if count > limit:
-        raise RateLimited("Too many events from this address; try again shortly.",
-                          retry_after=60 - int(time.time()) % 60)
+    check_rate_limit(
+        f"webpush:events-rate:{current_app.config['WEBPUSH_QUEUE']}:{request.remote_addr}",
+        current_app.config["WEBPUSH_EVENTS_RATE_LIMIT"],
+        "Too many events from this address; try again shortly.")
 
 
 def track_event() -> ResponseReturnValue:

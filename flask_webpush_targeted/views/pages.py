@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import (
     Blueprint,
     abort,
-    current_app,
     jsonify,
     redirect,
     render_template,
@@ -18,7 +17,7 @@ from flask_login import current_user
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import CSRFError, SubscriptionNotFound
 from ..users import user_id_of
-from .common import ext, require_login_json
+from .common import ext, login_page, require_login_json
 
 MESSAGES = {
     "revoked": "The device was removed: it will receive no more notifications.",
@@ -38,17 +37,10 @@ def _wants_json() -> bool:
     return request.is_json or request.accept_mimetypes.best == "application/json"
 
 
-def _login_page() -> ResponseReturnValue:
-    manager = getattr(current_app, "login_manager", None)
-    if manager is None:
-        abort(401)
-    return manager.unauthorized()
-
-
 def devices() -> ResponseReturnValue:
     """The customer's own browsers: label, added, last used; revoke; withdraw consent."""
     if not current_user.is_authenticated:
-        return _login_page()
+        return login_page()
     subs = ext().store.user_subscriptions(user_id_of(current_user), active_only=True)
     return render_template(
         "webpush/devices.html", subscriptions=subs, csrf_token=csrf_token(),
@@ -59,7 +51,7 @@ def devices() -> ResponseReturnValue:
 def revoke_device(subscription_id: int) -> ResponseReturnValue:
     """Revoke a device from the devices page's form."""
     if not current_user.is_authenticated:
-        return _login_page()
+        return login_page()
     try:
         check_csrf()
         ext().store.revoke(user_id_of(current_user), subscription_id,
@@ -80,7 +72,7 @@ def withdraw_consent() -> ResponseReturnValue:
                                                user_agent=request.headers.get("User-Agent"))
         return jsonify(withdrawn=True, devices_revoked=revoked)
     if not current_user.is_authenticated:
-        return _login_page()
+        return login_page()
     try:
         check_csrf()
     except CSRFError:
