@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from flask.cli import AppGroup
 from . import stats
 from .counters import fold_old_platform_rows
 from .exceptions import InvalidNotification, NotificationNotFound, QueueUnavailable, WebPushError
+from .notifications import DEVICE_WORDS, URGENCIES, NotificationOptions
 from .push_api.keys import SCOPES, create_key, find_keys, list_keys, revoke_key
 from .transport.text import storable
 from .transport.vapid import generate_vapid_keys
@@ -105,17 +107,20 @@ def recover_command() -> None:
     click.echo(", ".join(f"{n} {what}" for what, n in done.items()))
 
 
+#: the defaults of ``notify_users``, for the options ``send`` offers
+_DEFAULTS = {option.name: option.default for option in fields(NotificationOptions)}
+
+
 @webpush_cli.command("send")
 @click.option("--user", "users", multiple=True, help="A user id (repeatable).")
 @click.option("--users-file", type=click.File("rb"),
               help="A file of user ids, one a line (UTF-8).")
 @click.option("--title", required=True)
-@click.option("--body", default="")
+@click.option("--body", default=_DEFAULTS["body"])
 @click.option("--url", default=None, help="Opened on click: a path or a URL on this site.")
-@click.option("--devices", type=click.Choice(["all", "latest"]), default="all")
+@click.option("--devices", type=click.Choice(DEVICE_WORDS), default=_DEFAULTS["devices"])
 @click.option("--ttl", type=int, default=None, help="Validity period in seconds.")
-@click.option("--urgency", type=click.Choice(["very-low", "low", "normal", "high"]),
-              default="normal")
+@click.option("--urgency", type=click.Choice(URGENCIES), default=_DEFAULTS["urgency"])
 @click.option("--topic", default=None)
 @click.option("--category", default=None)
 @click.option("--send-at", default=None,
@@ -125,8 +130,6 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
                  devices: str, ttl: int | None, urgency: str, topic: str | None,
                  category: str | None, send_at: str | None, idempotency_key: str | None) -> None:
     """Send one notification to the given users; prints its id and the users without devices."""
-
-
     ids = list(users)
     if users_file is not None:
         try:

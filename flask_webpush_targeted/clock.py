@@ -48,3 +48,8 @@ def use_clock(source: Callable[[], datetime]) -> Iterator[Callable[[], datetime]
         yield source
     finally:
         _source = previous
+
+
+def iso(value: datetime | None) -> str | None:
+    """A stored time in a JSON answer or an export: ISO 8601 text, or None."""
+    return value.isoformat() if value is not None else None

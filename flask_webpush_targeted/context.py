@@ -8,11 +8,14 @@ the apps it is initialised on) holds no app; what belongs to one app lives in it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from .models import Models
+
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
 
 if TYPE_CHECKING:  # annotations only: extension and worker_state are above this module
     from redis import Redis
@@ -26,7 +29,7 @@ class AppState:
     """One app's database, models and per-process resources."""
 
     #: the host's Flask-SQLAlchemy object
-    db: Any
+    db: SQLAlchemy
     models: Models
     #: WEBPUSH_EXTRA_PUSH_SERVICES, normalised once at init_app
     extra_origins: frozenset[str]

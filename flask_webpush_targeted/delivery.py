@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import redis
 import sqlalchemy as sa
@@ -31,11 +31,14 @@ from .ledger import finish_if_complete, skip_claimed, skip_pending
 from .models import Models
 from .payload import payload_encoder
 from .redis_queue import SEND_BATCH, enqueue_at, get_queue
-from .sql import id_in
+from .sql import id_in, rowcount
 from .statuses import FINAL, DeliveryStatus, NotificationStatus, Outcome
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
 from .worker_state import worker_sender
+
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -166,16 +169,16 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     return counts
 
 
-def _release_claimed(db: Any, m: Models, nid: int, claim: str, first_id: int,
+def _release_claimed(db: SQLAlchemy, m: Models, nid: int, claim: str, first_id: int,
                      last_id: int) -> None:
     """Give back the rows a batch claimed and did not send (pending, their attempt undone),
     unless another worker holds them now, and enqueue a batch for them."""
     D = m.Delivery
-    released = db.session.execute(
+    released = rowcount(db.session.execute(
         sa.update(D).where(D.notification_id == nid, D.id.between(first_id, last_id),
                            D.claimed_by == claim, D.status == DeliveryStatus.SENDING)
         .values(status=DeliveryStatus.PENDING, claimed_by=None, attempts=D.attempts - 1)
-        .execution_options(synchronize_session=False)).rowcount
+        .execution_options(synchronize_session=False)))
     db.session.commit()
     if released:
         log.warning("webpush: a batch of notification %s outlived its claim; %s deliveries "
@@ -451,9 +454,9 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
             # or a paused service would use up attempts it never received.
             columns["attempts"] = table.c.attempts - 1
         # Only rows this batch still holds: a claim taken over by another worker is theirs.
-        written += db.session.execute(
+        written += rowcount(db.session.execute(
             table.update().where(id_in(db, table.c.id, list(ids)), table.c.claimed_by == claim)
-            .values(columns)).rowcount
+            .values(columns)))
     mine = set(plan.rows)
     if written != len(plan.rows):
         # Rare: another worker took over part of this claim. Count only rows still ours.

@@ -8,7 +8,7 @@ enqueues each chunk's batches at once, so other workers send while it goes on; r
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import current_app
@@ -20,12 +20,15 @@ from .counters import add, bump, new_increments, platform_of
 from .ledger import finish_if_complete, notification_status
 from .models import Models
 from .redis_queue import FAN_OUT, SEND_BATCH, enqueue_at, fanout_job_id, get_queue
-from .sql import dialect_of, insert_for
+from .sql import dialect_of, insert_for, rowcount
 from .statuses import WAITING, DeliveryStatus, NotificationStatus
 from .targeting import targets
 
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
 
-def _insert_deliveries(db: Any, m: Models, notification_id: int, now: datetime,
+
+def _insert_deliveries(db: SQLAlchemy, m: Models, notification_id: int, now: datetime,
                        found: list[tuple[int, str, str | None]]) -> set[int]:
     """Insert pending deliveries for (subscription id, user id, user agent) rows, skipping any
     that exist; return the subscription ids inserted."""
@@ -72,10 +75,10 @@ def fan_out(notification_id: int) -> None:
     N = m.Notification
     if n.status in WAITING:
         # Conditional: a cancel() committed since the read above must stand.
-        started = db.session.execute(
+        started = rowcount(db.session.execute(
             sa.update(N).where(N.id == n.id, N.status.in_(sorted(WAITING)))
             .values(status=NotificationStatus.SENDING)
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False)))
         db.session.commit()
         if not started:
             return
@@ -104,7 +107,8 @@ def fan_out(notification_id: int) -> None:
         if db.session.scalar(sa.select(N.target_count).where(N.id == nid)) != audience:
             # A user was erased while this ran (forget_user shrinks the audience of a
             # notification not fanned out yet): keep only who is still in it.
-            left = set(db.session.scalar(sa.select(N.targeting).where(N.id == nid))["user_ids"])
+            left = set(db.session.execute(sa.select(N.targeting).where(N.id == nid))
+                       .scalar_one()["user_ids"])
             without = [u for u in without if u in left]
         n.users_without_devices, n.without_count = without, len(without)
         n.fanned_out_at = utcnow()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from rq.job import Job
@@ -20,7 +20,11 @@ from .counters import add, bump, new_increments, totals
 from .exceptions import NotificationNotFound
 from .models import Models
 from .redis_queue import get_queue
+from .sql import rowcount
 from .statuses import FINAL, OPEN, UNFINISHED, DeliveryStatus, NotificationStatus
+
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
 
 log = logging.getLogger("flask_webpush_targeted")
 
@@ -61,10 +65,10 @@ def finish_if_complete(notification_id: int, *, exact: bool = False) -> bool:
                            N.fanned_out_at.is_not(None))
         .values(status=NotificationStatus.DONE, finished_at=utcnow()))
     db.session.commit()
-    return bool(result.rowcount)
+    return bool(rowcount(result))
 
 
-def finish_cancelled(db: Any, m: Models, stale: datetime) -> int:
+def finish_cancelled(db: SQLAlchemy, m: Models, stale: datetime) -> int:
     """Skip what cancelled notifications still hold: pending rows (a fan-out chunk written as
     the cancel committed) and claims of dead workers. Only notifications cancelled within a
     day: later, nothing of theirs can still be open."""
@@ -83,31 +87,31 @@ def finish_cancelled(db: Any, m: Models, stale: datetime) -> int:
     return skipped
 
 
-def skip_pending(db: Any, m: Models, notification_id: int, *where: Any) -> int:
+def skip_pending(db: SQLAlchemy, m: Models, notification_id: int, *where: Any) -> int:
     """Mark pending deliveries skipped (cancelled), counting them, in the caller's transaction;
     return how many."""
     D = m.Delivery
     return _skip(db, m, notification_id, *where, D.status == DeliveryStatus.PENDING)
 
 
-def skip_claimed(db: Any, m: Models, notification_id: int, claim: str) -> int:
+def skip_claimed(db: SQLAlchemy, m: Models, notification_id: int, claim: str) -> int:
     """Mark the deliveries a batch claimed and never sent skipped (cancelled), counting them."""
     D = m.Delivery
     return _skip(db, m, notification_id, D.notification_id == notification_id,
                  D.claimed_by == claim, D.status == DeliveryStatus.SENDING)
 
 
-def _skip(db: Any, m: Models, notification_id: int, *where: Any) -> int:
+def _skip(db: SQLAlchemy, m: Models, notification_id: int, *where: Any) -> int:
     D = m.Delivery
-    skipped = db.session.execute(
+    skipped = rowcount(db.session.execute(
         sa.update(D).where(*where).values(status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON,
                                           claimed_by=None)
-        .execution_options(synchronize_session=False))
-    if skipped.rowcount:
+        .execution_options(synchronize_session=False)))
+    if skipped:
         inc = new_increments()
-        add(inc, DeliveryStatus.SKIPPED, skipped.rowcount, reason=(None, CANCELLED_REASON))
+        add(inc, DeliveryStatus.SKIPPED, skipped, reason=(None, CANCELLED_REASON))
         bump(db, m, notification_id, inc)
-    return int(skipped.rowcount)
+    return skipped
 
 
 def cancel_notification(notification_id: int) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from . import clock
+from .statuses import DeliveryStatus, NotificationStatus
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -167,7 +168,8 @@ class NotificationRow(_Row):
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
     #: scheduled, queued, sending, done, cancelled
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="queued")
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False,
+                                        default=NotificationStatus.QUEUED.value)
     category: Mapped[str | None] = mapped_column(sa.String(64))
     #: what the browser shows: title, body, url, icon, image, badge, tag, actions...
     payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
@@ -225,7 +227,8 @@ class DeliveryRow(_Row):
     user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
     #: pending (waiting), sending (claimed by a batch), then one of sent, failed,
     #: gone, expired, skipped
-    status: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(sa.String(10), nullable=False,
+                                        default=DeliveryStatus.PENDING.value)
     status_code: Mapped[int | None] = mapped_column()
     reason: Mapped[str | None] = mapped_column(sa.String(255))
     attempts: Mapped[int] = mapped_column(nullable=False, default=0)

@@ -13,19 +13,22 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
-from .clock import utcnow
+from .clock import iso, utcnow
 from .exceptions import InvalidNotification, QueueUnavailable
 from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
 from .models import Models
 from .payload import build_payload, check_payload_size, check_text, default_tag
 from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
 from .statuses import WAITING, NotificationStatus
+
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
 
 URGENCIES = ("very-low", "low", "normal", "high")
 #: the words ``devices`` takes besides a list of subscription ids (or, in Python, a callable)
@@ -81,11 +84,6 @@ class NotificationOptions:
             require_interaction=self.require_interaction, silent=self.silent)
 
 
-def iso(value: datetime | None) -> str | None:
-    """A stored time in a JSON answer: ISO 8601 text, or None."""
-    return value.isoformat() if value is not None else None
-
-
 def notification_fields(n: Any) -> dict[str, Any]:
     """What both JSON views of a stored notification show of it: the admin's JSON and the
     push API's answers add their own fields to these."""
@@ -94,7 +92,7 @@ def notification_fields(n: Any) -> dict[str, Any]:
             "send_at": iso(n.send_at), "finished_at": iso(n.finished_at)}
 
 
-def submit(db: Any, m: Models, user_ids: list[str], options: NotificationOptions) -> Any:
+def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: NotificationOptions) -> Any:
     """Validate every option, then store the notification and enqueue its fan-out."""
     payload = options.payload()
     check_payload_size(payload)
@@ -149,7 +147,7 @@ def check_options(*, urgency: Any, topic: Any, send_at: Any, category: Any,
     check_text("idempotency_key", idempotency_key)
 
 
-def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> dict[str, Any]:
+def resolve_devices(db: SQLAlchemy, m: Models, user_ids: list[str], devices: Any) -> dict[str, Any]:
     """Validate ``devices`` and return the targeting to store.
 
     "all" and "latest" are resolved by the worker at send time (consent may
@@ -185,7 +183,7 @@ def resolve_devices(db: Any, m: Models, user_ids: list[str], devices: Any) -> di
     return {"user_ids": user_ids, "devices": "ids", "subscription_ids": sorted(set(ids))}
 
 
-def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[str, Any],
+def store_and_enqueue(db: SQLAlchemy, m: Models, user_ids: list[str], *, payload: dict[str, Any],
                       targeting: dict[str, Any], ttl: int, urgency: str, topic: str | None,
                       send_at: datetime | None, idempotency_key: str | None,
                       category: str | None) -> Any:
@@ -218,7 +216,7 @@ def store_and_enqueue(db: Any, m: Models, user_ids: list[str], *, payload: dict[
     return _enqueue(db, n)
 
 
-def _enqueue_if_never_queued(db: Any, n: Any) -> Any:
+def _enqueue_if_never_queued(db: SQLAlchemy, n: Any) -> Any:
     # A repeat of a call that met a Redis outage tries the queue again (and says so if
     # it is still down) rather than answering as if the first call had succeeded.
     if n.job_id is None and n.status in WAITING:
@@ -226,7 +224,7 @@ def _enqueue_if_never_queued(db: Any, n: Any) -> Any:
     return n
 
 
-def _enqueue(db: Any, n: Any) -> Any:
+def _enqueue(db: SQLAlchemy, n: Any) -> Any:
     job_id = fanout_job_id(n.id)
     try:
         queue = get_queue()

@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .clock import iso
 from .counters import add, bump, new_increments
 from .models import Models
 from .sql import dialect_of, rowcount
+from .statuses import UNFINISHED, DeliveryStatus
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 #: the reason an erased delivery that was not sent yet is counted under (as skipped)
 ERASED = "user data erased before sending"
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
@@ -52,22 +49,22 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
         "devices": [
             {"id": s.id, "label": s.label, "push_service": s.push_service,
              "user_agent": s.user_agent, "consent_version": s.consent_version,
-             "created_at": _iso(s.created_at), "last_seen_at": _iso(s.last_seen_at),
-             "revoked_at": _iso(s.revoked_at), "revoked_reason": s.revoked_reason}
+             "created_at": iso(s.created_at), "last_seen_at": iso(s.last_seen_at),
+             "revoked_at": iso(s.revoked_at), "revoked_reason": s.revoked_reason}
             for s in subs
         ],
         "consents": [
             {"action": c.action, "reason": c.reason, "device_id": c.subscription_id,
              "notifications": c.notifications, "link_to_account": c.link_to_account,
              "text_version": c.text_version, "user_agent": c.user_agent,
-             "at": _iso(c.created_at)}
+             "at": iso(c.created_at)}
             for c in consents
         ],
         "notifications_received": [
             {"notification_id": d.notification_id, "device_id": d.subscription_id,
-             "title": payload.get("title"), "status": d.status, "sent_at": _iso(d.sent_at),
-             "displayed_at": _iso(d.displayed_at), "clicked_at": _iso(d.clicked_at),
-             "closed_at": _iso(d.closed_at)}
+             "title": payload.get("title"), "status": d.status, "sent_at": iso(d.sent_at),
+             "displayed_at": iso(d.displayed_at), "clicked_at": iso(d.clicked_at),
+             "closed_at": iso(d.closed_at)}
             for d, payload in deliveries
         ],
     }
@@ -83,11 +80,11 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     # tell a worker when a notification is done, then still add up.
     unsent: dict[int, int] = {}
     for notification_id, status in gone:
-        if status in ("pending", "sending"):
+        if status in UNFINISHED:
             unsent[notification_id] = unsent.get(notification_id, 0) + 1
     for notification_id, count in sorted(unsent.items()):
         inc = new_increments()
-        add(inc, "skipped", count, reason=(None, ERASED))
+        add(inc, DeliveryStatus.SKIPPED, count, reason=(None, ERASED))
         bump(db, m, notification_id, inc)
     counts = {"deliveries": len(gone)}
     result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))

@@ -18,6 +18,7 @@ from .context import app_state
 from .fanout import enqueue_batches
 from .ledger import finish_cancelled, finish_if_complete
 from .redis_queue import FAN_OUT, enqueue_at, fanout_job_id, get_queue, take_turn
+from .sql import rowcount
 from .statuses import WAITING, DeliveryStatus, NotificationStatus
 
 #: an RQ job in one of these states will still run
@@ -55,11 +56,11 @@ def recover() -> dict[str, int]:
         later = bool(n.send_at and n.send_at > now)
         # Conditional, and committed before the job exists: a cancel() committed meanwhile
         # stands (and a job enqueued after it finds the notification cancelled).
-        taken = db.session.execute(
+        taken = rowcount(db.session.execute(
             sa.update(N).where(N.id == n.id, N.status == n.status)
             .values(status=NotificationStatus.SCHEDULED if later else NotificationStatus.QUEUED,
                     job_id=job_id, queued_at=n.queued_at or now)
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False)))
         db.session.commit()
         if not taken:
             continue
@@ -79,11 +80,11 @@ def recover() -> dict[str, int]:
     stuck = sa.or_(sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale),
                    sa.and_(D.status == DeliveryStatus.PENDING,
                            sa.func.coalesce(D.next_attempt_at, D.created_at) < stale))
-    for n in sending:
-        nid = n.id
-        if n.fanned_out_at is None:
+    for s in sending:
+        nid = s.id
+        if s.fanned_out_at is None:
             job_id = fanout_job_id(nid)
-            if ((n.queued_at or n.created_at) < stale and not _job_alive(job_id)
+            if ((s.queued_at or s.created_at) < stale and not _job_alive(job_id)
                     and _first_recovery(queue, "fan-out", nid)):
                 queue.enqueue(FAN_OUT, nid, job_id=job_id)  # the fan-out still running wins
                 done["enqueued"] += 1

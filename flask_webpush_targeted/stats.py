@@ -21,7 +21,7 @@ from .clock import utcnow
 from .exceptions import NotificationNotFound
 from .models import DeliveryRow, Models, NotificationRow
 from .sql import rowcount
-from .statuses import FINAL, UNSUCCESSFUL
+from .statuses import FINAL, UNSUCCESSFUL, NotificationStatus
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -207,7 +207,8 @@ def prune(db: SQLAlchemy, m: Models, older_than: timedelta) -> dict[str, int]:
     N, D = m.Notification, m.Delivery
     cutoff = utcnow() - older_than
     ids = db.session.scalars(sa.select(N.id).where(
-        N.finished_at < cutoff, N.status.in_(("done", "cancelled")))).all()
+        N.finished_at < cutoff,
+        N.status.in_((NotificationStatus.DONE, NotificationStatus.CANCELLED)))).all()
     pruned = deleted = 0
     for nid in ids:
         if not db.session.scalar(sa.select(sa.exists().where(D.notification_id == nid))):

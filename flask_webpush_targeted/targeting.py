@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -10,11 +10,14 @@ from sqlalchemy.dialects import postgresql
 from .models import Models
 from .sql import dialect_of
 
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
+
 #: users read per query: a large audience is never loaded at once
 _CHUNK = 1000
 
 
-def targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
+def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
     """Yield (chunk of requested user ids, [(subscription id, user id, user agent)]) per chunk."""
     Sub = m.Subscription
     user_ids: list[str] = targeting["user_ids"]
@@ -45,7 +48,7 @@ def targets(db: Any, m: Models, targeting: dict[str, Any]) -> Any:
         yield chunk, [tuple(r) for r in rows]
 
 
-def users_without(db: Any, m: Models, targeting: dict[str, Any]) -> list[str]:
+def users_without(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> list[str]:
     """The targeted users, in order, whom no chosen active device covers, as the fan-out
     will find them (the push API answers with them at once)."""
     without: list[str] = []

@@ -14,7 +14,7 @@ import hmac
 import re
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from werkzeug.exceptions import Forbidden, Unauthorized
@@ -24,6 +24,9 @@ from ..exceptions import APIError
 from ..limits import MAX_ROW_ID
 from ..models import Models
 from ..transport.text import storable
+
+if TYPE_CHECKING:  # the host's object, only annotated here
+    from flask_sqlalchemy import SQLAlchemy
 
 #: What a key may be allowed: send and cancel its own notifications; read every
 #: notification's statistics; see a user's devices (support).
@@ -74,7 +77,7 @@ def check_scopes(scopes: Any) -> list[str]:
     return [s for s in SCOPES if s in scopes]
 
 
-def create_key(db: Any, m: Models, name: str, scopes: Any) -> tuple[Any, str]:
+def create_key(db: SQLAlchemy, m: Models, name: str, scopes: Any) -> tuple[Any, str]:
     """Store a new key; return its row and the full key, which is never shown again."""
     name = name.strip()
     if not 0 < len(name) <= 100:
@@ -90,7 +93,7 @@ def create_key(db: Any, m: Models, name: str, scopes: Any) -> tuple[Any, str]:
     return row, f"{PREFIX}{row.id}_{secret}"
 
 
-def find_keys(db: Any, m: Models, id_or_name: str) -> list[Any]:
+def find_keys(db: SQLAlchemy, m: Models, id_or_name: str) -> list[Any]:
     """Keys whose id (``3``, ``wpk_3``, or a whole leaked key) or name is ``id_or_name``."""
     K = m.ApiKey
     text = id_or_name.removeprefix(PREFIX)
@@ -106,7 +109,7 @@ def find_keys(db: Any, m: Models, id_or_name: str) -> list[Any]:
     return list(db.session.scalars(sa.select(K).where(K.name == id_or_name).order_by(K.id)))
 
 
-def revoke_key(db: Any, row: Any) -> bool:
+def revoke_key(db: SQLAlchemy, row: Any) -> bool:
     """Revoke a key at once; False if it was revoked already."""
     if row.revoked_at is not None:
         return False
@@ -115,12 +118,12 @@ def revoke_key(db: Any, row: Any) -> bool:
     return True
 
 
-def list_keys(db: Any, m: Models) -> list[Any]:
+def list_keys(db: SQLAlchemy, m: Models) -> list[Any]:
     """Every key, oldest first (revoked ones included, for the record)."""
     return list(db.session.scalars(sa.select(m.ApiKey).order_by(m.ApiKey.id)))
 
 
-def authenticate(db: Any, m: Models, authorization: str | None) -> Any:
+def authenticate(db: SQLAlchemy, m: Models, authorization: str | None) -> Any:
     """The active key named by an ``Authorization: Bearer`` header, or a 401 error."""
     if not authorization:
         raise ApiKeyRequired("Send an API key: 'Authorization: Bearer wpk_...'.")

@@ -19,7 +19,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict
 
 from .. import stats
-from ..clock import utcnow
+from ..clock import iso, utcnow
 from ..context import extension as ext
 from ..exceptions import (
     APIError,
@@ -28,7 +28,7 @@ from ..exceptions import (
     QueueUnavailable,
 )
 from ..limits import MAX_ID
-from ..notifications import iso, notification_fields
+from ..notifications import notification_fields
 from ..ratelimit import check_rate_limit
 from ..targeting import users_without
 from ..web_input import add_user_id_converter, read_json_body

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from ..statuses import Outcome
 from .encryption import encrypt
 from .guard import EndpointGuard
 from .http11 import Pool, ProtocolError
@@ -40,7 +41,7 @@ class PushResult:
     retry does not use up one of the delivery's attempts.
     """
 
-    outcome: str
+    outcome: Outcome
     status_code: int | None = None
     reason: str | None = None
     retry_after: float | None = None
@@ -206,7 +207,8 @@ class PushSender:
                 result = await self._send_one(pool, message)
             except Exception as exc:  # an encryption bug must not leave a batch claimed
                 log.exception("webpush: message %s could not be sent", message.key)
-                result = PushResult("failed", reason=f"error: {type(exc).__name__}: {exc}"[:255])
+                result = PushResult(Outcome.FAILED,
+                                    reason=f"error: {type(exc).__name__}: {exc}"[:255])
             answered.append((message.key, result))
             in_flight -= 1
             if wake is not None and not wake.done():
@@ -244,9 +246,9 @@ class PushSender:
     async def _send_one(self, pool: Pool, message: Message) -> PushResult:
         route = await self.guard.route_in_loop(message.endpoint)
         if route.refused:
-            return PushResult("failed", reason=f"endpoint refused: {route.refused}"[:255])
+            return PushResult(Outcome.FAILED, reason=f"endpoint refused: {route.refused}"[:255])
         if route.lookup_error:
-            return PushResult("retry", reason=route.lookup_error[:255])
+            return PushResult(Outcome.RETRY, reason=route.lookup_error[:255])
         prefix = origin_prefix(message.endpoint)
         origin = self._origins.get(prefix) if prefix else None
         if origin is None:
@@ -255,7 +257,7 @@ class PushSender:
                 self._origins[prefix] = origin
         paused = self._paused.get(origin, 0.0) - self._clock()
         if paused > 0:
-            return PushResult("retry", 429, "push service asked to slow down", paused,
+            return PushResult(Outcome.RETRY, 429, "push service asked to slow down", paused,
                               requested=False)
         body = encrypt(message.payload, message.p256dh, message.auth)
         authorization = self.vapid.header(origin)
@@ -278,11 +280,11 @@ class PushSender:
         try:
             response = await pool.post(message.endpoint, headers, body, route.addresses)
         except TimeoutError:
-            return PushResult("retry", reason="timeout")
+            return PushResult(Outcome.RETRY, reason="timeout")
         except OSError as exc:  # refused, reset, DNS, TLS (ssl.SSLError is an OSError)
-            return PushResult("retry", reason=f"connection error: {type(exc).__name__}")
+            return PushResult(Outcome.RETRY, reason=f"connection error: {type(exc).__name__}")
         except ProtocolError as exc:
-            return PushResult("failed", reason=f"request error: {exc}"[:255])
+            return PushResult(Outcome.FAILED, reason=f"request error: {exc}"[:255])
         # A service's words are stored and shown: cleaned as a label is (no NUL, which
         # PostgreSQL refuses in text and which failed the whole flush; no control character).
         text = clean_text(response.body[:200].decode("utf-8", "replace"), 200) or ""
@@ -299,17 +301,17 @@ def classify(code: int, retry_after: str | None, text: str = "", *,
     Retry-After counts for at most ``max_delay`` seconds."""
     reason = f"{code} {text}".strip()[:255]
     if 200 <= code < 300:
-        return PushResult("sent", code)
+        return PushResult(Outcome.SENT, code)
     if code in (404, 410):
-        return PushResult("gone", code, reason)
+        return PushResult(Outcome.GONE, code, reason)
     if code == 429:
-        return PushResult("retry", code, reason,
+        return PushResult(Outcome.RETRY, code, reason,
                           parse_retry_after(retry_after, min(60.0, max_delay), max_delay))
     if code >= 500:
-        return PushResult("retry", code, reason,
+        return PushResult(Outcome.RETRY, code, reason,
                           parse_retry_after(retry_after, 0.0, max_delay) or None)
     if 300 <= code < 400:
-        return PushResult("failed", code, f"{code} redirect not followed")
+        return PushResult(Outcome.FAILED, code, f"{code} redirect not followed")
     # 400/401/403 mean our request or VAPID identity is wrong, not the subscription:
     # never deactivate subscribers for them.
-    return PushResult("failed", code, reason)
+    return PushResult(Outcome.FAILED, code, reason)

@@ -32,6 +32,7 @@ from werkzeug.exceptions import Forbidden
 
 from .. import stats
 from ..charts import series_svg
+from ..clock import iso
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import (
     APIError,
@@ -42,9 +43,9 @@ from ..exceptions import (
     NotificationNotFound,
 )
 from ..limits import LATEST, MAX_PAGE, MAX_PER_PAGE
-from ..notifications import iso, notification_fields
+from ..notifications import notification_fields
 from ..spreadsheet import safe_row
-from ..statuses import NOTIFICATION_STATUSES
+from ..statuses import NOTIFICATION_STATUSES, OPEN
 from ..users import user_id_of
 from ..web_input import add_user_id_converter
 from .common import ext, login_page
@@ -221,7 +222,7 @@ def notification_page(nid: int) -> ResponseReturnValue:
         "webpush/admin/notification.html", n=n, funnel=webpush.stats(nid), rows=rows,
         total=total, page=page, pages=max(1, -(-total // 50)), chart=series_svg(series),
         series=series, csrf_token=csrf_token(),
-        cancellable=n.status in ("scheduled", "queued", "sending"))
+        cancellable=n.status in OPEN)
 
 
 @stats_access_required(json=True)

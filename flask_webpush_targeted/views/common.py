@@ -9,9 +9,9 @@ from flask import abort, current_app
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
+from ..clock import iso
 from ..context import extension as ext
 from ..exceptions import BadRequestError, LoginRequired
-from ..notifications import iso
 from ..users import user_id_of
 from ..web_input import MAX_DEPTH, check_tree, json_bytes
 
