@@ -124,7 +124,7 @@ def cancel_notification(notification_id: int) -> bool:
     if n.status not in OPEN:
         db.session.rollback()
         return False
-    n.status = NotificationStatus.CANCELLED
+    n.status = NotificationStatus.CANCELLED.value  # the host may hold this object
     n.finished_at = utcnow()
     skip_pending(db, m, n.id, m.Delivery.notification_id == n.id)
     db.session.commit()

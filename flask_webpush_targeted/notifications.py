@@ -195,7 +195,8 @@ def store_and_enqueue(db: SQLAlchemy, m: Models, user_ids: list[str], *, payload
             return _enqueue_if_never_queued(db, existing)
     now = utcnow()
     scheduled = send_at is not None and send_at > now
-    status = NotificationStatus.SCHEDULED if scheduled else NotificationStatus.QUEUED
+    # .value: the object is the host's too (expire_on_commit=False keeps it as set)
+    status = (NotificationStatus.SCHEDULED if scheduled else NotificationStatus.QUEUED).value
     n = N(idempotency_key=idempotency_key, status=status,
           category=category, payload=payload, targeting=targeting,
           target_count=len(targeting["user_ids"]), ttl=ttl, urgency=urgency,

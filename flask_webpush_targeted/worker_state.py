@@ -87,10 +87,11 @@ def build_sending_state(app: Flask) -> SendingState:
 
 
 def start_sending(app: Flask) -> SendingState:
-    """Build the app's sending state as a worker starts (closing one left from before)."""
+    """Build the app's sending state as a worker starts (closing one a job built on first use;
+    another worker's, in this process, stays open until that worker stops it)."""
     state = build_sending_state(app)
     previous, app_state(app).sending = app_state(app).sending, state
-    if previous is not None:
+    if previous is not None and previous.on_first_use:
         previous.close()
     return state
 
