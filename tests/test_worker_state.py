@@ -99,19 +99,26 @@ def authorization_headers(host: SendingHost, subs: list[Any]) -> set[str]:
     return {p.headers["authorization"] for p in pushes}
 
 
+def assert_one_process_kept_everything(make_host: Any, mode: str, tmp_path: Path) -> None:
+    """Two batches run by one process: one key load, pool, signature and connection, one
+    close."""
+    host, subs = two_batches(make_host)
+    connections = host.push_service.connections_accepted
+    noted = run_jobs(host, mode, tmp_path / "events")
+    [process] = noted["process"]
+    assert noted["batch"] == [process, process]
+    assert noted["key"] == [process] and noted["pool"] == [process]
+    assert noted["sign"] == [process]
+    assert host.push_service.connections_accepted - connections == 1
+    assert len(authorization_headers(host, subs)) == 1
+    assert noted["close"] == [process]
+
+
 def test_a_simple_worker_reuses_one_connection_and_one_vapid_header_for_two_batches(
     make_host: Any, tmp_path: Path,
 ) -> None:
-    host, subs = two_batches(make_host)
-    connections = host.push_service.connections_accepted
-    noted = run_jobs(host, "simple", tmp_path / "events")
-    [worker] = noted["process"]
-    assert noted["batch"] == [worker, worker]
-    assert noted["key"] == [worker] and noted["pool"] == [worker]
-    assert noted["sign"] == [worker]
-    assert host.push_service.connections_accepted - connections == 1
-    assert len(authorization_headers(host, subs)) == 1
-    assert noted["close"] == [worker]  # when the worker stopped, and not again at exit
+    # closed when the worker stopped, and not again at exit
+    assert_one_process_kept_everything(make_host, "simple", tmp_path)
 
 
 def test_the_forking_worker_loads_the_vapid_key_once_before_forking_its_horses(
@@ -137,16 +144,7 @@ def test_the_forking_worker_loads_the_vapid_key_once_before_forking_its_horses(
 def test_jobs_run_outside_a_worker_build_the_state_on_first_use_and_close_it_at_exit(
     make_host: Any, tmp_path: Path,
 ) -> None:
-    host, subs = two_batches(make_host)
-    connections = host.push_service.connections_accepted
-    noted = run_jobs(host, "direct", tmp_path / "events")
-    [process] = noted["process"]
-    assert noted["batch"] == [process, process]
-    assert noted["key"] == [process] and noted["pool"] == [process]
-    assert noted["sign"] == [process]
-    assert host.push_service.connections_accepted - connections == 1
-    assert len(authorization_headers(host, subs)) == 1
-    assert noted["close"] == [process]
+    assert_one_process_kept_everything(make_host, "direct", tmp_path)
 
 
 def test_a_forked_child_sends_on_a_loop_and_pool_of_its_own(push_service: Any) -> None:
