@@ -35,7 +35,7 @@ from .sql import id_in, rowcount
 from .statuses import FINAL, DeliveryStatus, NotificationStatus, Outcome
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
-from .worker_state import worker_sender
+from .worker_state import sending_state
 
 if TYPE_CHECKING:  # the host's object, only annotated here
     from flask_sqlalchemy import SQLAlchemy
@@ -153,7 +153,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     try:
         if results:  # skipped and expired ones: recorded before anything is sent
             record(list(results.items()))
-        worker_sender().send_many(messages(), record, flush_every=max(1, concurrency // 2))
+        sending_state().sender.send_many(messages(), record, flush_every=max(1, concurrency // 2))
         if batch.expired_late:
             record([(i, PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed"))
                     for i in batch.expired_late])

@@ -7,8 +7,7 @@ next: the VAPID key, loaded and checked, with the signed header per push service
 ``PushSender``, with its TLS context, 429 pauses, keep-alive connections and event loop.
 ``make_worker`` builds it before the worker takes its first job, as arq's ``on_startup``
 builds a worker's resources, and keeps it on the app's ``AppState``; the worker closes it
-when it stops. Jobs reach it through ``sending_state()`` (``worker_sender()`` for the
-sender alone).
+when it stops. Jobs reach it through ``sending_state()``.
 
 What lives across jobs, by how the jobs run:
 
@@ -119,7 +118,3 @@ def sending_state(app: Flask | None = None) -> SendingState:
                 holder.sending = state
     return state
 
-
-def worker_sender() -> PushSender:
-    """The current app's sender: VAPID headers, DNS answers and connections kept across jobs."""
-    return sending_state().sender
