@@ -19,6 +19,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC) if _source is None else _source()
 
 
+def sleep(seconds: float) -> None:
+    """Wait ``seconds``: ``time.sleep``, or, under a ``ManualClock``, move it forward."""
+    if seconds <= 0:
+        return
+    advance = getattr(_source, "advance", None)
+    if advance is None:
+        time.sleep(seconds)
+    else:
+        advance(seconds)
+
+
 def monotonic() -> float:
     """Seconds to measure waits with: ``time.monotonic()``, or the set clock's time."""
     return time.monotonic() if _source is None else _source().timestamp()

@@ -7,7 +7,9 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
+from .categories import parse_categories, parse_quiet_hours
 from .exceptions import ConfigurationError
+from .local_time import is_zone
 from .transport.b64url import b64url_decode
 from .transport.origins import web_origin
 
@@ -94,6 +96,15 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_API_MAX_USERS": 10_000,
     #: Largest request body, in bytes, the push API accepts (10,000 ids of ~100 characters).
     "WEBPUSH_API_MAX_REQUEST_BYTES": 1_048_576,
+    #: The kinds of notification a customer chooses among (order updates, offers...):
+    #: None keeps ``category=`` a free label; a dict name -> {label, description,
+    #: required, default, quiet_hours, cap} turns preferences on (docs/config.md).
+    "WEBPUSH_CATEGORIES": None,
+    #: Hours, in each device's own time zone, when nothing is sent: None, or
+    #: ("21:00", "08:00"). A delivery due inside them is held until they end.
+    "WEBPUSH_QUIET_HOURS": None,
+    #: The time zone of a device whose browser did not say (an IANA name).
+    "WEBPUSH_DEFAULT_TIMEZONE": "UTC",
 }
 
 
@@ -175,6 +186,25 @@ def validate_config(config: dict[str, Any]) -> None:
                 f"WEBPUSH_EXTRA_PUSH_SERVICES entry {origin!r} is not an origin "
                 "(scheme://host[:port], nothing after it)."
             ) from exc
+    _validate_targeting_rules(config)
+
+
+def _validate_targeting_rules(config: dict[str, Any]) -> None:
+    try:
+        parse_categories(config.get("WEBPUSH_CATEGORIES"))
+    except ValueError as exc:
+        raise ConfigurationError(f"WEBPUSH_CATEGORIES: {exc}.") from exc
+    try:
+        parse_quiet_hours(config.get("WEBPUSH_QUIET_HOURS"))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"WEBPUSH_QUIET_HOURS must be None or a pair such as ('21:00', '08:00'): {exc}."
+        ) from exc
+    if not is_zone(config.get("WEBPUSH_DEFAULT_TIMEZONE")):
+        raise ConfigurationError(
+            "WEBPUSH_DEFAULT_TIMEZONE must be an IANA time zone name such as 'UTC' or "
+            "'Europe/Warsaw'."
+        )
 
 
 def extra_push_origins(config: dict[str, Any]) -> frozenset[str]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
+from .categories import Category
+from .local_time import Window
 from .models import Models
 
 if TYPE_CHECKING:  # the host's object, only annotated here
@@ -33,6 +35,11 @@ class AppState:
     models: Models
     #: WEBPUSH_EXTRA_PUSH_SERVICES, normalised once at init_app
     extra_origins: frozenset[str]
+    #: WEBPUSH_CATEGORIES parsed (None: categories off), WEBPUSH_QUIET_HOURS parsed and
+    #: WEBPUSH_DEFAULT_TIMEZONE, all read once at init_app
+    categories: dict[str, Category] | None = None
+    quiet_hours: Window | None = None
+    default_zone: str = "UTC"
     #: the Redis client, created on first use (``redis_queue.redis_connection``)
     redis: Redis | None = None
     #: this process's VAPID signer, endpoint guard and sender, built when a worker starts

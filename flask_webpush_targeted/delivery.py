@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import redis
@@ -24,15 +24,17 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
-from .clock import monotonic, utcnow
+from .clock import monotonic, sleep, utcnow
 from .context import app_state
 from .counters import add, bucket, bump, new_increments, platform_of, send_start
 from .ledger import finish_if_complete, skip_claimed, skip_pending
 from .models import Models
 from .payload import payload_encoder
-from .redis_queue import SEND_BATCH, enqueue_at, get_queue
+from .preferences import TURNED_OFF, opted_out
+from .redis_queue import SEND_BATCH, enqueue_at, get_queue, redis_connection
 from .sql import id_in, rowcount
 from .statuses import FINAL, DeliveryStatus, NotificationStatus, Outcome
+from .throttle import budget_key, claim_size, reserve, ticks
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
 from .worker_state import sending_state
@@ -58,8 +60,8 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     D, Sub, N = m.Delivery, m.Subscription, m.Notification
     # Only what a batch needs: the targeting of a large audience is megabytes of JSON.
     n = db.session.execute(sa.select(N.id, N.status, N.payload, N.ttl, N.urgency, N.topic,
-                                     N.send_at, N.created_at).where(N.id == notification_id)
-                           ).one_or_none()
+                                     N.send_at, N.created_at, N.category, N.rate_per_minute)
+                           .where(N.id == notification_id)).one_or_none()
     if n is None:
         return {}
     in_batch = (D.notification_id == notification_id, D.id.between(first_id, last_id))
@@ -77,18 +79,24 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     # can still end before anyone takes over, and what is left goes back to pending.
     claim_life = max(claim_timeout - config["WEBPUSH_CONNECT_TIMEOUT"]
                      - config["WEBPUSH_READ_TIMEOUT"], claim_timeout / 2)
+    claimable = sa.and_(*in_batch, sa.or_(
+        sa.and_(D.status == DeliveryStatus.PENDING,
+                sa.or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now)),
+        sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale)))
+    if n.rate_per_minute is not None:
+        # Throttled: a horizon's worth of slots at most (throttle.py), the lowest ids first.
+        claimable = D.id.in_(sa.select(D.id).where(claimable).order_by(D.id).limit(
+            claim_size(n.rate_per_minute, config["WEBPUSH_BATCH_SIZE"])))
     db.session.execute(
-        sa.update(D).where(*in_batch, sa.or_(
-            sa.and_(D.status == DeliveryStatus.PENDING,
-                    sa.or_(D.next_attempt_at.is_(None), D.next_attempt_at <= now)),
-            sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale),
-        )).values(status=DeliveryStatus.SENDING, claimed_by=claim, claimed_at=now,
-                  attempts=D.attempts + 1)
+        sa.update(D).where(claimable)
+        .values(status=DeliveryStatus.SENDING, claimed_by=claim, claimed_at=now,
+                attempts=D.attempts + 1)
         .execution_options(synchronize_session=False))
     db.session.commit()
     rows = db.session.execute(
-        sa.select(D.id, D.subscription_id, D.attempts, Sub.endpoint, Sub.p256dh, Sub.auth,
-                  Sub.revoked_at, Sub.user_agent, Sub.consecutive_failures)
+        sa.select(D.id, D.subscription_id, D.attempts, D.due_at, D.user_id, Sub.endpoint,
+                  Sub.p256dh, Sub.auth, Sub.revoked_at, Sub.user_agent,
+                  Sub.consecutive_failures)
         .outerjoin(Sub, Sub.id == D.subscription_id)
         .where(*in_batch, D.claimed_by == claim)).all()  # in_batch: no index on claimed_by
     if not rows:
@@ -101,15 +109,17 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     deadline = start + timedelta(seconds=n.ttl)
     # Expired only once the deadline has passed: truncated to whole seconds first, a
     # 1-second validity would always look expired. The TTL header gets the whole seconds left.
-    remaining = (deadline - now).total_seconds()
     key = signing_key()
-    token_expiry = (deadline + TOKEN_GRACE).timestamp()
+    turned_off = _turned_off(db, m, n.category, {row.user_id for row in rows})
     results: dict[int, PushResult] = {}
     to_send = []
     for row in rows:
+        remaining = (deadline_of(row, start, deadline) - now).total_seconds()
         if row.endpoint is None or row.revoked_at is not None:
             results[row.id] = PushResult(Outcome.SKIPPED,
                                          reason="device revoked or consent withdrawn")
+        elif row.user_id in turned_off:
+            results[row.id] = PushResult(Outcome.SKIPPED, reason=TURNED_OFF)
         elif remaining <= 0 and not (n.ttl == 0 and row.attempts == 1):
             results[row.id] = PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed")
         else:
@@ -121,24 +131,26 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     notifier = _Notifier(current_app._get_current_object())  # type: ignore[attr-defined]
     batch = _Batch(deadline, notifier)
 
-    def messages() -> Iterator[Message]:
+    def messages(part: list[tuple[Any, int]]) -> Iterator[Message]:
         # Built as the sender takes them, and no more once the notification is cancelled
         # (the sender takes new messages only after a flush, which reads the status) or
         # once the claim is too old to be surely this batch's.
-        for row, ttl in to_send:
+        for row, ttl in part:
             if batch.cancelled:
                 return
             if monotonic() - claimed_at > claim_life:
                 batch.claim_expired = True
                 return
+            own_deadline = deadline_of(row, start, deadline)
             if ttl:  # the validity left now, not when the batch began (a slow service)
-                left = (deadline - utcnow()).total_seconds()
+                left = (own_deadline - utcnow()).total_seconds()
                 if left <= 0:
                     batch.expired_late.append(row.id)
                     continue
                 ttl = int(left)
+            expiry = (own_deadline + TOKEN_GRACE).timestamp()
             yield Message(row.id, row.endpoint, row.p256dh, row.auth,
-                          with_token(make_token(row.id, token_expiry, key)), ttl, urgency, topic)
+                          with_token(make_token(row.id, expiry, key)), ttl, urgency, topic)
 
     by_id = {row.id: row for row in rows}
 
@@ -150,10 +162,20 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     # WEBPUSH_SEND_CONCURRENCY are ever sent but unwritten: what a killed worker can leave
     # to be sent again (the default tag and topic make the browser replace, not stack).
     concurrency = config["WEBPUSH_SEND_CONCURRENCY"]
+    parts: list[tuple[float | None, list[tuple[Any, int]]]] = [(None, to_send)]
+    next_free = None
+    if n.rate_per_minute is not None and to_send:
+        parts, next_free = _paced(db, m, nid, claim, n.rate_per_minute, to_send)
+    sender = sending_state().sender
     try:
         if results:  # skipped and expired ones: recorded before anything is sent
             record(list(results.items()))
-        sending_state().sender.send_many(messages(), record, flush_every=max(1, concurrency // 2))
+        for send_at, part in parts:
+            if batch.cancelled or batch.claim_expired:
+                break
+            if send_at is not None:  # a throttled tick: not before its last slot
+                sleep(send_at - utcnow().timestamp())
+            sender.send_many(messages(part), record, flush_every=max(1, concurrency // 2))
         if batch.expired_late:
             record([(i, PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed"))
                     for i in batch.expired_late])
@@ -165,8 +187,70 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         db.session.commit()
     elif batch.claim_expired:
         _release_claimed(db, m, nid, claim, first_id, last_id)
+    if n.rate_per_minute is not None and not batch.cancelled:
+        _continue_throttled(db, m, nid, first_id, last_id, next_free)
     finish_if_complete(nid)
     return counts
+
+
+def deadline_of(row: Any, start: datetime, deadline: datetime) -> datetime:
+    """The end of a delivery's validity: the notification's, or, for a delivery due later
+    (held by quiet hours, sent at a local time), as long from its own due time."""
+    due: datetime | None = row.due_at
+    return deadline + (due - start) if due is not None and due > start else deadline
+
+
+def _turned_off(db: SQLAlchemy, m: Models, category: str | None, users: set[str]) -> set[str]:
+    """The users who turned the category off since the fan-out (held deliveries wait for
+    hours: the choice made meanwhile counts)."""
+    configured = app_state().categories
+    if not configured or category is None or category not in configured:
+        return set()
+    return opted_out(db, m, configured[category], users)
+
+
+def _paced(db: SQLAlchemy, m: Models, nid: int, claim: str, rate: int,
+           to_send: list[tuple[Any, int]]
+           ) -> tuple[list[tuple[float | None, list[tuple[Any, int]]]], float]:
+    """Slots for a throttled batch's messages, grouped in ticks; the rows no slot was left
+    for go back to pending, due at the next free slot."""
+    queue_name = current_app.config["WEBPUSH_QUEUE"]
+    slots = reserve(redis_connection(), budget_key(queue_name, nid), rate, len(to_send))
+    unslotted = [row.id for row, _ttl in to_send[slots.count:]]
+    if unslotted:
+        D = m.Delivery
+        due = datetime.fromtimestamp(slots.next_free, UTC)
+        db.session.execute(
+            sa.update(D).where(D.id.in_(unslotted), D.claimed_by == claim,
+                               D.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.PENDING, claimed_by=None, next_attempt_at=due,
+                    attempts=D.attempts - 1)
+            .execution_options(synchronize_session=False))
+        db.session.commit()
+    parts: list[tuple[float | None, list[tuple[Any, int]]]] = [
+        (at, [to_send[i] for i in indexes]) for at, indexes in ticks(slots)]
+    return parts, slots.next_free
+
+
+def _continue_throttled(db: SQLAlchemy, m: Models, nid: int, first_id: int, last_id: int,
+                        next_free: float | None) -> None:
+    """Enqueue the batch again for what its range still holds, when the next free slot
+    comes (a throttled notification is sent a horizon at a time)."""
+    D = m.Delivery
+    due = db.session.scalar(
+        sa.select(sa.func.min(sa.func.coalesce(D.next_attempt_at, D.created_at))).where(
+            D.notification_id == nid, D.id.between(first_id, last_id),
+            D.status == DeliveryStatus.PENDING))
+    db.session.commit()
+    if due is None:
+        return
+    if next_free is not None:
+        due = max(due, datetime.fromtimestamp(next_free, UTC))
+    try:
+        enqueue_at(get_queue(), max(due, utcnow()), SEND_BATCH, nid, first_id, last_id)
+    except redis.exceptions.RedisError:
+        log.warning("webpush: Redis unavailable; deliveries %s-%s of throttled notification "
+                    "%s are left to recover", first_id, last_id, nid)
 
 
 def _release_claimed(db: SQLAlchemy, m: Models, nid: int, claim: str, first_id: int,
@@ -254,6 +338,8 @@ class ClaimedRow(Protocol):
     def user_agent(self) -> str | None: ...
     @property
     def consecutive_failures(self) -> int | None: ...
+    @property
+    def due_at(self) -> datetime | None: ...  # a delivery due later than its notification
 
 
 @dataclass(frozen=True)
@@ -330,8 +416,9 @@ def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
 
     ``rows`` hold each claimed delivery's attempts (the claim's own included) and
     subscription; ``start`` is when sending the notification began (the counters' time
-    bucket), ``deadline`` the end of its validity. The plan covers the deliveries'
-    values, the counters, the subscriptions' health, the signals and the retry jobs.
+    bucket), ``deadline`` the end of its validity (a delivery due later keeps its own). The
+    plan covers the deliveries' values, the counters, the subscriptions' health, the signals
+    and the retry jobs.
     """
     written: dict[int, Written] = {}
     groups: dict[Written, list[int]] = {}
@@ -357,7 +444,7 @@ def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
             else:
                 next_at = now + timedelta(seconds=retry_delay(
                     attempts, result.retry_after, retry_base_delay, retry_max_delay))
-                if next_at >= deadline:
+                if next_at >= deadline_of(row, start, deadline):
                     # The retry would come after the validity ends: final now, not then.
                     status, next_at = DeliveryStatus.EXPIRED, None
                     reason = f"validity period (ttl) ends before the retry: {reason}"

@@ -121,6 +121,13 @@ class InvalidNotification(APIError, UnprocessableEntity):
     error = "invalid_notification"
 
 
+class InvalidPreferences(APIError, UnprocessableEntity):
+    """A choice of categories names one that is not configured, is not true or false, or
+    turns off a required category (or categories are off: WEBPUSH_CATEGORIES is None)."""
+
+    error = "invalid_preferences"
+
+
 class PayloadTooLarge(InvalidNotification):
     """The payload, tracking token included, exceeds the 3993-byte Web Push limit."""
 

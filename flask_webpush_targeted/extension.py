@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,10 +10,11 @@ from flask import Flask, current_app, render_template, session, url_for
 from flask_login import user_logged_out
 from markupsafe import Markup
 
-from . import notifications, privacy
+from . import notifications, preferences, privacy
+from .categories import Category, parse_categories, parse_quiet_hours
 from .cli import webpush_cli
 from .config import DEFAULTS, extra_push_origins, validate_config
-from .context import AppState
+from .context import AppState, app_state
 from .csrf import csrf_token
 from .exceptions import (
     ConfigurationError,
@@ -69,8 +70,11 @@ class WebPush:
         app.extensions["webpush"] = self
         # Read once: the request path then never re-parses the list.
         app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = list(app.config["WEBPUSH_EXTRA_PUSH_SERVICES"])
-        app.extensions["webpush.state"] = AppState(db, self._models,
-                                                   extra_push_origins(app.config))
+        app.extensions["webpush.state"] = AppState(
+            db, self._models, extra_push_origins(app.config),
+            categories=parse_categories(app.config["WEBPUSH_CATEGORIES"]),
+            quiet_hours=parse_quiet_hours(app.config["WEBPUSH_QUIET_HOURS"]),
+            default_zone=app.config["WEBPUSH_DEFAULT_TIMEZONE"])
 
         if app.config["WEBPUSH_REGISTER_BLUEPRINT"]:
             app.register_blueprint(create_blueprint(),
@@ -138,6 +142,8 @@ class WebPush:
         icon: str | None = None, image: str | None = None, badge: str | None = None,
         tag: str | None = None, actions: list[dict[str, str]] | None = None,
         data: Any = None, require_interaction: bool = False, silent: bool = False,
+        quiet_hours: bool | None = None, send_at_local: str | None = None,
+        rate_per_minute: int | None = None,
     ) -> Any:
         """Send one Notification to many users (objects or ids); fan-out runs in a worker.
 
@@ -160,7 +166,8 @@ class WebPush:
             title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
             topic=topic, send_at=send_at, idempotency_key=idempotency_key, category=category,
             icon=icon, image=image, badge=badge, tag=tag, actions=actions, data=data,
-            require_interaction=require_interaction, silent=silent))
+            require_interaction=require_interaction, silent=silent, quiet_hours=quiet_hours,
+            send_at_local=send_at_local, rate_per_minute=rate_per_minute))
 
     def cancel(self, notification_id: int) -> bool:
         """Stop a scheduled, queued or still-sending notification; False if already over."""
@@ -185,6 +192,24 @@ class WebPush:
     def recover(self) -> dict[str, int]:
         """Enqueue what a Redis outage or a dead worker left behind (workers run it too)."""
         return recover()
+
+    # -- preferences -------------------------------------------------------------------------
+
+    @property
+    def categories(self) -> dict[str, Category] | None:
+        """WEBPUSH_CATEGORIES of the current app, parsed (None: categories are off)."""
+        return app_state().categories
+
+    def preferences(self, user: Any) -> dict[str, bool]:
+        """Each configured category and whether the user gets it ({} when categories are off)."""
+        return preferences.preferences(self.db, self.models, self.categories, user_id_of(user))
+
+    def set_preferences(self, user: Any, choices: Mapping[str, bool], *,
+                        source: str = "host") -> dict[str, bool]:
+        """Change the user's choices (each change a consent-ledger row); return them all."""
+        return preferences.set_preferences(
+            self.db, self.models, self.categories, user_id_of(user), choices, source=source,
+            text_version=current_app.config["WEBPUSH_CONSENT_VERSION"])
 
     # -- GDPR ------------------------------------------------------------------------------
 

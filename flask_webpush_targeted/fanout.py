@@ -7,39 +7,53 @@ enqueues each chunk's batches at once, so other workers send while it goes on; r
 
 from __future__ import annotations
 
-from datetime import datetime
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, time
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects import postgresql
 
-from .clock import utcnow
+from .caps import CAPPED, capped_count, capped_users
+from .categories import Category, quiet_window
+from .clock import iso, utcnow
 from .context import app_state
 from .counters import add, bump, new_increments, platform_of
 from .ledger import finish_if_complete, notification_status
-from .models import Models
-from .redis_queue import FAN_OUT, SEND_BATCH, enqueue_at, fanout_job_id, get_queue
+from .local_time import Window, next_local, parse_clock, quiet_until, zone
+from .models import Models, NotificationRow
+from .preferences import opted_out
+from .redis_queue import (
+    FAN_OUT,
+    SEND_BATCH,
+    enqueue_at,
+    fanout_job_id,
+    get_queue,
+    redis_connection,
+)
 from .sql import dialect_of, insert_for, rowcount
 from .statuses import WAITING, DeliveryStatus, NotificationStatus
-from .targeting import targets
+from .targeting import Target, targets
 
 if TYPE_CHECKING:  # the host's object, only annotated here
     from flask_sqlalchemy import SQLAlchemy
 
 
 def _insert_deliveries(db: SQLAlchemy, m: Models, notification_id: int, now: datetime,
-                       found: list[tuple[int, str, str | None]]) -> set[int]:
-    """Insert pending deliveries for (subscription id, user id, user agent) rows, skipping any
-    that exist; return the subscription ids inserted."""
+                       found: list[Target]) -> set[int]:
+    """Insert pending deliveries for the targets' rows, skipping any that exist; return the
+    subscription ids inserted."""
     table = m.Delivery.__table__
     if dialect_of(db) == "postgresql":
         # Two array parameters and unnest: one short statement whatever the chunk's size,
         # instead of a multi-row VALUES of thousands of parameters to build and parse.
         pairs = sa.func.unnest(
-            sa.bindparam("sids", [sid for sid, _uid, _agent in found],
+            sa.bindparam("sids", [row[0] for row in found],
                          type_=postgresql.ARRAY(sa.Integer)),
-            sa.bindparam("uids", [uid for _sid, uid, _agent in found],
+            sa.bindparam("uids", [row[1] for row in found],
                          type_=postgresql.ARRAY(sa.String)),
         ).table_valued("sid", "uid").render_derived(name="pairs")
         c = table.c
@@ -56,7 +70,7 @@ def _insert_deliveries(db: SQLAlchemy, m: Models, notification_id: int, now: dat
     inserted = db.session.execute(stmt.returning(table.c.subscription_id), [
         {"notification_id": notification_id, "subscription_id": sid, "user_id": uid,
          "status": DeliveryStatus.PENDING, "attempts": 0, "created_at": now}
-        for sid, uid, _agent in found])
+        for sid, uid, *_ in found])
     return set(inserted.scalars())
 
 
@@ -83,38 +97,168 @@ def fan_out(notification_id: int) -> None:
         if not started:
             return
     nid, last, audience = n.id, 0, n.target_count
+    throttled = n.rate_per_minute is not None
     if n.fanned_out_at is None:
         now = utcnow()
+        rules = Rules.of(n, now)
         without: list[str] = []
+        opted: list[str] = []
         for chunk, found in targets(db, m, n.targeting):
-            covered = {uid for _sid, uid, _agent in found}
+            covered = {row[1] for row in found}
             without.extend(u for u in chunk if u not in covered)
+            out = opted_out(db, m, rules.category, covered)
+            if out:
+                opted.extend(u for u in chunk if u in out)
+                found = [row for row in found if row[1] not in out]
             if not found:
                 continue
             if notification_status(nid) == NotificationStatus.CANCELLED:
                 return  # cancel() skipped what was written; nothing more is written
-            inserted = _insert_deliveries(db, m, nid, now, found)
-            # Count only rows this run inserted: a concurrent duplicate run adds none.
-            inc = new_increments()
-            for sid, _uid, agent in found:
-                if sid in inserted:
-                    add(inc, "deliveries", platform=platform_of(agent))
-            bump(db, m, nid, inc)
-            db.session.commit()
+            with rules.cap_lock():
+                _write_chunk(db, m, nid, now, found, rules)
             # Each chunk's batches go out at once: other workers send while this one
             # goes on fanning out (the notification is done only once fanned_out_at is set).
-            last = enqueue_batches(nid, after=last)
+            # A throttled notification gets one batch at the end instead (throttle.py).
+            if not throttled:
+                last = enqueue_batches(nid, after=last)
         if db.session.scalar(sa.select(N.target_count).where(N.id == nid)) != audience:
             # A user was erased while this ran (forget_user shrinks the audience of a
             # notification not fanned out yet): keep only who is still in it.
             left = set(db.session.execute(sa.select(N.targeting).where(N.id == nid))
                        .scalar_one()["user_ids"])
             without = [u for u in without if u in left]
+            opted = [u for u in opted if u in left]
         n.users_without_devices, n.without_count = without, len(without)
+        if rules.category is not None:
+            n.users_opted_out, n.opted_out_count = opted, len(opted)
+            n.capped_count = capped_count(db, m, nid) if rules.category.cap else 0
         n.fanned_out_at = utcnow()
         db.session.commit()
-    enqueue_batches(nid, after=last)
+    if throttled:
+        enqueue_whole(nid)
+    else:
+        enqueue_batches(nid, after=last)
     finish_if_complete(nid)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a notification's category, quiet hours and local time ask of its fan-out."""
+
+    category: Category | None
+    quiet: Window | None
+    local_at: time | None
+    called_at: datetime  # "the next 09:00" counts from the call
+    now: datetime
+    default_zone: str
+    lock_key: str | None  # the category's cap lock, when it has a cap
+
+    @classmethod
+    def of(cls, n: NotificationRow, now: datetime) -> Rules:
+        """The rules of ``n`` under the app's settings."""
+        state = app_state()
+        category = (state.categories or {}).get(n.category or "")
+        lock_key = None
+        if category is not None and category.cap is not None:
+            lock_key = f"webpush:{current_app.config['WEBPUSH_QUEUE']}:cap:{category.name}"
+        return cls(category, quiet_window(category, state.quiet_hours, n.quiet_hours),
+                   parse_clock(n.send_at_local) if n.send_at_local else None, n.created_at,
+                   now, state.default_zone, lock_key)
+
+    def cap_lock(self) -> Any:
+        """A lock held while a chunk is checked against the cap and written (or nothing)."""
+        if self.lock_key is None:
+            return contextlib.nullcontext()
+        return redis_connection().lock(self.lock_key, timeout=120, blocking_timeout=120)
+
+    def due(self, zone_name: str | None) -> tuple[datetime | None, bool]:
+        """When a device in ``zone_name`` is due, if later than now, and whether quiet
+        hours hold it."""
+        if self.quiet is None and self.local_at is None:
+            return None, False
+        try:
+            tz = zone(zone_name or self.default_zone)
+        except ValueError:  # stored before it was checked, or tzdata lost a name
+            tz = zone(self.default_zone)
+        at = next_local(self.called_at, tz, self.local_at) if self.local_at else self.now
+        if self.quiet is not None:
+            released = quiet_until(max(at, self.now), tz, self.quiet)
+            if released is not None:
+                return released, True
+        return (at, False) if at > self.now else (None, False)
+
+
+def _write_chunk(db: SQLAlchemy, m: Models, nid: int, now: datetime, found: list[Target],
+                 rules: Rules) -> None:
+    """Insert one chunk's deliveries and apply the rules to them, in one transaction: the
+    cap's skips, and the due time of those held or sent at a local time, whose batches
+    are scheduled once it is committed."""
+    inserted = _insert_deliveries(db, m, nid, now, found)
+    D = m.Delivery
+    inc = new_increments()
+    for sid, _uid, agent, _tz in found:
+        if sid in inserted:
+            add(inc, "deliveries", platform=platform_of(agent))
+    capped: set[str] = set()
+    if rules.category is not None and rules.category.cap is not None:
+        capped = capped_users(db, m, rules.category, {row[1] for row in found}, now, nid)
+        sids = [row[0] for row in found if row[1] in capped and row[0] in inserted]
+        if sids:
+            skipped = rowcount(db.session.execute(
+                sa.update(D).where(D.notification_id == nid, D.subscription_id.in_(sids))
+                .values(status=DeliveryStatus.SKIPPED, reason=CAPPED)
+                .execution_options(synchronize_session=False)))
+            add(inc, DeliveryStatus.SKIPPED, skipped, reason=(None, CAPPED))
+    later: dict[tuple[datetime, bool], list[int]] = defaultdict(list)
+    for sid, uid, _agent, zone_name in found:
+        if sid in inserted and uid not in capped:
+            due, held = rules.due(zone_name)
+            if due is not None:
+                later[(due, held)].append(sid)
+    scheduled: list[tuple[datetime, list[int]]] = []
+    holds: dict[str, int] = {}
+    for (due, held), sids in sorted(later.items()):
+        ids = sorted(db.session.scalars(
+            sa.update(D).where(D.notification_id == nid, D.subscription_id.in_(sids))
+            .values(due_at=due, next_attempt_at=due).returning(D.id)))
+        scheduled.append((due, ids))
+        if held:
+            key = iso(due) or ""
+            holds[key] = holds.get(key, 0) + len(ids)
+    if holds:
+        N = m.Notification
+        before = db.session.scalar(sa.select(N.holds).where(N.id == nid)) or {}
+        for key, count in holds.items():
+            before[key] = before.get(key, 0) + count
+        db.session.execute(sa.update(N).where(N.id == nid).values(holds=dict(before))
+                           .execution_options(synchronize_session=False))
+    bump(db, m, nid, inc)
+    db.session.commit()
+    _schedule(nid, scheduled)
+
+
+def _schedule(nid: int, scheduled: list[tuple[datetime, list[int]]]) -> None:
+    """One batch job per batch's worth of deliveries due at each time (a lost one is
+    recovered once overdue, as any pending delivery)."""
+    if not scheduled:
+        return
+    queue, size = get_queue(), current_app.config["WEBPUSH_BATCH_SIZE"]
+    for due, ids in scheduled:
+        for start in range(0, len(ids), size):
+            part = ids[start:start + size]
+            enqueue_at(queue, due, SEND_BATCH, nid, part[0], part[-1])
+
+
+def enqueue_whole(notification_id: int) -> None:
+    """One batch job over every pending delivery of a throttled notification: it sends a
+    horizon's worth at a time and enqueues itself again (throttle.py)."""
+    D = app_state().models.Delivery
+    db = app_state().db
+    lo, hi = db.session.execute(sa.select(sa.func.min(D.id), sa.func.max(D.id)).where(
+        D.notification_id == notification_id, D.status == DeliveryStatus.PENDING)).one()
+    db.session.commit()
+    if lo is not None:
+        get_queue().enqueue(SEND_BATCH, notification_id, lo, hi)
 
 
 def enqueue_batches(notification_id: int, *, where: Any = None, after: int = 0) -> int:

@@ -109,6 +109,8 @@ class SubscriptionRow(_Row):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_reason: Mapped[str | None] = mapped_column(sa.String(32))
     consecutive_failures: Mapped[int] = mapped_column(nullable=False, default=0)
+    #: the browser's IANA time zone (quiet hours, local-time sends); None: the default one
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
 
     @property
     def active(self) -> bool:
@@ -150,6 +152,30 @@ class ConsentRow(_Row):
     text_version: Mapped[str | None] = mapped_column(sa.String(64))
     user_agent: Mapped[str | None] = mapped_column(sa.String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    #: what the entry is about: None for notifications and the link to the account (the
+    #: two-part consent), ``category:<name>`` for one category (``notifications`` then
+    #: holds the choice)
+    scope: Mapped[str | None] = mapped_column(sa.String(80))
+    #: how it was given: widget, devices_page, api, host (None: the subscription flow)
+    source: Mapped[str | None] = mapped_column(sa.String(16))
+
+
+class PreferenceRow(_Row):
+    """A customer's current choice for one category (the consent ledger keeps the history)."""
+
+    __tablename__ = "webpush_preference"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """One row per (user, category)."""
+        return (sa.UniqueConstraint("user_id", "category",
+                                    name="uq_webpush_preference_user_category"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+    category: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    enabled: Mapped[bool] = mapped_column(nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
 class NotificationRow(_Row):
@@ -194,6 +220,19 @@ class NotificationRow(_Row):
     #: totals kept when old deliveries are pruned
     #: ({"failure_reasons": [...]}, see stats.prune)
     totals: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: notify_*'s quiet_hours: None (the category's or the global setting), True, False
+    quiet_hours: Mapped[bool | None] = mapped_column()
+    #: "HH:MM": each device gets it at that time in its own time zone
+    send_at_local: Mapped[str | None] = mapped_column(sa.String(5))
+    #: at most this many deliveries go out in any minute, across all workers
+    rate_per_minute: Mapped[int | None] = mapped_column()
+    #: requested users who turned the category off, when fanned out (and their number)
+    users_opted_out: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    opted_out_count: Mapped[int | None] = mapped_column()
+    #: users skipped by the category's frequency cap, when fanned out
+    capped_count: Mapped[int | None] = mapped_column()
+    #: deliveries held by quiet hours: {release time (ISO, UTC): count}
+    holds: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
 
 
 class DeliveryRow(_Row):
@@ -242,6 +281,9 @@ class DeliveryRow(_Row):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: the action button clicked, if any
     action: Mapped[str | None] = mapped_column(sa.String(64))
+    #: when this delivery is due, when later than its notification (quiet hours, local
+    #: time): its validity counts from here
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class StatRow(_Row):
@@ -336,6 +378,8 @@ class Models:
     ApiRequest: type[ApiRequestRow]
     #: running counters of each notification (funnel, time buckets, platforms)
     Stat: type[StatRow]
+    #: customers' current choices per category
+    Preference: type[PreferenceRow]
 
 
 _built: WeakKeyDictionary[SQLAlchemy, Models] = WeakKeyDictionary()
@@ -375,4 +419,5 @@ def _build(db: SQLAlchemy) -> Models:
         Stat=_model(StatRow, base),
         ApiKey=_model(ApiKeyRow, base),
         ApiRequest=_model(ApiRequestRow, base),
+        Preference=_model(PreferenceRow, base),
     )

@@ -19,13 +19,17 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
+from .categories import quiet_window
 from .clock import iso, utcnow
+from .context import app_state
 from .exceptions import InvalidNotification, QueueUnavailable
 from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
+from .local_time import parse_clock
 from .models import Models
 from .payload import build_payload, check_payload_size, check_text, default_tag
 from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
 from .statuses import WAITING, NotificationStatus
+from .transport.text import clean_text
 
 if TYPE_CHECKING:  # the host's object, only annotated here
     from flask_sqlalchemy import SQLAlchemy
@@ -34,6 +38,8 @@ URGENCIES = ("very-low", "low", "normal", "high")
 #: the words ``devices`` takes besides a list of subscription ids (or, in Python, a callable)
 DEVICE_WORDS = ("all", "latest")
 MAX_TTL = 28 * 86400
+#: the highest rate_per_minute: beyond it throttling means nothing on one host
+MAX_RATE_PER_MINUTE = 1_000_000
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _CHUNK = 1000
 
@@ -75,6 +81,12 @@ class NotificationOptions:
     data: Any = _option(None, "any")
     require_interaction: bool = _option(False, "boolean")
     silent: bool = _option(False, "boolean")
+    #: None: the category's or the global quiet hours; True: keep them; False: ignore them
+    quiet_hours: bool | None = _option(None, "boolean")
+    #: "HH:MM": each device gets it at the next such time in its own time zone
+    send_at_local: str | None = _option(None, "string")
+    #: at most this many deliveries in any minute, across all workers
+    rate_per_minute: int | None = _option(None, "integer")
 
     def payload(self) -> dict[str, Any]:
         """The service worker's payload these options make (validated, without its token)."""
@@ -89,7 +101,9 @@ def notification_fields(n: Any) -> dict[str, Any]:
     push API's answers add their own fields to these."""
     return {"id": n.id, "status": n.status, "category": n.category, "urgency": n.urgency,
             "ttl": n.ttl, "topic": n.topic, "created_at": iso(n.created_at),
-            "send_at": iso(n.send_at), "finished_at": iso(n.finished_at)}
+            "send_at": iso(n.send_at), "finished_at": iso(n.finished_at),
+            "quiet_hours": n.quiet_hours, "send_at_local": n.send_at_local,
+            "rate_per_minute": n.rate_per_minute}
 
 
 def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: NotificationOptions) -> Any:
@@ -99,11 +113,62 @@ def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: Notification
     seconds = ttl_seconds(options.ttl)
     check_options(urgency=options.urgency, topic=options.topic, send_at=options.send_at,
                   category=options.category, idempotency_key=options.idempotency_key)
+    category = resolve_category(options.category)
+    rules = check_rules(category, quiet_hours=options.quiet_hours,
+                        send_at_local=options.send_at_local, send_at=options.send_at,
+                        rate_per_minute=options.rate_per_minute)
     targeting = resolve_devices(db, m, user_ids, options.devices)
     return store_and_enqueue(
         db, m, user_ids, payload=payload, targeting=targeting, ttl=seconds,
         urgency=options.urgency, topic=options.topic, send_at=options.send_at,
-        idempotency_key=options.idempotency_key, category=options.category)
+        idempotency_key=options.idempotency_key, category=category, rules=rules)
+
+
+def resolve_category(category: str | None) -> str | None:
+    """The category to store: with WEBPUSH_CATEGORIES set, a configured one (none given:
+    the first required one); without, the free label as given."""
+    configured = app_state().categories
+    if configured is None:
+        return category
+    if category is None:
+        required = next((name for name, c in configured.items() if c.required), None)
+        if required is None:
+            raise InvalidNotification(
+                "category is required: WEBPUSH_CATEGORIES has no required category to "
+                f"default to (configured: {', '.join(configured)}).")
+        return required
+    if category not in configured:
+        raise InvalidNotification(f"category {clean_text(category, 64)!r} is not one of "
+                                  f"WEBPUSH_CATEGORIES: {', '.join(configured)}.")
+    return category
+
+
+def check_rules(category: str | None, *, quiet_hours: Any, send_at_local: Any, send_at: Any,
+                rate_per_minute: Any) -> dict[str, Any]:
+    """Validate quiet_hours, send_at_local and rate_per_minute; return the columns to store."""
+    state = app_state()
+    if quiet_hours is not None and not isinstance(quiet_hours, bool):
+        raise InvalidNotification("quiet_hours must be None, True or False.")
+    if quiet_hours is True:
+        own = state.categories[category] if state.categories and category else None
+        if quiet_window(own, state.quiet_hours, True) is None:
+            raise InvalidNotification("quiet_hours=True needs quiet hours to keep: set "
+                                      "WEBPUSH_QUIET_HOURS or the category's quiet_hours.")
+    if send_at_local is not None:
+        try:
+            parse_clock(send_at_local)
+        except ValueError as exc:
+            raise InvalidNotification(
+                "send_at_local must be a time of day as HH:MM, 00:00 to 23:59.") from exc
+        if send_at is not None:
+            raise InvalidNotification("send_at and send_at_local exclude each other: give one.")
+    if rate_per_minute is not None and (
+            isinstance(rate_per_minute, bool) or not isinstance(rate_per_minute, int)
+            or not 1 <= rate_per_minute <= MAX_RATE_PER_MINUTE):
+        raise InvalidNotification(
+            f"rate_per_minute must be a whole number from 1 to {MAX_RATE_PER_MINUTE:,}.")
+    return {"quiet_hours": quiet_hours, "send_at_local": send_at_local,
+            "rate_per_minute": rate_per_minute}
 
 
 def ttl_seconds(ttl: Any) -> int:
@@ -186,7 +251,7 @@ def resolve_devices(db: SQLAlchemy, m: Models, user_ids: list[str], devices: Any
 def store_and_enqueue(db: SQLAlchemy, m: Models, user_ids: list[str], *, payload: dict[str, Any],
                       targeting: dict[str, Any], ttl: int, urgency: str, topic: str | None,
                       send_at: datetime | None, idempotency_key: str | None,
-                      category: str | None) -> Any:
+                      category: str | None, rules: dict[str, Any] | None = None) -> Any:
     """Commit the Notification first, then enqueue it; a Redis outage loses nothing."""
     N = m.Notification
     if idempotency_key is not None:
@@ -200,7 +265,7 @@ def store_and_enqueue(db: SQLAlchemy, m: Models, user_ids: list[str], *, payload
     n = N(idempotency_key=idempotency_key, status=status,
           category=category, payload=payload, targeting=targeting,
           target_count=len(targeting["user_ids"]), ttl=ttl, urgency=urgency,
-          topic=topic, send_at=send_at, created_at=now)
+          topic=topic, send_at=send_at, created_at=now, **(rules or {}))
     db.session.add(n)
     try:
         db.session.flush()

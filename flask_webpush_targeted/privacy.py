@@ -1,9 +1,9 @@
 """GDPR: export and erase what the extension holds about one user.
 
-Erasing leaves nothing that names the person: their deliveries, consents and devices
-go, and their id leaves every notification's lists (the targeting's ``user_ids`` and
-``subscription_ids``, and ``users_without_devices``). What stays is anonymous: the
-running counters, and the sizes ``target_count`` and ``without_count`` of a
+Erasing leaves nothing that names the person: their deliveries, consents, category
+choices and devices go, and their id leaves every notification's lists (the targeting's
+``user_ids`` and ``subscription_ids``, ``users_without_devices`` and ``users_opted_out``).
+What stays is anonymous: the running counters, and the sizes ``target_count`` and ``without_count`` of a
 notification already fanned out, which say how many were targeted and reached then.
 A notification not fanned out yet loses the person from its audience, and its
 ``target_count`` with them: they will not be targeted.
@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .clock import iso
+from .context import app_state
 from .counters import add, bump, new_increments
 from .models import Models
+from .preferences import preferences
 from .sql import dialect_of, rowcount
 from .statuses import UNFINISHED, DeliveryStatus
 
@@ -57,9 +59,10 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
             {"action": c.action, "reason": c.reason, "device_id": c.subscription_id,
              "notifications": c.notifications, "link_to_account": c.link_to_account,
              "text_version": c.text_version, "user_agent": c.user_agent,
-             "at": iso(c.created_at)}
+             "scope": c.scope, "source": c.source, "at": iso(c.created_at)}
             for c in consents
         ],
+        "preferences": preferences(db, m, app_state().categories, user_id),
         "notifications_received": [
             {"notification_id": d.notification_id, "device_id": d.subscription_id,
              "title": payload.get("title"), "status": d.status, "sent_at": iso(d.sent_at),
@@ -89,6 +92,8 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     counts = {"deliveries": len(gone)}
     result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))
     counts["consents"] = rowcount(result)
+    result = db.session.execute(sa.delete(m.Preference).where(m.Preference.user_id == user_id))
+    counts["preferences"] = rowcount(result)
     own_devices = sa.select(m.Subscription.id).where(m.Subscription.user_id == user_id)
     erase_from_notifications(db, m, user_id, list(db.session.scalars(own_devices)))
     # Rows of other users may still point at this user's devices (a device that moved
@@ -120,10 +125,10 @@ _PG_JSONB = r"""CAST(CASE WHEN strpos(CAST({column} AS text), '\u0000') = 0
     END AS jsonb)"""
 _PG_ERASE = """
 WITH hit AS MATERIALIZED (
-    SELECT id, {targeting_jsonb} AS t, {without_jsonb} AS w
+    SELECT id, {targeting_jsonb} AS t, {without_jsonb} AS w, {opted_jsonb} AS o
     FROM {table} WHERE {candidates}
 ), cleaned AS MATERIALIZED (
-    SELECT id, t, w, w - CAST(:uid AS text) AS new_w,
+    SELECT id, t, w, o, w - CAST(:uid AS text) AS new_w, o - CAST(:uid AS text) AS new_o,
         jsonb_set(t, '{{user_ids}}', COALESCE(t -> 'user_ids', '[]') - CAST(:uid AS text))
         || CASE WHEN jsonb_typeof(t -> 'subscription_ids') = 'array' THEN jsonb_build_object(
             'subscription_ids', jsonb_path_query_array(t -> 'subscription_ids',
@@ -135,10 +140,12 @@ WITH hit AS MATERIALIZED (
 UPDATE {table} AS n SET
     targeting = CAST(c.new_t AS json),
     users_without_devices = CAST(c.new_w AS json),
+    users_opted_out = CAST(c.new_o AS json),
     target_count = CASE WHEN n.fanned_out_at IS NULL
                         THEN jsonb_array_length(c.new_t -> 'user_ids') ELSE n.target_count END
 FROM cleaned AS c
-WHERE n.id = c.id AND (c.new_t <> c.t OR c.new_w IS DISTINCT FROM c.w)
+WHERE n.id = c.id AND (c.new_t <> c.t OR c.new_w IS DISTINCT FROM c.w
+                       OR c.new_o IS DISTINCT FROM c.o)
 RETURNING n.id
 """
 
@@ -156,14 +163,16 @@ _SQLITE_LISTS = (  # column, path, what matches, what else the statement sets
      ", target_count = CASE WHEN fanned_out_at IS NULL "
      "THEN json_array_length(targeting, '$.user_ids') - 1 ELSE target_count END"),
     ("users_without_devices", "", "value = :uid", ""),
+    ("users_opted_out", "", "value = :uid", ""),
     ("targeting", ", '$.subscription_ids'",
      "value IN (SELECT value FROM json_each(:ids, '$.ids'))", ""),
 )
 
 
 def erase_from_notifications(db: SQLAlchemy, m: Models, user_id: str, device_ids: list[int]) -> int:
-    """Remove the user's id, and their devices' ids, from every notification's targeting and
-    users without devices (in the caller's transaction); return how many changed.
+    """Remove the user's id, and their devices' ids, from every notification's targeting,
+    users without devices and users opted out (in the caller's transaction); return how
+    many changed.
 
     Only notifications whose text holds the id are parsed and rewritten, by the database:
     no list is loaded into Python, however large. Measured (benchmarks/forget_user_scale.py,
@@ -179,8 +188,8 @@ def erase_from_notifications(db: SQLAlchemy, m: Models, user_id: str, device_ids
     needles: list[str] = []
     if _PLAIN_ID.fullmatch(user_id):
         needles.append(f"{find}({cast.format('targeting')}, :needle) > 0")
-        needles.append(f"{find}(COALESCE({cast.format('users_without_devices')}, ''), "
-                       ":needle) > 0")
+        for column in ("users_without_devices", "users_opted_out"):
+            needles.append(f"{find}(COALESCE({cast.format(column)}, ''), :needle) > 0")
     else:
         needles.append("1 = 1")  # no text every serializer writes: let JSON decide
     if device_ids:
@@ -191,7 +200,8 @@ def erase_from_notifications(db: SQLAlchemy, m: Models, user_id: str, device_ids
     if dialect == "postgresql":
         sql = _PG_ERASE.format(table=table, candidates=candidates,
                                targeting_jsonb=_PG_JSONB.format(column="targeting"),
-                               without_jsonb=_PG_JSONB.format(column="users_without_devices"))
+                               without_jsonb=_PG_JSONB.format(column="users_without_devices"),
+                               opted_jsonb=_PG_JSONB.format(column="users_opted_out"))
         return len(db.session.execute(sa.text(sql), params).all())
     changed: set[int] = set()
     for column, path, match, also in _SQLITE_LISTS:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import defer
 
 from . import counters
-from .clock import utcnow
+from .clock import iso, utcnow
 from .exceptions import NotificationNotFound
 from .models import DeliveryRow, Models, NotificationRow
 from .sql import rowcount
@@ -48,12 +48,34 @@ def _funnel(n: NotificationRow, counts: dict[str, int]) -> dict[str, Any]:
     targeted, without = n.target_count, n.without_count or 0
     funnel: dict[str, Any] = {"id": n.id, "status": n.status, "targeted_users": targeted,
                               "users_without_devices": without, **counts,
+                              # users skipped by their preference, by the frequency cap,
+                              # and deliveries held by quiet hours now
+                              "opted_out": n.opted_out_count or 0,
+                              "capped": n.capped_count or 0, "held": held_now(n),
                               # until the worker fans out, users_without_devices is not known
                               "fanned_out": n.fanned_out_at is not None}
+    funnel["expected_finish_at"] = expected_finish(n, counts["pending"])
     funnel["display_rate"] = _rate(funnel["displayed"], funnel["sent"])
     funnel["click_rate"] = _rate(funnel["clicked"], funnel["displayed"])
     funnel["click_through_rate"] = _rate(funnel["clicked"], funnel["sent"])
     return funnel
+
+
+def held_now(n: NotificationRow, now: datetime | None = None) -> int:
+    """Deliveries of ``n`` that quiet hours hold at this moment (0 once it is over)."""
+    if not n.holds or n.status != NotificationStatus.SENDING:
+        return 0
+    at = now or utcnow()
+    return sum(count for until, count in n.holds.items()
+               if datetime.fromisoformat(until) > at)
+
+
+def expected_finish(n: NotificationRow, pending: int) -> str | None:
+    """When a throttled notification that is sending should be done (ISO 8601, UTC), from
+    what is left and its rate; None for the others."""
+    if n.rate_per_minute is None or n.status != NotificationStatus.SENDING or not pending:
+        return None
+    return iso(utcnow() + timedelta(minutes=pending / n.rate_per_minute))
 
 
 def get_notification(db: SQLAlchemy, m: Models, notification_id: int) -> NotificationRow:
@@ -130,7 +152,8 @@ def list_notifications(db: SQLAlchemy, m: Models, *, page: int = 1, per_page: in
     N = m.Notification
     query = sa.select(N)
     if not lists:
-        query = query.options(defer(N.targeting), defer(N.users_without_devices))
+        query = query.options(defer(N.targeting), defer(N.users_without_devices),
+                              defer(N.users_opted_out))
     if status:
         query = query.where(N.status == status)
     if category:

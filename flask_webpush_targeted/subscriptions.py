@@ -19,6 +19,7 @@ from flask import current_app
 from . import signals
 from .exceptions import BadRequestError, ConsentRequired, SubscriptionNotFound
 from .limits import MAX_ROW_ID
+from .local_time import ZONE_NAME, is_zone
 from .models import Models, SubscriptionRow, endpoint_hash, utcnow
 from .transport.endpoints import lookup_endpoint, validate_endpoint, validate_keys
 from .transport.text import clean_text
@@ -43,6 +44,10 @@ class SubscribeRequest:
     subscription: SubscriptionInfo
     text_version: str
     device_label: str | None
+    #: the browser's IANA time zone, None when it sent none or one this server does not know
+    timezone: str | None = None
+    #: the categories chosen in the widget ({} when none were offered)
+    categories: Mapping[str, object] | None = None
 
 
 def parse_subscription(data: object, extra_origins: Iterable[str]) -> SubscriptionInfo:
@@ -69,7 +74,8 @@ def parse_subscribe_request(
     """Validate the whole subscribe body: shape (400), consent (403), then endpoint (422)."""
     if not isinstance(body, Mapping):
         raise BadRequestError("The body must be a JSON object.")
-    unknown = set(body) - {"subscription", "consent", "device_label", "user_id"}
+    unknown = set(body) - {"subscription", "consent", "device_label", "user_id", "timezone",
+                           "categories"}
     if unknown:
         raise BadRequestError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
     consent = body.get("consent")
@@ -94,8 +100,29 @@ def parse_subscribe_request(
     if consent.get("text_version") != consent_version:
         raise ConsentRequired("The consent was given for another version of the consent text; "
                               "reload the page, read the current text and agree again.")
+    categories = body.get("categories")
+    if categories is not None and not isinstance(categories, Mapping):
+        raise BadRequestError("'categories' must be an object of category -> true/false.")
+    zone_name = parse_timezone(body.get("timezone"))
     info = parse_subscription(body["subscription"], extra_origins)
-    return SubscribeRequest(info, consent_version, clean_text(label, 200))
+    return SubscribeRequest(info, consent_version, clean_text(label, 200), zone_name,
+                            categories)
+
+
+def parse_timezone(value: object) -> str | None:
+    """The ``timezone`` a browser sent: an IANA name such as ``Europe/Warsaw``.
+
+    Not a string, or not shaped like an IANA name: 400. A well-formed name this server's
+    zone database does not know (a zone newer than its tzdata) is no reason to refuse the
+    opt-in: it is stored as None and the device counts in WEBPUSH_DEFAULT_TIMEZONE.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not ZONE_NAME.fullmatch(value):
+        raise BadRequestError("'timezone' must be an IANA time zone name such as "
+                              "'Europe/Warsaw' (Intl.DateTimeFormat().resolvedOptions()"
+                              ".timeZone).")
+    return value if is_zone(value) else None
 
 
 class SubscriptionStore:
@@ -159,6 +186,8 @@ class SubscriptionStore:
         sub.last_seen_at = now
         sub.revoked_at = sub.revoked_reason = None
         sub.consecutive_failures = 0
+        if req.timezone is not None:
+            sub.timezone = req.timezone
         self.db.session.flush()
         self._ledger(user_id, "granted", subscription_id=sub.id, text_version=req.text_version,
                      user_agent=user_agent)

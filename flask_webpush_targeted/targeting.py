@@ -16,9 +16,13 @@ if TYPE_CHECKING:  # the host's object, only annotated here
 #: users read per query: a large audience is never loaded at once
 _CHUNK = 1000
 
+#: a chosen device: (subscription id, user id, user agent, time zone)
+Target = tuple[int, str, str | None, str | None]
+
 
 def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
-    """Yield (chunk of requested user ids, [(subscription id, user id, user agent)]) per chunk."""
+    """Yield (chunk of requested user ids, [(subscription id, user id, user agent, time zone)])
+    per chunk."""
     Sub = m.Subscription
     user_ids: list[str] = targeting["user_ids"]
     mode = targeting["devices"]
@@ -26,8 +30,9 @@ def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
         ids = targeting["subscription_ids"]
         found: list[Any] = []
         for start in range(0, len(ids), _CHUNK):
-            found.extend(db.session.execute(sa.select(Sub.id, Sub.user_id, Sub.user_agent).where(
-                Sub.id.in_(ids[start:start + _CHUNK]), Sub.revoked_at.is_(None))).all())
+            found.extend(db.session.execute(
+                sa.select(Sub.id, Sub.user_id, Sub.user_agent, Sub.timezone).where(
+                    Sub.id.in_(ids[start:start + _CHUNK]), Sub.revoked_at.is_(None))).all())
         wanted = set(user_ids)
         yield user_ids, [tuple(r) for r in found if r[1] in wanted]
         return
@@ -39,7 +44,7 @@ def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
                                                         type_=postgresql.ARRAY(sa.String)))
                     if postgres else Sub.user_id.in_(chunk))
         rows = db.session.execute(
-            sa.select(Sub.id, Sub.user_id, Sub.user_agent)
+            sa.select(Sub.id, Sub.user_id, Sub.user_agent, Sub.timezone)
             .where(of_chunk, Sub.revoked_at.is_(None))
             .order_by(Sub.user_id, Sub.created_at.desc(), Sub.id.desc())).all()
         if mode == "latest":
@@ -53,6 +58,6 @@ def users_without(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> list[
     will find them (the push API answers with them at once)."""
     without: list[str] = []
     for chunk, found in targets(db, m, targeting):
-        covered = {uid for _sid, uid, _agent in found}
+        covered = {row[1] for row in found}
         without.extend(u for u in chunk if u not in covered)
     return without

@@ -28,6 +28,7 @@ class Row(NamedTuple):
     subscription_id: int | None = 100
     user_agent: str | None = CHROME
     consecutive_failures: int | None = 0
+    due_at: datetime | None = None
 
 
 def plan_of(results: dict[int, PushResult], rows: dict[int, Row] | None = None, *,

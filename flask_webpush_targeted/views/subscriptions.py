@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from flask import Blueprint, current_app, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
 from ..context import app_state
 from ..csrf import check_csrf
 from ..exceptions import BadRequestError
+from ..preferences import check_choices, set_preferences
 from ..subscriptions import label_from_user_agent, parse_subscribe_request, parse_subscription
 from ..users import SESSION_SUBSCRIPTIONS
 from .common import ext, json_body, require_login_json, subscription_json
@@ -46,9 +49,15 @@ def subscribe() -> ResponseReturnValue:
         app_state().extra_origins,
     )
     user_agent = request.headers.get("User-Agent")
+    state = app_state()
+    # Checked before anything is stored: a bad choice leaves no half-made opt-in.
+    choices = check_choices(state.categories, req.categories) if req.categories else {}
     if req.device_label is None:
-        req = req.__class__(req.subscription, req.text_version, label_from_user_agent(user_agent))
+        req = replace(req, device_label=label_from_user_agent(user_agent))
     sub, is_new = ext().store.subscribe(user_id, req, user_agent)
+    if choices:
+        set_preferences(state.db, state.models, state.categories, user_id, choices,
+                        source="widget", text_version=req.text_version, user_agent=user_agent)
     made_here = [i for i in session.get(SESSION_SUBSCRIPTIONS, []) if i != sub.id]
     session[SESSION_SUBSCRIPTIONS] = [*made_here, sub.id][-20:]
     return jsonify(subscription_json(sub)), 201 if is_new else 200
