@@ -46,7 +46,7 @@ def capped_users(db: SQLAlchemy, m: Models, category: Category, user_ids: Iterab
             .where(D.user_id.in_(ids[start:start + _CHUNK]), N.category == category.name,
                    D.notification_id != notification_id, D.status.in_(_COUNTING),
                    D.created_at > now - period)
-            .group_by(D.user_id)).tuples()
+            .group_by(D.user_id))
         capped.update(user for user, received in rows if received >= count)
     return capped
 

@@ -71,7 +71,8 @@ def in_window(t: time, window: Window) -> bool:
 def _at(day: datetime, t: time, tz: ZoneInfo) -> datetime:
     """The instant the clocks of ``tz`` show ``t`` on ``day``'s date (in UTC). A time the
     clocks skip (spring forward) is read with the offset before the change, so it lands
-    just after the gap; a time they show twice (fall back) is its first occurrence."""
+    as far after the gap (02:30 becomes 03:30 after a one-hour jump at 02:00); a time they
+    show twice (fall back) is its first occurrence."""
     return datetime.combine(day.date(), t, tzinfo=tz).astimezone(UTC)
 
 

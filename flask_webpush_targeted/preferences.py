@@ -37,8 +37,8 @@ def scope_of(category: str) -> str:
 
 def _stored(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, bool]:
     P = m.Preference
-    return dict(db.session.execute(sa.select(P.category, P.enabled)
-                                   .where(P.user_id == user_id)).tuples().all())
+    return {row.category: row.enabled for row in db.session.execute(
+        sa.select(P.category, P.enabled).where(P.user_id == user_id))}
 
 
 def preferences(db: SQLAlchemy, m: Models, categories: Mapping[str, Category] | None,
@@ -123,8 +123,8 @@ def opted_out(db: SQLAlchemy, m: Models, category: Category | None,
     out: set[str] = set()
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
-        chosen = dict(db.session.execute(
+        chosen = {row.user_id: row.enabled for row in db.session.execute(
             sa.select(P.user_id, P.enabled).where(
-                P.category == category.name, P.user_id.in_(chunk))).tuples().all())
+                P.category == category.name, P.user_id.in_(chunk)))}
         out.update(u for u in chunk if not chosen.get(u, category.default))
     return out

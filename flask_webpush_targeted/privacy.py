@@ -3,9 +3,9 @@
 Erasing leaves nothing that names the person: their deliveries, consents, category
 choices and devices go, and their id leaves every notification's lists (the targeting's
 ``user_ids`` and ``subscription_ids``, ``users_without_devices`` and ``users_opted_out``).
-What stays is anonymous: the running counters, and the sizes ``target_count`` and ``without_count`` of a
-notification already fanned out, which say how many were targeted and reached then.
-A notification not fanned out yet loses the person from its audience, and its
+What stays is anonymous: the running counters, and the sizes ``target_count`` and
+``without_count`` of a notification already fanned out, which say how many were targeted
+and reached then. A notification not fanned out yet loses the person from its audience, and its
 ``target_count`` with them: they will not be targeted.
 """
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from hostapp import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, make_host_app
+from hostapp import REDIS_URL, VAPID_PRIVATE, VAPID_PUBLIC, json_config, make_host_app
 
 from flask_webpush_targeted import WebPush
 from flask_webpush_targeted.transport.b64url import b64url_encode
@@ -379,14 +379,17 @@ class SendingHost:
             self.db.drop_all()
             self.db.engine.dispose()
 
-    def subscribe(self, user_id: str, label: str | None = None) -> Any:
-        """A browser-like subscription minted by the push service, stored for ``user_id``."""
+    def subscribe(self, user_id: str, label: str | None = None, *,
+                  timezone: str | None = None) -> Any:
+        """A browser-like subscription minted by the push service, stored for ``user_id``
+        (in the browser's ``timezone``, if given)."""
         from flask_webpush_targeted.subscriptions import SubscribeRequest, SubscriptionInfo
 
         sub = self.push_service.new_subscription()
         info = SubscriptionInfo(sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"])
         with self.app.app_context():
-            row, _ = self.webpush.store.subscribe(user_id, SubscribeRequest(info, "1", label), None)
+            row, _ = self.webpush.store.subscribe(
+                user_id, SubscribeRequest(info, "1", label, timezone), None)
             self.db.session.refresh(row)
             self.db.session.expunge(row)
             return row
@@ -394,7 +397,8 @@ class SendingHost:
     def env(self, **overrides: Any) -> dict[str, str]:
         import json
 
-        return {**os.environ, "WEBPUSH_TEST_APP": json.dumps({**self.config, **overrides}),
+        return {**os.environ,
+                "WEBPUSH_TEST_APP": json.dumps(json_config({**self.config, **overrides})),
                 "PYTHONPATH": TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def worker_command(self, *args: str) -> list[str]:

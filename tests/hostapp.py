@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -68,8 +69,29 @@ def make_host_app(db_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, WebPus
     return app, db, webpush
 
 
+def json_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with what JSON cannot carry spelled as JSON: a category's cap period in
+    seconds (``from_json_config`` reads it back)."""
+    categories = config.get("WEBPUSH_CATEGORIES")
+    if not categories:
+        return config
+    spelled = {name: {**spec, "cap": [spec["cap"][0], spec["cap"][1].total_seconds()]}
+               if spec.get("cap") else spec for name, spec in categories.items()}
+    return {**config, "WEBPUSH_CATEGORIES": spelled}
+
+
+def from_json_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``json_config`` spelled, as the extension takes them."""
+    categories = config.get("WEBPUSH_CATEGORIES")
+    if not categories:
+        return config
+    read = {name: {**spec, "cap": (spec["cap"][0], timedelta(seconds=spec["cap"][1]))}
+            if spec.get("cap") else spec for name, spec in categories.items()}
+    return {**config, "WEBPUSH_CATEGORIES": read}
+
+
 def create_app() -> Flask:
     """The host app a worker process runs: its config comes as JSON in WEBPUSH_TEST_APP."""
-    config = json.loads(os.environ["WEBPUSH_TEST_APP"])
+    config = from_json_config(json.loads(os.environ["WEBPUSH_TEST_APP"]))
     app, _db, _webpush = make_host_app(config.pop("SQLALCHEMY_DATABASE_URI"), **config)
     return app
