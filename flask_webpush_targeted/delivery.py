@@ -24,10 +24,12 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
-from .clock import monotonic, sleep, utcnow
+from .categories import quiet_window
+from .clock import iso, monotonic, sleep, utcnow
 from .context import app_state
 from .counters import add, bucket, bump, new_increments, platform_of, send_start
 from .ledger import finish_if_complete, skip_claimed, skip_pending
+from .local_time import Window, quiet_until, zone
 from .models import Models
 from .payload import payload_encoder
 from .preferences import TURNED_OFF, opted_out
@@ -60,7 +62,8 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     D, Sub, N = m.Delivery, m.Subscription, m.Notification
     # Only what a batch needs: the targeting of a large audience is megabytes of JSON.
     n = db.session.execute(sa.select(N.id, N.status, N.payload, N.ttl, N.urgency, N.topic,
-                                     N.send_at, N.created_at, N.category, N.rate_per_minute)
+                                     N.send_at, N.created_at, N.category, N.rate_per_minute,
+                                     N.quiet_hours)
                            .where(N.id == notification_id)).one_or_none()
     if n is None:
         return {}
@@ -96,7 +99,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     rows = db.session.execute(
         sa.select(D.id, D.subscription_id, D.attempts, D.due_at, D.user_id, Sub.endpoint,
                   Sub.p256dh, Sub.auth, Sub.revoked_at, Sub.user_agent,
-                  Sub.consecutive_failures)
+                  Sub.consecutive_failures, Sub.timezone)
         .outerjoin(Sub, Sub.id == D.subscription_id)
         .where(*in_batch, D.claimed_by == claim)).all()  # in_batch: no index on claimed_by
     if not rows:
@@ -111,8 +114,10 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     # 1-second validity would always look expired. The TTL header gets the whole seconds left.
     key = signing_key()
     turned_off = _turned_off(db, m, n.category, {row.user_id for row in rows})
+    quiet = _quiet_hours_of(n.category, n.quiet_hours)
     results: dict[int, PushResult] = {}
     to_send = []
+    held: dict[datetime, list[int]] = {}
     for row in rows:
         remaining = (deadline_of(row, start, deadline) - now).total_seconds()
         if row.endpoint is None or row.revoked_at is not None:
@@ -122,8 +127,13 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
             results[row.id] = PushResult(Outcome.SKIPPED, reason=TURNED_OFF)
         elif remaining <= 0 and not (n.ttl == 0 and row.attempts == 1):
             results[row.id] = PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed")
+        elif quiet is not None and (until := _quiet_until(row, quiet, now)) is not None:
+            # Due inside its device's quiet hours now (a retry, a late queue): held again.
+            held.setdefault(until, []).append(row.id)
         else:
             to_send.append((row, max(int(remaining), 0)))
+    if held:
+        _hold(db, m, nid, claim, held, first_id, last_id)
 
     payload, urgency, topic = n.payload, n.urgency, n.topic
     with_token = payload_encoder(payload)
@@ -198,6 +208,50 @@ def deadline_of(row: Any, start: datetime, deadline: datetime) -> datetime:
     (held by quiet hours, sent at a local time), as long from its own due time."""
     due: datetime | None = row.due_at
     return deadline + (due - start) if due is not None and due > start else deadline
+
+
+def _quiet_hours_of(category: str | None, wanted: bool | None) -> Window | None:
+    """The quiet hours a notification keeps (its category's, the global ones, or none)."""
+    state = app_state()
+    own = (state.categories or {}).get(category or "")
+    return quiet_window(own, state.quiet_hours, wanted)
+
+
+def _quiet_until(row: Any, quiet: Window, now: datetime) -> datetime | None:
+    """When the quiet hours of the row's device end, if it is inside them now."""
+    default = app_state().default_zone
+    try:
+        tz = zone(row.timezone or default)
+    except ValueError:
+        tz = zone(default)
+    return quiet_until(now, tz, quiet)
+
+
+def _hold(db: SQLAlchemy, m: Models, nid: int, claim: str, held: dict[datetime, list[int]],
+          first_id: int, last_id: int) -> None:
+    """Give back rows due inside quiet hours, due again (and valid from) when they end, and
+    schedule the batch then; ``holds`` counts them."""
+    D, N = m.Delivery, m.Notification
+    for until, ids in held.items():
+        db.session.execute(
+            sa.update(D).where(D.id.in_(ids), D.claimed_by == claim)
+            .values(status=DeliveryStatus.PENDING, claimed_by=None, next_attempt_at=until,
+                    due_at=until, attempts=D.attempts - 1)
+            .execution_options(synchronize_session=False))
+    holds = dict(db.session.scalar(sa.select(N.holds).where(N.id == nid).with_for_update())
+                 or {})
+    for until, ids in held.items():
+        key = iso(until) or ""
+        holds[key] = holds.get(key, 0) + len(ids)
+    db.session.execute(sa.update(N).where(N.id == nid).values(holds=holds)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+    try:
+        for until in sorted(held):
+            enqueue_at(get_queue(), until, SEND_BATCH, nid, first_id, last_id)
+    except redis.exceptions.RedisError:
+        log.warning("webpush: Redis unavailable; deliveries of notification %s held for quiet "
+                    "hours are left to recover", nid)
 
 
 def _turned_off(db: SQLAlchemy, m: Models, category: str | None, users: set[str]) -> set[str]:

@@ -227,7 +227,8 @@ def _write_chunk(db: SQLAlchemy, m: Models, nid: int, now: datetime, found: list
             holds[key] = holds.get(key, 0) + len(ids)
     if holds:
         N = m.Notification
-        before = db.session.scalar(sa.select(N.holds).where(N.id == nid)) or {}
+        before = dict(db.session.scalar(sa.select(N.holds).where(N.id == nid)
+                                        .with_for_update()) or {})
         for key, count in holds.items():
             before[key] = before.get(key, 0) + count
         db.session.execute(sa.update(N).where(N.id == nid).values(holds=dict(before))

@@ -1,6 +1,8 @@
 """The delivery pipeline as a state machine (hypothesis ``RuleBasedStateMachine``).
 
-Rules interleave notify, cancel (between jobs and in the middle of a batch), jobs run,
+Rules interleave notify (in a required or a capped category, keeping or ignoring quiet
+hours, throttled or not), customers changing their choice of category, cancel (between
+jobs and in the middle of a batch), jobs run,
 workers killed mid-batch, time passing in the middle of a batch, jobs run while Redis is
 down or with receivers that raise, recover, scripted
 push-service faults per subscription (429 with any Retry-After, 5xx, 404/410, timeouts)
@@ -20,7 +22,13 @@ Invariants, after every step:
   (in a killed batch, or timed out), and the extra copies are at most
   kills x WEBPUSH_SEND_CONCURRENCY + timeouts;
 - nothing is received for a notification after cancel() returned, beyond what was in
-  flight (WEBPUSH_SEND_CONCURRENCY, for a cancel in the middle of a batch).
+  flight (WEBPUSH_SEND_CONCURRENCY, for a cancel in the middle of a batch);
+- a delivery becomes sent only while its user has the category on;
+- no delivery of a notification that keeps quiet hours is sent inside its device's quiet
+  hours, in the device's time zone;
+- no user gets more notifications of the capped category than its cap in any period;
+- a throttled notification's messages each wait for a slot of its budget, and the slots
+  are at least 60 / rate seconds apart.
 At the end, time runs on (recover every minute, jobs as they come due) for the longest
 validity plus 2 x WEBPUSH_CLAIM_TIMEOUT plus WEBPUSH_RETRY_MAX_DELAY: by then every
 delivery is final and every notification done or cancelled.
@@ -33,8 +41,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from conftest import SendingHost
@@ -52,6 +62,7 @@ from pipeline_driver import InProcessQueue
 
 from flask_webpush_targeted import delivery
 from flask_webpush_targeted.clock import ManualClock, use_clock
+from flask_webpush_targeted.local_time import in_window, parse_window
 from flask_webpush_targeted.payload import default_tag
 
 FINAL = ("sent", "failed", "gone", "expired", "skipped")
@@ -60,6 +71,16 @@ CLAIM_TIMEOUT = 120
 RETRY_MAX = 60
 READ_TIMEOUT = 0.3
 USERS = ["1", "2", "3"]
+#: two devices on UTC, whose quiet hours start half a minute after the run starts, three on
+#: Tokyo's time (the same window is at midday UTC there: never reached)
+ZONES = ["UTC", "Asia/Tokyo", "Europe/London", "Asia/Tokyo", "Asia/Tokyo"]
+START = datetime(2026, 12, 1, 20, 59, 30, tzinfo=UTC)
+QUIET = ("21:00", "21:20")
+CAP = (1, timedelta(minutes=30))
+CATEGORIES = {
+    "orders": {"label": "Order updates", "required": True, "quiet_hours": None},
+    "offers": {"label": "Offers", "cap": CAP, "default": True},
+}
 
 PROFILES = {
     "ci": dict(max_examples=25, stateful_step_count=30),
@@ -82,16 +103,25 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
     class Pipeline(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            self.clock = ManualClock()
+            self.clock = ManualClock(START)
             self._clock_cm = use_clock(self.clock)
             self._clock_cm.__enter__()
             self.host = SendingHost(
                 db_url, push_service, WEBPUSH_SEND_CONCURRENCY=CONCURRENCY,
                 WEBPUSH_BATCH_SIZE=3, WEBPUSH_MAX_ATTEMPTS=3, WEBPUSH_RETRY_BASE_DELAY=5,
                 WEBPUSH_RETRY_MAX_DELAY=RETRY_MAX, WEBPUSH_CLAIM_TIMEOUT=CLAIM_TIMEOUT,
-                WEBPUSH_READ_TIMEOUT=READ_TIMEOUT, WEBPUSH_CONNECT_TIMEOUT=1)
+                WEBPUSH_READ_TIMEOUT=READ_TIMEOUT, WEBPUSH_CONNECT_TIMEOUT=1,
+                WEBPUSH_CATEGORIES=CATEGORIES, WEBPUSH_QUIET_HOURS=QUIET)
             self.queue = InProcessQueue(self.host.app, self.clock)
-            self.subs = [self.host.subscribe(USERS[i % 3]) for i in range(5)]
+            self.subs = [self.host.subscribe(USERS[i % 3], timezone=ZONES[i]) for i in range(5)]
+            self.zone_of = {s.id: ZoneInfo(ZONES[i]) for i, s in enumerate(self.subs)}
+            self.offers_on = {user: True for user in USERS}
+            self.seen_sent: set[tuple[int, int]] = set()
+            self.quiet_kept: set[int] = set()  # notifications that keep quiet hours
+            self.category_of: dict[int, str] = {}
+            self.rate_of: dict[int, int] = {}
+            self.slots: dict[int, list[float]] = {}  # throttled nid -> slot times handed out
+            self.handed: dict[int, list[float]] = {}  # nid -> times messages were made
             self.by_endpoint = {s.endpoint: s for s in self.subs}
             self.notifications: list[int] = []
             self.max_ttl = 0
@@ -128,30 +158,52 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             D = self.host.webpush.models.Delivery
             with self.host.app.app_context():
                 got = self.host.db.session.execute(
-                    sa.select(D.notification_id, D.subscription_id, D.status)
+                    sa.select(D.notification_id, D.subscription_id, D.status, D.user_id,
+                              D.sent_at, D.created_at)
                     .where(D.notification_id.in_(self.notifications))).all()
                 self.host.db.session.commit()
             return list(got)
 
         # -- rules ----------------------------------------------------------------------
 
-        @initialize()
-        def a_first_notification(self) -> None:
-            """Every run has something to deliver, whatever rules it draws."""
-            self.notify(USERS, 300, None)
+        @initialize(offset=st.sampled_from([0, 60, 600]),
+                    kind=st.sampled_from(["orders", "offers", "offers-rate", "orders-rate"]))
+        def a_first_notification(self, offset: int, kind: str) -> None:
+            """Every run has something to deliver, whatever rules it draws, sometimes in
+            the quiet hours of the UTC devices (from 21:00), sometimes throttled."""
+            self.clock.advance(offset)
+            category, _, throttled = kind.partition("-")
+            self.notify(USERS, 300, None, category, None, 30 if throttled else None)
 
         @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
               ttl=st.sampled_from([0, 30, 300, 3600]),
-              later=st.sampled_from([None, 10, 200]))
-        def notify(self, users: list[str], ttl: int, later: int | None) -> None:
-            from datetime import timedelta
-
+              later=st.sampled_from([None, 10, 200]),
+              category=st.sampled_from(["orders", "offers"]),
+              quiet=st.sampled_from([None, None, False]),
+              rate=st.sampled_from([None, None, 12, 600]))
+        def notify(self, users: list[str], ttl: int, later: int | None, category: str,
+                   quiet: bool | None, rate: int | None) -> None:
             send_at = None if later is None else self.clock.now + timedelta(seconds=later)
             with self.host.app.app_context():
                 n = self.host.webpush.notify_users(users, title="Sale", ttl=ttl,
-                                                   send_at=send_at)
-                self.notifications.append(int(n.id))
-            self.max_ttl = max(self.max_ttl, ttl + (later or 0))
+                                                   send_at=send_at, category=category,
+                                                   quiet_hours=quiet, rate_per_minute=rate)
+                nid = int(n.id)
+            self.notifications.append(nid)
+            self.category_of[nid] = category
+            if category == "offers" and quiet is None:
+                self.quiet_kept.add(nid)
+            if rate is not None:
+                self.rate_of[nid] = rate
+            # A hold lasts until the quiet hours end; a throttled one takes its slots.
+            self.max_ttl = max(self.max_ttl, ttl + (later or 0) + 25 * 60
+                               + (5 * 60 // rate if rate else 0))
+
+        @rule(user=st.sampled_from(USERS), on=st.booleans())
+        def choose_offers(self, user: str, on: bool) -> None:
+            with self.host.app.app_context():
+                self.host.webpush.set_preferences(user, {"offers": on}, source="devices_page")
+            self.offers_on[user] = on
 
         @precondition(lambda self: self.notifications)
         @rule(data=st.data())
@@ -207,7 +259,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
 
             self._run_one(around)
             # Whatever that batch left claimed may or may not have reached the service.
-            for nid, sid, status in self.rows():
+            for nid, sid, status, *_ in self.rows():
                 if status == "sending":
                     self.uncertain.add((nid, sid))
 
@@ -294,7 +346,29 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             counts = {sid: push_service.request_count(self._sub(sid).endpoint)
                       for sid in self.timing_out}
             ran = len(self.queue.ran)
-            self.queue.run_one(around)
+            real_reserve, real_message = delivery.reserve, delivery.Message
+            D = self.host.webpush.models.Delivery
+            with self.host.app.app_context():  # read now: the batch's session is its own
+                nid_of = {row.id: row.notification_id for row in self.host.db.session.execute(
+                    sa.select(D.id, D.notification_id)
+                    .where(D.notification_id.in_(list(self.rate_of))))}
+                self.host.db.session.commit()
+
+            def reserving(connection: Any, key: str, rate: int, wanted: int) -> Any:
+                slots = real_reserve(connection, key, rate, wanted)
+                nid = int(key.rsplit(":", 1)[1])
+                self.slots.setdefault(nid, []).extend(slots.at(i) for i in range(slots.count))
+                return slots
+
+            def message(delivery_id: int, *args: Any) -> Any:
+                nid = nid_of.get(delivery_id)
+                if nid is not None:
+                    self.handed.setdefault(nid, []).append(self.clock.now.timestamp())
+                return real_message(delivery_id, *args)
+
+            with mock.patch.object(delivery, "reserve", reserving), \
+                    mock.patch.object(delivery, "Message", message):
+                self.queue.run_one(around)
             if len(self.queue.ran) == ran or self.queue.ran[-1][0] != "send_batch":
                 return
             nid = self.queue.ran[-1][1][0]
@@ -323,7 +397,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             with self.host.app.app_context():
                 for nid in self.notifications:
                     stats = self.host.webpush.stats(nid)
-                    mine = Counter(status for n, _sid, status in rows if n == nid)
+                    mine = Counter(row.status for row in rows if row.notification_id == nid)
                     assert stats["deliveries"] == sum(mine.values()), (nid, stats, mine)
                     for status in FINAL:
                         assert stats[status] == mine[status], (nid, status, stats, mine)
@@ -331,7 +405,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
         @invariant()
         def push_service_agrees_with_the_ledger(self) -> None:
             seen = self.received()
-            status_of = {(nid, sid): status for nid, sid, status in self.rows()}
+            status_of = {(r.notification_id, r.subscription_id): r.status for r in self.rows()}
             for key, status in status_of.items():
                 if status == "sent":
                     assert seen[key] >= 1, (key, "recorded sent, never received")
@@ -350,7 +424,65 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             for nid, (at_cancel, allowance) in self.cancelled_at.items():
                 assert self._received_of(nid) <= at_cancel + allowance, nid
 
+        @invariant()
+        def sent_only_while_the_user_has_the_category_on(self) -> None:
+            for row in self.rows():
+                key = (row.notification_id, row.subscription_id)
+                if row.status != "sent" or key in self.seen_sent:
+                    continue
+                self.seen_sent.add(key)
+                # A choice changes between steps only: the step that sent it saw this one.
+                if self.category_of[row.notification_id] == "offers":
+                    assert self.offers_on[row.user_id], (key, "sent with offers turned off")
+
+        @invariant()
+        def nothing_sent_inside_quiet_hours(self) -> None:
+            window = parse_window(QUIET)
+            for row in self.rows():
+                if row.status == "sent" and row.notification_id in self.quiet_kept:
+                    local = row.sent_at.astimezone(self.zone_of[row.subscription_id])
+                    assert not in_window(local.time(), window), (row, local)
+
+        @invariant()
+        def no_user_gets_more_offers_than_the_cap(self) -> None:
+            count, period = CAP
+            first_sent: dict[tuple[str, int], datetime] = {}
+            for row in self.rows():
+                if row.status == "sent" and self.category_of[row.notification_id] == "offers":
+                    key = (row.user_id, row.notification_id)
+                    first_sent[key] = min(first_sent.get(key, row.created_at), row.created_at)
+            for user in USERS:
+                times = sorted(at for (u, _nid), at in first_sent.items() if u == user)
+                for i, at in enumerate(times):
+                    within = [t for t in times[i:] if t - at < period]
+                    assert len(within) <= count, (user, times)
+
+        @invariant()
+        def throttled_messages_wait_for_their_slots(self) -> None:
+            for nid, rate in self.rate_of.items():
+                slots = sorted(self.slots.get(nid, []))
+                gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+                assert all(gap >= 60 / rate - 1e-6 for gap in gaps), (nid, rate, slots)
+                for index, at in enumerate(sorted(self.handed.get(nid, []))):
+                    assert index < len(slots) and slots[index] <= at + 1e-6, (
+                        nid, "a message before its slot", at, slots)
+
         # -- the end: time runs on until everything is final ------------------------------
+
+        def report(self) -> None:
+            """What this run reached (WEBPUSH_MACHINE_REPORT=file): to see the rules bite."""
+            rows = self.rows()
+            line = {"throttled": len(self.rate_of), "slots": sum(map(len, self.slots.values())),
+                    "quiet_kept_sent": sum(r.status == "sent" and r.notification_id
+                                           in self.quiet_kept for r in rows),
+                    "held_ever": sum(bool(self.host.notification(n).holds)
+                                     for n in self.notifications),
+                    "capped": sum(self.host.notification(n).capped_count or 0
+                                  for n in self.notifications),
+                    "opted_out": sum(self.host.notification(n).opted_out_count or 0
+                                     for n in self.notifications)}
+            with open(os.environ["WEBPUSH_MACHINE_REPORT"], "a") as out:
+                out.write(f"{line}\n")
 
         def drain(self) -> None:
             # Faults set up so far stay in force; recover runs once a minute, as in a worker.
@@ -378,6 +510,8 @@ def test_the_delivery_pipeline_keeps_its_invariants_under_faults(
         def teardown(self) -> None:
             try:
                 self.drain()
+                if os.environ.get("WEBPUSH_MACHINE_REPORT"):
+                    self.report()
                 rows = self.rows()
                 open_rows = [r for r in rows if r.status not in FINAL]
                 assert not open_rows, f"not final after the horizon: {open_rows}"

@@ -329,3 +329,30 @@ def test_forget_user_erases_their_choices_and_their_id_from_the_opted_out_lists(
     assert counts["preferences"] == 1 and left == 0
     n = host.notification(nid)
     assert n.users_opted_out == [] and n.opted_out_count == 1  # the figure stays, anonymous
+
+
+def test_a_retry_that_falls_inside_quiet_hours_is_held_until_they_end(
+        make_host: Any, push_service: Any) -> None:
+    host = rules_host(make_host, WEBPUSH_RETRY_BASE_DELAY=600)
+    sub = host.subscribe("1", timezone="Europe/Warsaw")
+    with host.app.app_context():
+        host.webpush.set_preferences("1", {"marketing": True})
+    push_service.respond(sub.endpoint, 503, times=1)
+    clock = ManualClock(datetime(2026, 12, 1, 19, 55, tzinfo=UTC))  # 20:55 in Warsaw
+    with use_clock(clock):
+        nid = notify(host, ["1"], category="marketing", ttl=86400)
+        queue = InProcessQueue(host.app, clock)
+        queue.run_all()
+        [d] = host.deliveries(nid)
+        assert (d.status, d.attempts) == ("pending", 1)  # 503: retry in 10 minutes, at 21:05
+        clock.advance(11 * 60)
+        queue.run_all()
+        [d] = host.deliveries(nid)
+        release = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)  # 08:00 in Warsaw
+        assert (d.status, d.next_attempt_at, d.attempts) == ("pending", release, 1)
+        assert stats(host, nid)["held"] == 1
+        clock.now = release
+        queue.run_all()
+    [d] = host.deliveries(nid)
+    assert (d.status, d.attempts) == ("sent", 2)
+    assert push_service.request_count(sub.endpoint) == 2
