@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app, render_template, session, url_for
-from flask_login import user_logged_out
+from flask_login import current_user, user_logged_out
 from markupsafe import Markup
 
 from . import notifications, preferences, privacy
@@ -110,6 +110,11 @@ class WebPush:
     def optin_widget(self, template: str = "webpush/optin.html") -> Markup:
         """Render the opt-in widget (the ``webpush_optin()`` Jinja global)."""
         config = current_app.config
+        categories = app_state().categories or {}
+        # Each box ticked as the customer has it now (the defaults until they chose): a
+        # second browser's opt-in must not offer the defaults again and undo their choice.
+        chosen = (self.preferences(current_user)
+                  if categories and current_user and current_user.is_authenticated else {})
         # render_template autoescapes; the result is HTML already.
         return Markup(render_template(  # noqa: S704
             template,
@@ -122,8 +127,12 @@ class WebPush:
             subscriptions_url=url_for("webpush.subscriptions"),
             withdraw_url=url_for("webpush.withdraw_consent"),
             devices_url=url_for("webpush.devices"),
+            preferences_url=url_for("webpush.save_preferences"),
             script_url=url_for("webpush.static", filename="webpush/webpush.js"),
             style_url=url_for("webpush.static", filename="webpush/webpush.css"),
+            categories=[{"name": c.name, "label": c.label, "description": c.description,
+                         "required": c.required, "checked": chosen.get(c.name, c.default_on)}
+                        for c in categories.values()],
         ))
 
     # -- sending ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The customer's devices page and the consent withdrawal it offers."""
+"""The customer's devices page: devices, the categories they receive, consent withdrawal."""
 
 from __future__ import annotations
 
 from flask import (
     Blueprint,
     abort,
+    current_app,
     jsonify,
     redirect,
     render_template,
@@ -14,15 +15,27 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from ..csrf import check_csrf, csrf_token
-from ..exceptions import CSRFError, SubscriptionNotFound
+from ..context import app_state
+from ..csrf import FORM_FIELD, check_csrf, csrf_token
+from ..exceptions import BadRequestError, CSRFError, InvalidPreferences, SubscriptionNotFound
+from ..preferences import set_preferences
+from ..transport.text import clean_text
 from ..users import user_id_of
-from .common import ext, login_page, require_login_json
+from .common import ext, json_body, login_page, require_login_json
+
+#: the form field of the devices page's category switches, one value per category turned on
+CATEGORY_FIELD = "categories"
+#: the ledger's sources a browser may name for its JSON choices ("api" and "host" are the
+#: server's); the widget names itself, another page of the customer's counts as the devices
+#: page's
+BROWSER_SOURCES = ("devices_page", "widget")
 
 MESSAGES = {
     "revoked": "The device was removed: it will receive no more notifications.",
     "withdrawn": "Your consent is withdrawn and every device was unlinked from your account.",
+    "saved": "Your choices are saved.",
 }
+EXPIRED = "The form has expired: reload the devices page and try again."
 
 
 def register(bp: Blueprint) -> None:
@@ -31,6 +44,8 @@ def register(bp: Blueprint) -> None:
     bp.add_url_rule("/devices/<int:subscription_id>/revoke", "revoke_device", revoke_device,
                     methods=["POST"])
     bp.add_url_rule("/consent/withdraw", "withdraw_consent", withdraw_consent, methods=["POST"])
+    bp.add_url_rule("/preferences", "save_preferences", save_preferences,
+                    methods=["POST", "PUT"])
 
 
 def _wants_json() -> bool:
@@ -38,13 +53,16 @@ def _wants_json() -> bool:
 
 
 def devices() -> ResponseReturnValue:
-    """The customer's own browsers: label, added, last used; revoke; withdraw consent."""
+    """The customer's own browsers: label, added, last used; revoke; the categories they
+    receive; withdraw consent."""
     if not current_user.is_authenticated:
         return login_page()
     subs = ext().store.user_subscriptions(user_id_of(current_user), active_only=True)
+    categories = app_state().categories or {}
     return render_template(
         "webpush/devices.html", subscriptions=subs, csrf_token=csrf_token(),
         message=MESSAGES.get(request.args.get("done", "")),
+        categories=list(categories.values()), preferences=ext().preferences(current_user),
     )
 
 
@@ -57,7 +75,7 @@ def revoke_device(subscription_id: int) -> ResponseReturnValue:
         ext().store.revoke(user_id_of(current_user), subscription_id,
                            user_agent=request.headers.get("User-Agent"))
     except CSRFError:
-        abort(400, "The form has expired: reload the devices page and try again.")
+        abort(400, EXPIRED)
     except SubscriptionNotFound:
         abort(404, "You have no device with this id.")
     return redirect(url_for("webpush.devices", done="revoked"), 303)
@@ -76,7 +94,67 @@ def withdraw_consent() -> ResponseReturnValue:
     try:
         check_csrf()
     except CSRFError:
-        abort(400, "The form has expired: reload the devices page and try again.")
+        abort(400, EXPIRED)
     ext().store.withdraw_consent(user_id_of(current_user),
                                  user_agent=request.headers.get("User-Agent"))
     return redirect(url_for("webpush.devices", done="withdrawn"), 303)
+
+
+def save_preferences() -> ResponseReturnValue:
+    """Save the categories the customer receives: the devices page's form (303 back to it),
+    or JSON ``{"categories": {name: bool}, "source"?: "widget"}`` answering
+    ``{"preferences": {...}}``."""
+    if request.method == "PUT" or _wants_json():
+        user_id = require_login_json()
+        check_csrf()
+        body = json_body()
+        if (not isinstance(body, dict) or "categories" not in body
+                or not set(body) <= {"categories", "source"}):
+            raise BadRequestError("Send {\"categories\": {\"<category>\": true or false}}, "
+                                  "optionally with \"source\": \"widget\".")
+        source = body.get("source", "devices_page")
+        if source not in BROWSER_SOURCES:
+            raise BadRequestError(f"'source' must be one of {', '.join(BROWSER_SOURCES)}.")
+        return jsonify(preferences=_save(user_id, body["categories"], source))
+    if not current_user.is_authenticated:
+        return login_page()
+    try:
+        check_csrf()
+    except CSRFError:
+        abort(400, EXPIRED)
+    try:
+        _save(user_id_of(current_user), _form_choices(), "devices_page")
+    except InvalidPreferences as exc:
+        abort(400, exc.message)
+    return redirect(url_for("webpush.devices", done="saved"), 303)
+
+
+def _form_choices() -> dict[str, bool]:
+    """The form's switches as choices: a browser sends only the ticked boxes, so every
+    category it may turn off that is absent is turned off (a required one is left as is)."""
+    categories = app_state().categories
+    if not categories:
+        abort(400, "There are no categories to choose from on this site.")
+    unknown = set(request.form) - {FORM_FIELD, CATEGORY_FIELD}
+    if unknown:
+        abort(400, f"The form has a field it should not have "
+                   f"({_shown(sorted(unknown)[0])}): reload the devices page.")
+    ticked = set(request.form.getlist(CATEGORY_FIELD))
+    strangers = ticked - set(categories)
+    if strangers:
+        abort(400, f"{_shown(sorted(strangers)[0])} is not a category of this "
+                   "site: reload the devices page and choose again.")
+    return {name: name in ticked for name, c in categories.items() if not c.required}
+
+
+def _save(user_id: str, choices: object, source: str) -> dict[str, bool]:
+    state = app_state()
+    return set_preferences(
+        state.db, state.models, state.categories, user_id, choices, source=source,
+        text_version=current_app.config["WEBPUSH_CONSENT_VERSION"],
+        user_agent=request.headers.get("User-Agent"))
+
+
+def _shown(text: str) -> str:
+    """A name the browser sent, quoted for a message (controls and surrogates blanked)."""
+    return repr(clean_text(text, 64) or "")

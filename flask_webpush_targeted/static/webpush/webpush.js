@@ -25,6 +25,16 @@
     });
   }
 
+  // The browser's IANA time zone, for sends at a local time and quiet hours; none if unknown.
+  function timeZone() {
+    try {
+      const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+      return typeof zone === 'string' && zone ? zone : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
   async function errorMessage(response) {
     try {
       const body = await response.json();
@@ -40,6 +50,7 @@
     const boxes = Array.from(root.querySelectorAll('input[data-webpush-consent]'));
     const enable = root.querySelector('[data-webpush-enable]');
     const withdraw = root.querySelector('[data-webpush-withdraw]');
+    const categories = Array.from(root.querySelectorAll('input[data-webpush-category]'));
     const jsonHeaders = { 'Accept': 'application/json', 'X-CSRF-Token': cfg.csrfToken };
 
     function say(state, text) {
@@ -48,11 +59,26 @@
     }
     function consented() { return boxes.every((b) => b.checked); }
     function refresh() { enable.disabled = !consented(); }
+    function choices() {
+      const chosen = {};
+      categories.forEach((b) => { chosen[b.dataset.webpushCategory] = b.checked; });
+      return chosen;
+    }
+    function subscribeBody(sub) {
+      const body = {
+        subscription: sub.toJSON(),
+        consent: { notifications: true, link_to_account: true, text_version: cfg.consentVersion },
+      };
+      const zone = timeZone();
+      if (zone) body.timezone = zone;
+      if (categories.length) body.categories = choices();
+      return body;
+    }
 
     const supported = window.isSecureContext && 'serviceWorker' in navigator &&
       'PushManager' in window && 'Notification' in window;
     if (!supported) {
-      boxes.concat([enable, withdraw]).forEach((el) => { el.disabled = true; });
+      boxes.concat(categories, [enable, withdraw]).forEach((el) => { el.disabled = true; });
       say('unsupported', 'This browser cannot receive notifications from this site ' +
         '(it lacks the Push API, or the page is not served over HTTPS).');
       return;
@@ -107,10 +133,7 @@
         const response = await fetch(cfg.subscriptionsUrl, {
           method: 'POST', credentials: 'same-origin',
           headers: Object.assign({ 'Content-Type': 'application/json' }, jsonHeaders),
-          body: JSON.stringify({
-            subscription: sub.toJSON(),
-            consent: { notifications: true, link_to_account: true, text_version: cfg.consentVersion },
-          }),
+          body: JSON.stringify(subscribeBody(sub)),
         });
         if (!response.ok) {
           say('error', 'The shop could not save this browser: ' + await errorMessage(response));
@@ -122,6 +145,30 @@
         say('error', 'Your browser could not subscribe: ' + (err && err.message ? err.message : err));
       }
     });
+
+    // Once notifications are on, a changed category is saved at once; before, it goes with
+    // the opt-in.
+    categories.forEach((box) => box.addEventListener('change', async () => {
+      if (root.dataset.state !== 'on' || !cfg.preferencesUrl) return;
+      try {
+        const response = await fetch(cfg.preferencesUrl, {
+          method: 'PUT', credentials: 'same-origin',
+          headers: Object.assign({ 'Content-Type': 'application/json' }, jsonHeaders),
+          body: JSON.stringify({
+            categories: { [box.dataset.webpushCategory]: box.checked }, source: 'widget',
+          }),
+        });
+        if (!response.ok) {
+          box.checked = !box.checked;
+          say('on', 'Your choice could not be saved: ' + await errorMessage(response));
+          return;
+        }
+        say('on', 'Your choices are saved.');
+      } catch (err) {
+        box.checked = !box.checked;
+        say('on', 'Your choice could not be saved: ' + (err && err.message ? err.message : err));
+      }
+    }));
 
     withdraw.addEventListener('click', async () => {
       try {
