@@ -12,12 +12,21 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import stats
+from .context import app_state
 from .counters import fold_old_platform_rows
-from .exceptions import InvalidNotification, NotificationNotFound, QueueUnavailable, WebPushError
-from .notifications import DEVICE_WORDS, URGENCIES, NotificationOptions
+from .exceptions import (
+    InvalidNotification,
+    InvalidPreferences,
+    InvalidUserId,
+    NotificationNotFound,
+    QueueUnavailable,
+    WebPushError,
+)
+from .notifications import DEVICE_WORDS, MAX_RATE_PER_MINUTE, URGENCIES, NotificationOptions
 from .push_api.keys import SCOPES, create_key, find_keys, list_keys, revoke_key
 from .transport.text import storable
 from .transport.vapid import generate_vapid_keys
+from .users import user_id_of
 from .worker import run_worker
 
 #: the longest retention prune accepts (100 years): more overflows the date arithmetic
@@ -122,14 +131,28 @@ _DEFAULTS = {option.name: option.default for option in fields(NotificationOption
 @click.option("--ttl", type=int, default=None, help="Validity period in seconds.")
 @click.option("--urgency", type=click.Choice(URGENCIES), default=_DEFAULTS["urgency"])
 @click.option("--topic", default=None)
-@click.option("--category", default=None)
+@click.option("--category", default=None,
+              help="With WEBPUSH_CATEGORIES, one of its names (default: the first required "
+                   "one); without, a free label.")
 @click.option("--send-at", default=None,
               help="ISO 8601 time with an offset, e.g. 2026-12-01T09:00+01:00.")
+@click.option("--send-at-local", default=_DEFAULTS["send_at_local"], metavar="HH:MM",
+              help="Each device gets it at the next such time in its own time zone "
+                   "(not with --send-at).")
+@click.option("--quiet-hours/--no-quiet-hours", default=_DEFAULTS["quiet_hours"],
+              help="Keep or ignore quiet hours (default: the category's or "
+                   "WEBPUSH_QUIET_HOURS).")
+@click.option("--rate-per-minute", type=int, default=_DEFAULTS["rate_per_minute"], metavar="N",
+              help=f"At most N deliveries a minute, across all workers (1 to "
+                   f"{MAX_RATE_PER_MINUTE:,}).")
 @click.option("--idempotency-key", default=None)
 def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str, url: str | None,
                  devices: str, ttl: int | None, urgency: str, topic: str | None,
-                 category: str | None, send_at: str | None, idempotency_key: str | None) -> None:
+                 category: str | None, send_at: str | None, send_at_local: str | None,
+                 quiet_hours: bool | None, rate_per_minute: int | None,
+                 idempotency_key: str | None) -> None:
     """Send one notification to the given users; prints its id and the users without devices."""
+    _check_category(category)
     ids = list(users)
     if users_file is not None:
         try:
@@ -150,12 +173,24 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
     try:
         n = current_app.extensions["webpush"].notify_users(
             ids, title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
-            topic=topic, category=category, send_at=when, idempotency_key=idempotency_key)
+            topic=topic, category=category, send_at=when, idempotency_key=idempotency_key,
+            send_at_local=send_at_local, quiet_hours=quiet_hours,
+            rate_per_minute=rate_per_minute)
     except InvalidNotification as exc:
         raise click.ClickException(exc.message) from exc
     except QueueUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Notification {n.id} {n.status} for {len(ids)} user(s).")
+
+
+def _check_category(category: str | None) -> None:
+    """With categories configured, ``--category`` names one of them (a usage error, exit 2,
+    otherwise): the choices are the app's, known only once it is loaded."""
+    configured = app_state().categories
+    if category is not None and configured is not None and category not in configured:
+        raise click.BadParameter(
+            f"{category!r} is not one of {', '.join(map(repr, configured))} "
+            "(WEBPUSH_CATEGORIES).", param_hint="--category")
 
 
 @webpush_cli.command("stats")
@@ -261,3 +296,59 @@ def api_key_revoke_command(key: str) -> None:
                                    "revoke one by its id.")
     revoke_key(webpush.db, rows[0])
     click.echo(f"API key {rows[0].id} ({rows[0].name}) revoked.")
+
+
+# -- customers' choices of categories -----------------------------------------------------------
+
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+def _choices(values: tuple[str, ...]) -> dict[str, bool]:
+    """``--set name=on|off`` options as choices; a usage error for a malformed one."""
+    choices: dict[str, bool] = {}
+    for value in values:
+        name, sep, word = value.partition("=")
+        word = word.strip().lower()
+        if not sep or not name or word not in _ON + _OFF:
+            raise click.BadParameter(f"{value!r} is not NAME=on or NAME=off",
+                                     param_hint="--set")
+        choice = word in _ON
+        if choices.get(name, choice) != choice:
+            raise click.BadParameter(f"{name!r} is set both on and off", param_hint="--set")
+        choices[name] = choice
+    return choices
+
+
+@webpush_cli.command("preferences")
+@click.argument("user_id")
+@click.option("--set", "changes", multiple=True, metavar="NAME=on|off",
+              help="Turn a category on or off for the user (repeatable); each change is "
+                   "recorded in the consent ledger with source 'host'.")
+def preferences_command(user_id: str, changes: tuple[str, ...]) -> None:
+    """Print USER_ID's choice per category, after the changes --set asks for."""
+    try:
+        user_id = user_id_of(user_id)
+    except InvalidUserId as exc:
+        raise click.BadParameter(str(exc), param_hint="USER_ID") from exc
+    webpush = current_app.extensions["webpush"]
+    categories = app_state().categories
+    if changes:
+        choices = _choices(changes)
+        before = webpush.preferences(user_id)
+        try:
+            after = webpush.set_preferences(user_id, choices, source="host")
+        except InvalidPreferences as exc:
+            raise click.BadParameter(exc.message, param_hint="--set") from exc
+        changed = sum(before.get(name) != value for name, value in after.items())
+        click.echo(f"{changed} change(s) recorded for user {user_id!r}.")
+    else:
+        after = webpush.preferences(user_id)
+    if not categories:
+        click.echo("Categories are off (WEBPUSH_CATEGORIES is None): there is nothing to "
+                   "choose.")
+        return
+    width = max(len(name) for name in categories)
+    for name, category in categories.items():
+        note = " (required)" if category.required else ""
+        click.echo(f"{name:<{width}}  {'on' if after[name] else 'off':<3}  "
+                   f"{category.label}{note}")

@@ -133,3 +133,55 @@ def test_commands_end_with_a_message_not_a_traceback(cli: Any, args: list[str]) 
     _app, runner = cli
     result = run(runner, args)
     assert result.exit_code in (1, 2), result.output
+
+
+# -- the options of categories, and users' choices ----------------------------------------------
+
+FUZZ_CATEGORIES = {"orders": {"label": "Your orders", "required": True},
+                   "marketing": {"label": "Offers"}}
+CATEGORY_SEND_OPTIONS = ("--send-at-local", "--rate-per-minute", "--category", "--send-at")
+
+
+@pytest.fixture
+def shop_cli(make_app: Any) -> Any:
+    """(app, runner) with categories and quiet hours configured, a queue of its own."""
+    app, _db, _webpush = make_app(WEBPUSH_SITE_URL="https://shop.example",
+                                  WEBPUSH_QUEUE=f"webpush-fuzz-{uuid.uuid4().hex[:8]}",
+                                  WEBPUSH_CATEGORIES=FUZZ_CATEGORIES,
+                                  WEBPUSH_QUIET_HOURS=("21:00", "08:00"))
+    yield app, app.test_cli_runner()
+    empty_queue(app)
+
+
+def _clock_or_arg() -> st.SearchStrategy[str]:
+    return st.one_of(arg(), st.sampled_from(["09:30", "23:59", "00:00", "orders", "marketing"]),
+                     st.from_regex(r"\A[0-9]{1,3}:[0-9]{1,3}\Z"))
+
+
+@given(options=st.dictionaries(st.sampled_from(CATEGORY_SEND_OPTIONS), _clock_or_arg(),
+                               max_size=3),
+       quiet=st.sampled_from([[], ["--quiet-hours"], ["--no-quiet-hours"]]),
+       categories=st.booleans())
+@fuzz_settings(2)
+def test_fuzz_send_with_the_options_of_categories(
+    cli: Any, shop_cli: Any, options: dict[str, str], quiet: list[str], categories: bool,
+) -> None:
+    _app, runner = shop_cli if categories else cli
+    args = ["webpush", "send", "--user", "1", "--title", "Sale", *quiet]
+    for name, value in options.items():
+        args += [name, value]
+    run(runner, args)
+
+
+@given(user_id=arg(), sets=st.lists(st.one_of(
+    st.builds(lambda n, v: f"{n}={v}", st.sampled_from(["orders", "marketing", "news"]),
+              st.sampled_from(["on", "off", "yes", "0", ""])),
+    arg()), max_size=3), categories=st.booleans())
+@fuzz_settings()
+def test_fuzz_preferences(cli: Any, shop_cli: Any, user_id: str, sets: list[str],
+                          categories: bool) -> None:
+    _app, runner = shop_cli if categories else cli
+    args = ["webpush", "preferences"]
+    for value in sets:
+        args += ["--set", value]
+    run(runner, [*args, "--", user_id])

@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
-from ..notifications import DEVICE_WORDS, MAX_TTL, URGENCIES
+from ..notifications import DEVICE_WORDS, MAX_RATE_PER_MINUTE, MAX_TTL, URGENCIES
 from ..platforms import PLATFORMS
 from ..statuses import NOTIFICATION_STATUSES
 from ..web_input import MAX_DEPTH
@@ -40,6 +40,7 @@ _ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
         "bad_filter": _error("bad_request", "status must be one of scheduled, queued, sending, "
                              "done, cancelled."),
         "bad_user_id": _error("bad_request", "A user id is 1 to 255 characters, without NUL."),
+        "not_a_choice": _error("bad_request", "preferences['marketing'] must be true or false."),
         "unknown_field": _error("bad_request", "Unknown field(s): colour."),
         "naive_time": _error("bad_request", "send_at must be an RFC 3339 date-time with an "
                              "offset, e.g. '2026-12-01T09:00:00+01:00' or "
@@ -70,9 +71,17 @@ _ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
                           "token; Web Push allows 3993. Shorten the body or data."),
         "body": _error("too_large", "The body is larger than 1048576 bytes."),
     }),
-    "422": ("Well-formed, but a value is refused (urgency, ttl, topic, url, devices...).", {
+    "422": ("Well-formed, but a value is refused: a notification's (urgency, ttl, topic, "
+            "url, devices...) or a choice of categories.", {
         "urgency": _error("invalid_notification",
                           "urgency must be one of very-low, low, normal, high."),
+        "required": _error("invalid_preferences", "'orders' (Your orders) is required while "
+                           "notifications are on; to stop it, withdraw the consent to "
+                           "notifications."),
+        "unknown": _error("invalid_preferences", "'deals' is not a category (known: orders, "
+                          "marketing, news)."),
+        "off": _error("invalid_preferences", "Categories are off (WEBPUSH_CATEGORIES is "
+                      "None): there is nothing to choose."),
     }),
     "429": ("Over the key's rate limit (WEBPUSH_API_RATE_LIMIT per minute).", {
         "limited": _error("rate_limited", "More than 600 requests this minute with this API "
@@ -112,6 +121,11 @@ _URL_TEXT = "A path on this site ('/trips/42') or a URL on its origin."
 _URL = {"type": "string", "minLength": 1, "maxLength": 2048, "description": _URL_TEXT}
 _COUNT = {"type": "integer", "minimum": 0}
 _RATE = {"type": ["number", "null"], "minimum": 0}
+#: the counts of a notification's funnel (Stats), in the order of the answers
+_COUNTS = ("targeted_users", "users_without_devices", "opted_out", "capped", "deliveries",
+           "pending", "held", "sent", "failed", "gone", "expired", "skipped", "displayed",
+           "clicked", "closed")
+_SEND_AT_LOCAL = {"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -171,6 +185,23 @@ SCHEMAS: dict[str, Any] = {
                                     "the service worker."},
             "require_interaction": _nullable({"type": "boolean"}),
             "silent": _nullable({"type": "boolean"}),
+            "quiet_hours": _nullable({
+                "type": "boolean",
+                "description": "null or absent: the category's quiet hours, else "
+                               "WEBPUSH_QUIET_HOURS; true: keep them (422 when neither is "
+                               "set); false: send at once, whatever the hour. A held "
+                               "delivery goes out when its device's quiet hours end."}),
+            "send_at_local": _nullable({
+                "type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                "description": "HH:MM: each device gets the notification at the next such "
+                               "time in its own time zone (WEBPUSH_DEFAULT_TIMEZONE when the "
+                               "browser did not say). Exclusive with send_at: both given is "
+                               "a 422."}),
+            "rate_per_minute": _nullable({
+                "type": "integer", "minimum": 1, "maximum": MAX_RATE_PER_MINUTE,
+                "description": "At most this many deliveries in any minute, across all "
+                               "workers; stats.expected_finish_at says when it should be "
+                               "done."}),
         },
     },
     "NotificationAccepted": {
@@ -210,14 +241,21 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False,
         "description": "The funnel of docs/design.md; rates are null until their base is > 0. "
                        "failure_reasons, by_platform and pruned come with one notification.",
-        "required": ["targeted_users", "users_without_devices", "deliveries", "pending", "sent",
-                     "failed", "gone", "expired", "skipped", "displayed", "clicked", "closed",
-                     "display_rate", "click_rate", "click_through_rate"],
+        "required": [*_COUNTS, "display_rate", "click_rate", "click_through_rate",
+                     "expected_finish_at"],
         "properties": {
-            **{k: _COUNT for k in ("targeted_users", "users_without_devices", "deliveries",
-                                   "pending", "sent", "failed", "gone", "expired", "skipped",
-                                   "displayed", "clicked", "closed")},
+            **{k: _COUNT for k in _COUNTS},
+            "opted_out": {**_COUNT, "description": "Targeted users skipped because they "
+                          "turned the notification's category off (known after fan-out)."},
+            "capped": {**_COUNT, "description": "Targeted users skipped by the category's "
+                       "frequency cap."},
+            "held": {**_COUNT, "description": "Deliveries quiet hours hold at this moment; "
+                     "each goes out when its device's quiet hours end."},
             **{k: _RATE for k in ("display_rate", "click_rate", "click_through_rate")},
+            "expected_finish_at": {
+                "type": ["string", "null"], "format": "date-time",
+                "description": "When a notification sent at rate_per_minute should be done, "
+                               "while it is sending; null otherwise."},
             "failure_reasons": {"type": "array", "items": _ref("FailureReason")},
             "by_platform": {"type": "array", "items": _ref("PlatformFigures")},
             "pruned": {"type": "boolean"},
@@ -226,7 +264,8 @@ SCHEMAS: dict[str, Any] = {
     "Notification": {
         "type": "object", "additionalProperties": False,
         "required": ["id", "status", "title", "category", "urgency", "ttl", "topic",
-                     "created_at", "send_at", "finished_at", "status_url", "stats"],
+                     "created_at", "send_at", "finished_at", "quiet_hours", "send_at_local",
+                     "rate_per_minute", "status_url", "stats"],
         "properties": {
             "id": _ID,
             "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
@@ -238,11 +277,19 @@ SCHEMAS: dict[str, Any] = {
             "created_at": _TIME,
             "send_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
-            "quiet_hours": {"type": ["boolean", "null"]},
-            "send_at_local": {"type": ["string", "null"]},
-            "rate_per_minute": {"type": ["integer", "null"]},
+            "quiet_hours": {"type": ["boolean", "null"],
+                            "description": "As requested: null follows the settings."},
+            "send_at_local": _SEND_AT_LOCAL,
+            "rate_per_minute": {"type": ["integer", "null"], "minimum": 1,
+                                "maximum": MAX_RATE_PER_MINUTE},
             "status_url": {"type": "string", "format": "uri"},
             "stats": _ref("Stats"),
+            "users_opted_out": {
+                "type": "array", "items": {"type": "string"},
+                "description": "With one notification (not in lists): the targeted users "
+                               "who had turned its category off when the worker fanned it "
+                               "out; empty before then. The answer to POST cannot say it: "
+                               "the choices that count are those at fan-out."},
         },
     },
     "NotificationList": {
@@ -290,24 +337,64 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"user_id": {"type": "string"},
                        "devices": {"type": "array", "items": _ref("Device")}},
     },
+    "Category": {
+        "type": "object", "additionalProperties": False,
+        "description": "One of WEBPUSH_CATEGORIES.",
+        "required": ["name", "label", "description", "required", "default"],
+        "properties": {
+            "name": {"type": "string"},
+            "label": {"type": "string"},
+            "description": {"type": "string"},
+            "required": {"type": "boolean", "description": "On while notifications are: "
+                         "it cannot be turned off (order updates, say)."},
+            "default": {"type": "boolean", "description": "Whether a customer who never "
+                        "chose gets it (true for a required one)."},
+        },
+    },
+    "Preferences": {
+        "type": "object", "additionalProperties": False,
+        "required": ["user_id", "preferences", "categories"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "preferences": {"type": "object", "additionalProperties": {"type": "boolean"},
+                            "description": "Each category and whether the user gets it: "
+                                           "their choice, else its default. Empty when "
+                                           "categories are off."},
+            "categories": {"type": "array", "items": _ref("Category"),
+                           "description": "The categories to choose from; empty when "
+                                          "categories are off (WEBPUSH_CATEGORIES is None)."},
+        },
+    },
+    "PreferencesChange": {
+        "type": "object", "additionalProperties": False, "required": ["preferences"],
+        "properties": {
+            "preferences": {"type": "object", "additionalProperties": {"type": "boolean"},
+                            "description": "category -> true/false; categories left out "
+                                           "keep their current choice."},
+        },
+    },
 }
 
 _STATS_EXAMPLE: dict[str, Any] = {
-    "targeted_users": 3, "users_without_devices": 1, "deliveries": 3, "pending": 0, "sent": 3,
-    "failed": 0, "gone": 0, "expired": 0, "skipped": 0, "displayed": 2, "clicked": 1,
-    "closed": 0, "display_rate": 0.6667, "click_rate": 0.5, "click_through_rate": 0.3333,
+    "targeted_users": 4, "users_without_devices": 1, "opted_out": 1, "capped": 0,
+    "deliveries": 3, "pending": 0, "held": 0, "sent": 3, "failed": 0, "gone": 0, "expired": 0,
+    "skipped": 0, "displayed": 2, "clicked": 1, "closed": 0, "display_rate": 0.6667,
+    "click_rate": 0.5, "click_through_rate": 0.3333, "expected_finish_at": None,
 }
 _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "id": 42, "status": "done", "title": "Flight LO123 boards at gate 12", "category": "travel",
     "urgency": "high", "ttl": 3600, "topic": "trip-42",
     "created_at": "2026-12-01T08:00:00+00:00", "send_at": None,
-    "finished_at": "2026-12-01T08:00:03+00:00", "status_url": STATUS_URL,
+    "finished_at": "2026-12-01T08:00:03+00:00", "quiet_hours": None, "send_at_local": None,
+    "rate_per_minute": None, "status_url": STATUS_URL,
     "stats": {**_STATS_EXAMPLE, "pruned": False,
               "failure_reasons": [],
               "by_platform": [{"platform": "Firefox desktop", "deliveries": 2, "sent": 2,
                                "displayed": 2, "clicked": 1}]},
+    "users_opted_out": ["1045"],
 }
-_LISTED_EXAMPLE = {**_NOTIFICATION_EXAMPLE, "stats": _STATS_EXAMPLE}
+_LISTED_EXAMPLE = {**{k: v for k, v in _NOTIFICATION_EXAMPLE.items() if k != "users_opted_out"},
+                   "stats": _STATS_EXAMPLE}
 _SEND_EXAMPLE = {
     "user_ids": ["1042", "1043", 1044], "title": "Flight LO123 boards at gate 12",
     "body": "Boarding closes 10:40.", "url": "/trips/42", "devices": "all", "ttl": 3600,
@@ -322,6 +409,17 @@ def _json(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
 
 _NOTIFICATION_ID = {"name": "notification_id", "in": "path", "required": True, "schema": _ID,
                     "example": 42}
+_USER_ID = {"name": "user_id", "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255}, "example": "1042"}
+_PREFERENCES_EXAMPLE = {
+    "user_id": "1042", "preferences": {"orders": True, "marketing": False, "news": True},
+    "categories": [
+        {"name": "orders", "label": "Your orders", "description": "Shipping and delivery.",
+         "required": True, "default": True},
+        {"name": "marketing", "label": "Offers", "description": "Sales and discounts.",
+         "required": False, "default": False},
+        {"name": "news", "label": "News", "description": "New in the shop.",
+         "required": False, "default": False}]}
 
 
 def _paths() -> dict[str, Any]:
@@ -366,7 +464,8 @@ def _paths() -> dict[str, Any]:
                                 "targeted_users": 3, "users_without_devices": ["1044"],
                                 "replayed": False})},
                     **_errors("400", "401", "403", "409", "413", "422", "429",
-                              e400="unknown_field,naive_time", e409="idempotency"),
+                              e400="unknown_field,naive_time", e409="idempotency",
+                              e422="urgency"),
                 },
             },
             "get": {
@@ -407,6 +506,8 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getNotification",
                 "summary": "Status and statistics (scope: stats; or send, for the key's own).",
+                "description": "With users_opted_out: who had turned the category off when "
+                               "the worker fanned the notification out (empty before).",
                 "responses": {
                     "200": {"description": "The notification.",
                             "content": _json(_ref("Notification"), done=_NOTIFICATION_EXAMPLE)},
@@ -425,9 +526,10 @@ def _paths() -> dict[str, Any]:
                             **_NOTIFICATION_EXAMPLE, "status": "cancelled",
                             "send_at": "2026-12-01T19:00:00+00:00",
                             "stats": {**_NOTIFICATION_EXAMPLE["stats"], **{
-                                k: 0 for k in _STATS_EXAMPLE if not k.endswith("_rate")},
+                                k: 0 for k in _COUNTS},
                                 "display_rate": None, "click_rate": None,
-                                "click_through_rate": None, "by_platform": []}})},
+                                "click_through_rate": None, "by_platform": []},
+                            "users_opted_out": []})},
                     **_errors("401", "403", "404", "409", "429", e409="finished"),
                 },
             },
@@ -436,9 +538,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "listUserDevices",
                 "summary": "A user's devices as support may see them (scope: devices).",
-                "parameters": [{"name": "user_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                                "example": "1042"}],
+                "parameters": [_USER_ID],
                 "responses": {
                     "200": {"description": "Newest first; an unknown user has none.",
                             "content": _json(_ref("DeviceList"), one_device={
@@ -452,6 +552,45 @@ def _paths() -> dict[str, Any]:
                                         "granted_at": "2026-11-02T10:00:00+00:00",
                                         "ended_at": None, "reason": None}}]})},
                     **_errors("400", "401", "403", "429", e400="bad_user_id"),
+                },
+            },
+        },
+        "/users/{user_id}/preferences": {
+            "parameters": [_USER_ID],
+            "get": {
+                "operationId": "getUserPreferences",
+                "summary": "A user's choice per category (scope: preferences).",
+                "description": "A user who never chose has each category's default; with "
+                               "categories off (WEBPUSH_CATEGORIES is None), preferences and "
+                               "categories are empty.",
+                "responses": {
+                    "200": {"description": "The choices and the categories.",
+                            "content": _json(_ref("Preferences"), chosen=_PREFERENCES_EXAMPLE,
+                                             categories_off={"user_id": "1042",
+                                                             "preferences": {},
+                                                             "categories": []})},
+                    **_errors("400", "401", "403", "429", e400="bad_user_id"),
+                },
+            },
+            "put": {
+                "operationId": "setUserPreferences",
+                "summary": "Change a user's choices, as they gave them to you (scope: "
+                           "preferences).",
+                "description": "Each change is a row of the consent ledger with source "
+                               "'api' and WEBPUSH_CONSENT_VERSION as its text version; a "
+                               "choice that changes nothing adds none. A required category "
+                               "cannot be turned off, a category must be configured, and "
+                               "with categories off there is nothing to choose: each a 422 "
+                               "invalid_preferences. Answers like GET.",
+                "requestBody": {"required": True, "content": _json(
+                    _ref("PreferencesChange"),
+                    marketing_off={"preferences": {"marketing": False, "news": True}})},
+                "responses": {
+                    "200": {"description": "The choices after the change.",
+                            "content": _json(_ref("Preferences"), chosen=_PREFERENCES_EXAMPLE)},
+                    **_errors("400", "401", "403", "413", "422", "429",
+                              e400="bad_user_id,not_a_choice", e413="body",
+                              e422="required,unknown,off"),
                 },
             },
         },
@@ -477,7 +616,7 @@ def openapi_document(base_path: str = "/webpush/api/v1", *,
             "securitySchemes": {"apiKey": {
                 "type": "http", "scheme": "bearer", "bearerFormat": "wpk_<id>_<secret>",
                 "description": "`flask webpush api-key create NAME --scope send` prints one, "
-                               "once. Scopes: send, stats, devices."}},
+                               "once. Scopes: send, stats, devices, preferences."}},
             "schemas": SCHEMAS,
         },
         "paths": _paths(),

@@ -35,6 +35,7 @@ OPTION_KINDS: dict[str, JsonKind] = {
     f.name: f.metadata["json"] for f in fields(NotificationOptions) if f.metadata["json"]}
 _TEXT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "string" and n != "title")
 _BOOL_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "boolean")
+_INT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "integer")
 FIELDS = frozenset(("user_ids", *OPTION_KINDS))
 
 
@@ -141,11 +142,13 @@ def parse_notification(body: Any, max_users: int) -> NotifyRequest:
     for name in _BOOL_FIELDS:
         if name in given and not isinstance(given[name], bool):
             raise BadRequestError(f"{name} must be true or false.")
-    if "ttl" in given:
-        ttl = _integer(given["ttl"])
-        if ttl is None:
-            raise BadRequestError("ttl must be an integer number of seconds.")
-        given["ttl"] = ttl
+    for name in _INT_FIELDS:
+        if name in given:
+            number = _integer(given[name])
+            if number is None:
+                what = "an integer number of seconds" if name == "ttl" else "an integer"
+                raise BadRequestError(f"{name} must be {what}.")
+            given[name] = number  # the range is sending.py's to check (422)
     if "devices" in given:
         given["devices"] = _devices(given["devices"])
     if "actions" in given:
@@ -154,6 +157,23 @@ def parse_notification(body: Any, max_users: int) -> NotifyRequest:
         given["send_at"] = parse_rfc3339(given["send_at"], "send_at")
     options.update(given)
     return NotifyRequest(user_ids, options)
+
+
+def parse_preferences(body: Any) -> dict[str, bool]:
+    """Check the shape of a ``PUT users/{id}/preferences`` body: ``{"preferences": {name:
+    bool}}``; which names and values are allowed is preferences.py's to say (422)."""
+    if not isinstance(body, dict):
+        raise BadRequestError("The body must be a JSON object.")
+    unknown = sorted(set(body) - {"preferences"})
+    if unknown:
+        raise BadRequestError(f"Unknown field(s): {', '.join(unknown)}.")
+    choices = body.get("preferences")
+    if not isinstance(choices, dict):
+        raise BadRequestError("preferences is required: an object of category -> true/false.")
+    for name, value in choices.items():
+        if not isinstance(value, bool):
+            raise BadRequestError(f"preferences[{name[:64]!r}] must be true or false.")
+    return choices
 
 
 # -- times, query strings, headers -------------------------------------------------------------

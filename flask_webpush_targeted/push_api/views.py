@@ -18,8 +18,9 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict
 
-from .. import stats
+from .. import preferences, stats
 from ..clock import iso, utcnow
+from ..context import app_state
 from ..context import extension as ext
 from ..exceptions import (
     APIError,
@@ -40,15 +41,20 @@ from .requests import (
     idempotency_key,
     parse_list_args,
     parse_notification,
+    parse_preferences,
 )
 
 log = logging.getLogger("flask_webpush_targeted")
 
 API = "/api/v1"
-#: the figures of a notification every answer carries (docs/design.md's funnel)
-FUNNEL = ("targeted_users", "users_without_devices", "deliveries", "pending", "sent", "failed",
-          "gone", "expired", "skipped", "displayed", "clicked", "closed", "display_rate",
-          "click_rate", "click_through_rate")
+#: the figures of a notification every answer carries (docs/design.md's funnel): counts,
+#: then the rates and expected_finish_at, which are null until they mean something
+FUNNEL = ("targeted_users", "users_without_devices", "opted_out", "capped", "deliveries",
+          "pending", "held", "sent", "failed", "gone", "expired", "skipped", "displayed",
+          "clicked", "closed", "display_rate", "click_rate", "click_through_rate",
+          "expected_finish_at")
+#: the FUNNEL figures that are null rather than 0 when absent
+_NULLABLE = frozenset(("display_rate", "click_rate", "click_through_rate", "expected_finish_at"))
 
 
 class IdempotencyConflict(APIError, Conflict):
@@ -76,6 +82,10 @@ def register(bp: Blueprint) -> None:
                     methods=["DELETE"])
     bp.add_url_rule(f"{API}/users/<webpush_user_id:user_id>/devices", "api_user_devices",
                     user_devices)
+    user_preferences = f"{API}/users/<webpush_user_id:user_id>/preferences"
+    bp.add_url_rule(user_preferences, "api_user_preferences", get_preferences)
+    bp.add_url_rule(user_preferences, "api_set_user_preferences", put_preferences,
+                    methods=["PUT"])
 
 
 # -- authentication, rate limit, answers -------------------------------------------------------
@@ -115,14 +125,17 @@ def _status_url(notification_id: int) -> str:
 def _notification_json(n: Any, figures: dict[str, Any], *, detail: bool) -> dict[str, Any]:
     """The API's Notification (its OpenAPI schema): the admin JSON's fields it shares, the
     title rather than the whole payload, and the funnel; the admin's keeps its own shape."""
-    funnel = {k: figures.get(k, 0) if not k.endswith("_rate") else figures.get(k)
-              for k in FUNNEL}
+    funnel = {k: figures.get(k) if k in _NULLABLE else figures.get(k, 0) for k in FUNNEL}
+    body = {**notification_fields(n), "title": n.payload.get("title", ""),
+            "status_url": _status_url(n.id), "stats": funnel}
     if detail:
         funnel.update(failure_reasons=figures.get("failure_reasons", []),
                       by_platform=figures.get("by_platform", []),
                       pruned=bool(figures.get("pruned")))
-    return {**notification_fields(n), "title": n.payload.get("title", ""),
-            "status_url": _status_url(n.id), "stats": funnel}
+        # Known once the worker fanned out (the choices then, not now); the list of
+        # notifications leaves it out, as it leaves out the users without devices.
+        body["users_opted_out"] = list(n.users_opted_out or [])
+    return body
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -306,3 +319,40 @@ def _device_json(sub: Any, granted_at: Any, pushed_at: Any) -> dict[str, Any]:
                     "granted_at": iso(granted_at or sub.created_at),
                     "ended_at": iso(sub.revoked_at), "reason": sub.revoked_reason},
     }
+
+
+# -- users' choices of categories ---------------------------------------------------------------
+
+
+def _preferences_json(user_id: str, chosen: dict[str, bool]) -> dict[str, Any]:
+    categories = app_state().categories or {}
+    return {
+        "user_id": user_id, "preferences": chosen,
+        # default: what a customer who never chose gets (a required category is on)
+        "categories": [{"name": c.name, "label": c.label, "description": c.description,
+                        "required": c.required, "default": c.default_on}
+                       for c in categories.values()],
+    }
+
+
+def get_preferences(user_id: str) -> ResponseReturnValue:
+    """A user's choice per category, with the categories to choose from."""
+    _authorize("preferences")
+    user_id = check_user_id(user_id)
+    state = app_state()
+    return _answer(_preferences_json(user_id, preferences.preferences(
+        state.db, state.models, state.categories, user_id)))
+
+
+def put_preferences(user_id: str) -> ResponseReturnValue:
+    """Change a user's choices as the CRM recorded them (each change a consent-ledger row
+    whose source is "api"); answers like GET."""
+    _authorize("preferences")
+    user_id = check_user_id(user_id)
+    limit = current_app.config["WEBPUSH_API_MAX_REQUEST_BYTES"]
+    choices = parse_preferences(read_json_body(limit))
+    state = app_state()
+    chosen = preferences.set_preferences(
+        state.db, state.models, state.categories, user_id, choices, source="api",
+        text_version=current_app.config["WEBPUSH_CONSENT_VERSION"])
+    return _answer(_preferences_json(user_id, chosen))
