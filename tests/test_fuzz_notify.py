@@ -99,7 +99,19 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
                          text_or_wrong()),
     "require_interaction": st.one_of(st.booleans(), wrong_types()),
     "silent": st.one_of(st.booleans(), wrong_types()),
+    "quiet_hours": st.one_of(st.none(), st.booleans(), wrong_types()),
+    "send_at_local": st.one_of(st.sampled_from(["09:00", "23:59", "24:00", "9:00", "09:60"]),
+                               text_or_wrong()),
+    "rate_per_minute": st.one_of(huge_integers(), nasty_floats(), wrong_types()),
 }
+
+
+def test_every_option_of_notify_users_is_fuzzed() -> None:
+    from dataclasses import fields
+
+    from flask_webpush_targeted.notifications import NotificationOptions
+
+    assert {f.name for f in fields(NotificationOptions)} - {"title"} == set(OPTIONS)
 
 
 def counts(app: Flask, webpush: WebPush) -> tuple[int, int]:
@@ -226,3 +238,63 @@ def test_a_ttl_that_is_not_finite_is_invalid(shop: Any, ttl: float) -> None:
     with app.app_context(), pytest.raises(InvalidNotification, match="ttl"):
         webpush.notify_users(["1"], title="Sale", ttl=ttl)
     assert counts(app, webpush) == (0, 0)
+
+
+CATEGORIES = {"orders": {"label": "Order updates", "required": True},
+              "offers": {"label": "Offers", "cap": (2, timedelta(days=1))}}
+
+
+@pytest.fixture
+def shop_with_categories(make_app: Any) -> Any:
+    """(app, webpush) with categories and quiet hours on."""
+    import uuid
+
+    app, _db, webpush = make_app(WEBPUSH_SITE_URL="https://shop.example",
+                                 WEBPUSH_QUEUE=f"webpush-fuzz-{uuid.uuid4().hex[:8]}",
+                                 WEBPUSH_CATEGORIES=CATEGORIES,
+                                 WEBPUSH_QUIET_HOURS=("21:00", "08:00"))
+    yield app, webpush
+    empty_queue(app)
+
+
+@given(user=user_values(),
+       choices=st.one_of(
+           st.dictionaries(st.one_of(st.sampled_from(["orders", "offers"]), text_or_wrong()),
+                           st.one_of(st.booleans(), json_values(), wrong_types()), max_size=3),
+           wrong_types()),
+       source=st.one_of(st.sampled_from(["host", "api", "widget"]), text_or_wrong()))
+@fuzz_settings(4)
+def test_fuzz_preferences_raise_only_webpush_errors(shop_with_categories: Any, user: Any,
+                                                    choices: Any, source: Any) -> None:
+    app, webpush = shop_with_categories
+    with app.app_context():
+        try:
+            after = webpush.set_preferences(user, choices, source=source)
+        except WebPushError:
+            webpush.db.session.rollback()
+        else:
+            assert after == webpush.preferences(user)
+            assert after["orders"] is True
+        try:
+            webpush.preferences(user)
+        except WebPushError:
+            pass
+
+
+@given(users=st.lists(user_values(), min_size=1, max_size=3),
+       options=st.fixed_dictionaries({}, optional={
+           "category": st.one_of(st.sampled_from(["orders", "offers", None]), text_or_wrong()),
+           "quiet_hours": OPTIONS["quiet_hours"], "send_at_local": OPTIONS["send_at_local"],
+           "rate_per_minute": OPTIONS["rate_per_minute"], "send_at": OPTIONS["send_at"]}))
+@fuzz_settings(4)
+def test_fuzz_notify_with_categories_raises_only_webpush_errors(
+        shop_with_categories: Any, users: list[Any], options: dict[str, Any]) -> None:
+    app, webpush = shop_with_categories
+    with app.app_context():
+        try:
+            n = webpush.notify_users(users, title="Sale", **options)
+        except WebPushError:
+            webpush.db.session.rollback()
+        else:
+            assert n.category in CATEGORIES
+            webpush.cancel(n.id)
