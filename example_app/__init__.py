@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -31,6 +32,21 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 login_manager = LoginManager()
 webpush = WebPush(db=db)
+
+
+#: What customers choose among on the account page. Order updates always go out (quiet
+#: hours do not hold them: a gate change at 23:00 is news at 23:00); offers at most twice
+#: a day and never at night; news only to customers who ask for it.
+CATEGORIES: dict[str, dict[str, Any]] = {
+    "orders": {"label": "Order updates", "required": True, "quiet_hours": None,
+               "description": "Your orders and trips: confirmations, shipping, gate changes."},
+    "offers": {"label": "Offers and discounts", "cap": (2, timedelta(days=1)),
+               "description": "Sales and discount codes, at most two a day."},
+    "news": {"label": "News", "default": False,
+             "description": "New products and shop news."},
+}
+#: Nothing but order updates between 21:00 and 08:00 in each customer's own time zone.
+QUIET_HOURS = ("21:00", "08:00")
 
 
 def _instance_secret(app: Flask, name: str, make: Any) -> Any:
@@ -76,6 +92,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["WEBPUSH_VAPID_SUBJECT"] = env.get("WEBPUSH_VAPID_SUBJECT",
                                                   "mailto:shop-admin@example.com")
     app.config["WEBPUSH_BASE_TEMPLATE"] = "base.html"
+    app.config["WEBPUSH_CATEGORIES"] = CATEGORIES
+    app.config["WEBPUSH_QUIET_HOURS"] = QUIET_HOURS
     if env.get("WEBPUSH_EXTRA_PUSH_SERVICES"):
         app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = env["WEBPUSH_EXTRA_PUSH_SERVICES"].split(",")
     for key in ("WEBPUSH_REDIS_URL", "WEBPUSH_QUEUE", "WEBPUSH_VAPID_PRIVATE_KEY",

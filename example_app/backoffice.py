@@ -16,7 +16,7 @@ from functools import wraps
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
@@ -55,6 +55,9 @@ FUNNEL = [
     ("gone", "Gone (the device unsubscribed)"),
     ("expired", "Expired (validity period passed)"),
     ("skipped", "Skipped (cancelled, or device removed)"),
+    ("opted_out", "Opted out (turned the category off)"),
+    ("capped", "Not sent: the category's frequency cap"),
+    ("held", "Held for quiet hours"),
     ("displayed", "Displayed"),
     ("clicked", "Clicked"),
     ("closed", "Closed"),
@@ -64,9 +67,16 @@ MESSAGES = {
     "not-cancelled": "It could not be cancelled: it has already finished.",
 }
 FORM_FIELDS = ("title", "body", "url", "devices", "ttl", "ttl_custom", "urgency", "topic",
-               "category", "when", "send_at", "tz_offset", "nonce")
+               "category", "when", "send_at", "tz_offset", "send_at_local", "quiet_hours",
+               "rate_per_minute", "nonce")
 FORM_DEFAULTS = {"url": "/", "devices": "all", "ttl": "86400", "urgency": "normal",
-                 "when": "now"}
+                 "when": "now", "quiet_hours": ""}
+#: The quiet-hours choices: form value, notify_users' quiet_hours, label.
+QUIET_CHOICES = [
+    ("", None, "As set for the category"),
+    ("keep", True, "Keep quiet hours (hold until they end)"),
+    ("ignore", False, "Ignore quiet hours (send at any hour)"),
+]
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _OFFSET = re.compile(r"[+-]?\d{1,4}")
 #: UTC-12:00 to UTC+14:00, in minutes
@@ -197,6 +207,7 @@ def _render_send(form: dict[str, Any], errors: list[str], status: int = 200) -> 
         product_id=product_id, ordered_on=day.isoformat() if day else "",
         filtered=product_id is not None or day is not None,
         ttl_choices=TTL_CHOICES, urgency_choices=URGENCY_CHOICES,
+        categories=webpush.categories, quiet_choices=QUIET_CHOICES,
         action=url_for(".send", product=request.args.get("product") or None,
                        ordered_on=request.args.get("ordered_on") or None),
     ), status if status != 200 else (400 if filter_errors or errors else 200)
@@ -232,6 +243,35 @@ def _ttl(form: dict[str, Any]) -> int:
     return int(raw)
 
 
+def _quiet_hours(raw: str) -> bool | None:
+    for value, quiet, _label in QUIET_CHOICES:
+        if raw == value:
+            return quiet
+    raise FormError("Choose how quiet hours apply: as set, keep them, or ignore them.")
+
+
+def _rate(raw: str) -> int | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise FormError("The rate per minute must be a whole number, or empty for no limit.")
+    # A longer number is refused by notify_users all the same, with the range in its
+    # message; int() of thousands of digits would raise instead.
+    return int(raw) if len(raw) <= 18 else 10**18
+
+
+def _timing(form: dict[str, Any]) -> dict[str, Any]:
+    """send_at or send_at_local, from the "When" choice; raises FormError."""
+    if form["when"] == "later":
+        return {"send_at": _send_at(form["send_at"], form["tz_offset"]), "send_at_local": None}
+    if form["when"] == "local":
+        if not form["send_at_local"].strip():
+            raise FormError("Choose the time of day to send at in each customer's time zone.")
+        return {"send_at": None, "send_at_local": form["send_at_local"].strip()}
+    return {"send_at": None, "send_at_local": None}
+
+
 def _notify_arguments(form: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """The form, checked, as notify_users' arguments; raises FormError."""
     if not _NONCE.fullmatch(form["nonce"]):
@@ -244,12 +284,13 @@ def _notify_arguments(form: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         raise FormError(f"Unknown customer id(s): {', '.join(unknown)}.")
     if form["devices"] not in ("all", "latest"):
         raise FormError("Choose the devices: all of them, or each customer's latest.")
-    send_at = _send_at(form["send_at"], form["tz_offset"]) if form["when"] == "later" else None
     return users, {
         "title": form["title"].strip(), "body": form["body"].strip(),
         "url": form["url"].strip() or "/", "devices": form["devices"], "ttl": _ttl(form),
         "urgency": form["urgency"], "topic": form["topic"].strip() or None,
-        "category": form["category"].strip() or None, "send_at": send_at,
+        "category": form["category"].strip() or None, **_timing(form),
+        "quiet_hours": _quiet_hours(form["quiet_hours"]),
+        "rate_per_minute": _rate(form["rate_per_minute"]),
         # The one-time nonce of the form: a double submit finds the first notification.
         "idempotency_key": f"backoffice-{form['nonce']}",
     }
@@ -318,11 +359,65 @@ def notification(notification_id: int) -> ResponseReturnValue:
                    "will be sent when the queue is back (every worker enqueues what was left "
                    "behind).")
     return render_template(
-        "admin/notification.html", n=n, stats=stats,
-        funnel=[(key, label, stats[key]) for key, label in FUNNEL if key in stats],
+        "admin/notification.html", n=n, stats=stats, rules=_rules(n, stats),
+        funnel=[(key, label, stats[key]) for key, label in FUNNEL if _shown(n, key, stats)],
         targeted=_names(user_ids, NAMES_SHOWN), more_targeted=max(len(user_ids) - NAMES_SHOWN, 0),
-        without=_names(without), cancellable=n.status in CANCELLABLE, message=message,
+        without=_names(without), opted_out=_names(n.users_opted_out or [], NAMES_SHOWN),
+        cancellable=n.status in CANCELLABLE, message=message,
     )
+
+
+def _category_spec(name: str | None) -> dict[str, Any] | None:
+    """The shop's WEBPUSH_CATEGORIES entry of a category (None: not a configured one)."""
+    configured = current_app.config.get("WEBPUSH_CATEGORIES") or {}
+    spec = configured.get(name or "")
+    return dict(spec) if spec is not None else None
+
+
+def _shown(n: Any, key: str, stats: dict[str, Any]) -> bool:
+    """Whether a funnel row applies: opted out for an optional category, capped for one
+    with a cap, held while quiet hours hold some; the others always."""
+    if key not in stats:
+        return False
+    spec = _category_spec(n.category)
+    if key == "opted_out":
+        return bool(stats[key]) or (spec is not None and not spec.get("required"))
+    if key == "capped":
+        return bool(stats[key]) or (spec is not None and spec.get("cap") is not None)
+    if key == "held":
+        return bool(stats[key])
+    return True
+
+
+def _quiet_words(n: Any) -> str:
+    if n.quiet_hours is False:
+        return "Ignored: sent at any hour"
+    spec = _category_spec(n.category) or {}
+    window = spec["quiet_hours"] if "quiet_hours" in spec else current_app.config[
+        "WEBPUSH_QUIET_HOURS"]
+    if window is None and n.quiet_hours is True:
+        window = current_app.config["WEBPUSH_QUIET_HOURS"]
+    if window is None:
+        return "None for this category"
+    how = "Kept" if n.quiet_hours else "As set for the category"
+    return f"{how}: nothing from {window[0]} to {window[1]} in each customer's time zone"
+
+
+def _rules(n: Any, stats: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The notification's category, quiet hours, local time and pace, in words."""
+    spec = _category_spec(n.category)
+    rules = [("category", "Category", spec["label"] if spec else (n.category or "—")),
+             ("quiet-hours", "Quiet hours", _quiet_words(n))]
+    if n.send_at_local:
+        rules.append(("send-at-local", "Local time",
+                      f"Sent at {n.send_at_local} in each customer's time zone"))
+    if n.rate_per_minute is not None:
+        pace = f"At most {n.rate_per_minute:,} a minute"
+        if stats.get("expected_finish_at"):
+            finish = datetime.fromisoformat(stats["expected_finish_at"])
+            pace += f"; expected to finish at {format_utc(finish)}"
+        rules.append(("rate", "Pace", pace))
+    return rules
 
 
 @bp.route("/notifications/<int:notification_id>/cancel", methods=["POST"])

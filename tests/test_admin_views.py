@@ -454,3 +454,103 @@ def test_a_user_id_with_a_slash_reaches_the_user_pages(admin_host: Any) -> None:
     response = admin.http.get(f"{ADMIN}/users/shop%2F42.json")
     assert response.status_code == 200 and response.get_json()["user_id"] == "shop/42"
     assert admin.http.get(f"{ADMIN}/users/shop%2F42").status_code == 200
+
+
+# -- categories, preferences, quiet hours, caps and pace ------------------------------------
+
+OFFERS = {"orders": {"label": "Order updates", "required": True, "quiet_hours": None},
+          "offers": {"label": "Offers and discounts", "cap": (1, timedelta(days=1))}}
+
+
+def night_zone() -> str:
+    """An Etc/GMT zone where it is about 01:00 now: inside quiet hours 21:00-08:00."""
+    offset = (1 - datetime.now(UTC).hour) % 24
+    offset -= 24 if offset > 14 else 0
+    # Etc/GMT-8 is UTC+8: the sign is POSIX's, the reverse of ISO 8601's
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+def fan_out_only(host: SendingHost, nid: int) -> None:
+    """Run the fan-out job in this process, leaving the batches it enqueues unsent."""
+    from flask_webpush_targeted.jobs import fan_out
+
+    with host.app.app_context():
+        fan_out(nid)
+
+
+def test_the_notification_page_shows_opted_out_capped_held_and_its_rules_in_words(
+    make_host: Any,
+) -> None:
+    host = make_host(WEBPUSH_CATEGORIES=OFFERS, WEBPUSH_QUIET_HOURS=("21:00", "08:00"))
+    allow_admins(host)
+    for user in ("1", "2", "3"):
+        host.subscribe(user, "Firefox on Linux", timezone=night_zone())
+    with host.app.app_context():
+        for user in ("1", "3"):  # user 2 never turns offers on: off by default
+            host.webpush.set_preferences(user, {"offers": True})
+    # User 3 has had the day's one offer already (sent at night: quiet hours ignored).
+    first = notify(host, ["3"], title="Yesterday's offer", category="offers", quiet_hours=False)
+    make_worker(host.app, simple=True).work(burst=True)
+    assert host.notification(first).status == "done"
+    nid = notify(host, ["1", "2", "3"], title="Winter sale", category="offers",
+                 quiet_hours=True)
+    fan_out_only(host, nid)
+
+    admin = LoggedInClient(host.app, "9").http
+    html = admin.get(f"{ADMIN}/notifications/{nid}").get_data(as_text=True)
+    figures = dict(re.findall(r'data-figure="(\w+)">([^<]*)<', html))
+    assert (figures["opted_out"], figures["capped"], figures["held"]) == ("1", "1", "1")
+    assert "Held for quiet hours" in html and "Opted out of the category" in html
+    assert "Skipped by the frequency cap" in html and "data-releases" in html
+    rules = dict(re.findall(r'data-rule="(\w+)">([^<]*)<', html))
+    assert rules == {
+        "category": "Offers and discounts",
+        "quiet_hours": "Kept: nothing is sent from 21:00 to 08:00 in each customer&#39;s time "
+                       "zone"}
+    listing = admin.get(f"{ADMIN}/notifications").get_data(as_text=True)
+    assert row(listing, "data-notification-id", nid)[4] == "Offers and discounts"
+    deliveries = admin.get(f"{ADMIN}/notifications/{nid}/deliveries.json").get_json()
+    due = [d["user_id"] for d in deliveries["deliveries"] if d["due_at"]]
+    assert due == ["1"] and html.count("data-due") == 1  # the held one says when it is due
+
+    one = admin.get(f"{ADMIN}/notifications/{nid}.json").get_json()
+    assert one["notification"]["users_opted_out"] == ["2"]
+    assert (one["notification"]["opted_out_count"], one["notification"]["capped_count"]) == (
+        1, 1)
+    assert sum(one["notification"]["holds"].values()) == 1
+    assert (one["stats"]["opted_out"], one["stats"]["capped"], one["stats"]["held"]) == (1, 1, 1)
+    assert one["stats"]["expected_finish_at"] is None  # not throttled
+    assert one["notification"]["quiet_hours"] is True
+
+
+def test_a_throttled_local_time_notification_says_its_pace_and_expected_finish(
+    make_host: Any,
+) -> None:
+    host = make_host(WEBPUSH_QUIET_HOURS=("21:00", "08:00"))
+    allow_admins(host)
+    for user in ("1", "2"):
+        host.subscribe(user, "Firefox on Linux")
+    nid = notify(host, ["1", "2"], title="Sale", quiet_hours=False, rate_per_minute=60)
+    later = notify(host, ["1"], title="Good morning", send_at_local="09:00")
+    admin = LoggedInClient(host.app, "9").http
+
+    queued = admin.get(f"{ADMIN}/notifications/{nid}").get_data(as_text=True)
+    rules = dict(re.findall(r'data-rule="(\w+)">([^<]*)<', queued))
+    assert rules == {"quiet_hours": "Ignored: sent at any hour",
+                     "rate_per_minute": "At most 60 a minute"}  # no finish before it sends
+    fan_out_only(host, nid)
+    sending = admin.get(f"{ADMIN}/notifications/{nid}").get_data(as_text=True)
+    pace = dict(re.findall(r'data-rule="(\w+)">([^<]*)<', sending))["rate_per_minute"]
+    assert re.fullmatch(r"At most 60 a minute; expected to finish at "
+                        r"(\d{4}-\d\d-\d\d )?\d\d:\d\d UTC", pace), pace
+    with host.app.app_context():
+        finish = datetime.fromisoformat(host.webpush.stats(nid)["expected_finish_at"])
+    assert timedelta(0) < finish - datetime.now(UTC) <= timedelta(minutes=2 / 60, seconds=5)
+
+    html = admin.get(f"{ADMIN}/notifications/{later}").get_data(as_text=True)
+    rules = dict(re.findall(r'data-rule="(\w+)">([^<]*)<', html))
+    assert rules == {
+        "quiet_hours": "As set for the site: nothing is sent from 21:00 to 08:00 in each "
+                       "customer&#39;s time zone",
+        "send_at_local": "Sent at 09:00 in each customer&#39;s time zone"}
+    assert 'data-figure="held"' not in html and 'data-figure="opted_out"' not in html

@@ -503,3 +503,189 @@ def test_back_office_send_reaches_the_push_service(make_shop: Callable[..., Flas
     assert stat(html, "pending") == stat(html, "failed") == stat(html, "expired") == 0
     assert 'data-field="without-devices">Bob Nowak<' in html
     assert 'data-action="cancel"' not in html
+
+
+# -- categories, quiet hours, local time, pace ------------------------------------------------
+
+
+def rules_of(html: str) -> dict[str, str]:
+    """The notification page's rules: data-rule -> words."""
+    return {k: v.replace("&#39;", "'") for k, v in re.findall(
+        r'data-rule="([\w-]+)">([^<]*)<', html)}
+
+
+def test_the_form_offers_the_configured_categories_order_updates_first(shop: Flask) -> None:
+    html = client_of(shop, ADMIN).get("/admin/send").get_data(as_text=True)
+    select = re.search(r'<select name="category">(.*?)</select>', html, re.DOTALL)
+    assert select, "no category select"
+    options = re.findall(r'<option value="(\w+)" ?(selected)?>([^<]*)<', select.group(1))
+    assert options == [("orders", "selected", "Order updates (always sent)"),
+                       ("offers", "", "Offers and discounts"), ("news", "", "News")]
+    assert 'name="quiet_hours"' in html and 'name="rate_per_minute"' in html
+    assert 'name="send_at_local"' in html and 'value="local"' in html
+
+
+def test_send_with_a_category_stores_it_and_shows_its_label_and_figures(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["alice@example.com"]],
+                               "category": "offers", "title": "Winter sale"}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert n.category == "offers" and n.quiet_hours is None
+    html = admin.get(response.location).get_data(as_text=True)
+    rules = rules_of(html)
+    assert rules["category"] == "Offers and discounts"
+    assert rules["quiet-hours"] == ("As set for the category: nothing from 21:00 to 08:00 in "
+                                    "each customer's time zone")
+    # an optional category with a cap: both figures apply; nothing is held yet
+    assert stat(html, "opted_out") == 0 and stat(html, "capped") == 0
+    assert 'data-stat="held"' not in html
+
+
+def test_order_updates_have_no_quiet_hours_and_no_opt_out_figures(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["bob@example.com"]]}
+    response = admin.post("/admin/send", data=data)
+    [n] = notifications(shop)
+    assert n.category == "orders"  # the select's default: the required category
+    html = admin.get(response.location).get_data(as_text=True)
+    assert rules_of(html) == {"category": "Order updates",
+                              "quiet-hours": "None for this category"}
+    assert 'data-stat="opted_out"' not in html and 'data-stat="capped"' not in html
+
+
+@pytest.mark.parametrize(("choice", "stored", "words"), [
+    ("", None, "As set for the category: nothing from 21:00 to 08:00"),
+    ("keep", True, "Kept: nothing from 21:00 to 08:00"),
+    ("ignore", False, "Ignored: sent at any hour"),
+])
+def test_send_with_each_quiet_hours_choice(shop: Flask, choice: str, stored: bool | None,
+                                           words: str) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["carol@example.com"]],
+                               "category": "news", "quiet_hours": choice}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert n.quiet_hours is stored and n.category == "news"
+    assert rules_of(admin.get(response.location).get_data(as_text=True))[
+        "quiet-hours"].startswith(words)
+
+
+def test_send_at_a_local_time_stores_it_and_says_so(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["alice@example.com"]],
+                               "category": "offers", "when": "local", "send_at_local": "09:00",
+                               # a send-at time left in the other field is not used
+                               "send_at": "2030-06-01T09:30"}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert n.send_at_local == "09:00" and n.send_at is None and n.status == "queued"
+    html = admin.get(response.location).get_data(as_text=True)
+    assert rules_of(html)["send-at-local"] == "Sent at 09:00 in each customer's time zone"
+
+
+def test_send_with_a_rate_per_minute_stores_it_and_says_the_pace(shop: Flask) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["bob@example.com"]],
+                               "rate_per_minute": "60"}
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 303
+    [n] = notifications(shop)
+    assert n.rate_per_minute == 60
+    html = admin.get(response.location).get_data(as_text=True)
+    assert rules_of(html)["rate"] == "At most 60 a minute"  # no finish time before it sends
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"when": "local", "send_at_local": "25:00"}, "send_at_local must be a time of day as HH:MM"),
+    ({"when": "local", "send_at_local": "9am"}, "send_at_local must be a time of day as HH:MM"),
+    ({"when": "local", "send_at_local": "09:00\x00"}, "send_at_local must be a time of day"),
+    ({"when": "local", "send_at_local": ""}, "Choose the time of day to send at"),
+    ({"category": "promo"}, "category 'promo' is not one of WEBPUSH_CATEGORIES"),
+    ({"quiet_hours": "maybe"}, "Choose how quiet hours apply"),
+    ({"rate_per_minute": "0"}, "rate_per_minute must be a whole number from 1 to 1,000,000"),
+    ({"rate_per_minute": "9" * 5000}, "rate_per_minute must be a whole number from 1"),
+    ({"rate_per_minute": "fast"}, "The rate per minute must be a whole number"),
+    ({"rate_per_minute": "٣"}, "The rate per minute must be a whole number"),
+])
+def test_a_bad_local_time_or_rule_is_shown_on_the_form_and_nothing_stored(
+        shop: Flask, change: dict[str, Any], reason: str) -> None:
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids_by_email(shop)["carol@example.com"]]} | change
+    response = admin.post("/admin/send", data=data)
+
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    errors = re.findall(r'<p class="error" role="alert">([^<]*)</p>', html)
+    assert len(errors) == 1 and reason in errors[0].replace("&#39;", "'"), errors
+    if change.get("when") == "local":  # the choice is kept on the form
+        assert 'value="local" checked' in html
+    assert notifications(shop) == []
+    assert queued_job_ids(shop) == [] and scheduled_job_ids(shop) == []
+
+
+def test_the_new_form_fields_never_answer_5xx(shop: Flask) -> None:
+    from fuzz_strategies import fuzz_settings, nasty_text, url_quoted
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    admin = client_of(shop, ADMIN)
+    base = send_form(admin) | {"user": ids_by_email(shop)["alice@example.com"]}
+
+    @given(field=st.sampled_from(["category", "quiet_hours", "send_at_local",
+                                  "rate_per_minute", "when"]),
+           value=nasty_text(), when=st.sampled_from(["now", "local", "later"]))
+    @fuzz_settings()
+    def check(field: str, value: str, when: str) -> None:
+        fields = base | {"when": when, "send_at_local": "09:00",
+                         "nonce": secrets.token_urlsafe(24)} | {field: value}
+        # percent-encoded by hand: a lone surrogate reaches the server as invalid UTF-8
+        body = "&".join(f"{k}={url_quoted(str(v))}" for k, v in fields.items())
+        response = admin.post("/admin/send", data=body.encode(),
+                              content_type="application/x-www-form-urlencoded")
+        assert response.status_code in (303, 400), (field, value, response.status_code)
+
+    check()
+
+
+def test_customers_who_turned_the_category_off_are_named_and_not_sent_to(
+        make_shop: Callable[..., Flask], push_service: Any) -> None:
+    from flask_webpush_targeted.worker import make_worker
+
+    shop = make_shop(WEBPUSH_EXTRA_PUSH_SERVICES=[push_service.origin])
+    ids = ids_by_email(shop)
+    endpoints = {}
+    for account in (ALICE, ("bob@example.com", "bob-pass")):
+        client = client_of(shop, account)
+        token = re.search(r'data-csrf-token="([^"]+)"',
+                          client.get("/account").get_data(as_text=True))
+        assert token
+        endpoints[account[0]] = subscription = push_service.new_subscription()
+        assert client.post("/webpush/subscriptions", headers={"X-CSRF-Token": token.group(1)},
+                           json={"subscription": subscription,
+                                 "consent": {"notifications": True, "link_to_account": True,
+                                             "text_version": "1"}}).status_code == 201
+    with shop.app_context():  # news is off until a customer turns it on: Bob does
+        webpush.set_preferences(ids["bob@example.com"], {"news": True})
+
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": [ids["alice@example.com"], ids["bob@example.com"]],
+                               "category": "news", "quiet_hours": "ignore",
+                               "title": "New in the shop"}
+    page = admin.post("/admin/send", data=data).location
+    make_worker(shop, simple=True).work(burst=True)
+
+    [push] = push_service.wait_for(1, endpoint_or_id=endpoints["bob@example.com"], timeout=10)
+    assert push.json()["title"] == "New in the shop"
+    assert push_service.received_for(endpoints["alice@example.com"]["endpoint"]) == []
+    html = admin.get(page).get_data(as_text=True)
+    assert stat(html, "opted_out") == 1 and stat(html, "sent") == 1
+    assert stat(html, "deliveries") == 1
+    assert 'data-field="opted-out">Alice Kowalska<' in html

@@ -31,8 +31,10 @@ from flask_login import current_user
 from werkzeug.exceptions import Forbidden
 
 from .. import stats
+from ..categories import Category, quiet_window
 from ..charts import series_svg
-from ..clock import iso
+from ..clock import iso, utcnow
+from ..context import app_state
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import (
     APIError,
@@ -43,9 +45,10 @@ from ..exceptions import (
     NotificationNotFound,
 )
 from ..limits import LATEST, MAX_PAGE, MAX_PER_PAGE
+from ..local_time import Window
 from ..notifications import notification_fields
 from ..spreadsheet import safe_row
-from ..statuses import NOTIFICATION_STATUSES, OPEN
+from ..statuses import NOTIFICATION_STATUSES, OPEN, NotificationStatus
 from ..users import user_id_of
 from ..web_input import add_user_id_converter
 from .common import ext, login_page
@@ -174,7 +177,98 @@ def _notification_json(n: Any) -> dict[str, Any]:
     # whole payload, the targeting and the queue time. The fields both show are shared.
     return {**notification_fields(n), "payload": n.payload,
             "devices": n.targeting.get("devices"), "targeted_users": n.target_count,
-            "users_without_devices": n.users_without_devices, "queued_at": iso(n.queued_at)}
+            "users_without_devices": n.users_without_devices,
+            "users_opted_out": n.users_opted_out, "opted_out_count": n.opted_out_count,
+            "capped_count": n.capped_count, "holds": n.holds, "queued_at": iso(n.queued_at)}
+
+
+# -- a notification's rules, in words staff understand --------------------------------------
+
+
+def _category(name: str | None) -> Category | None:
+    """The configured category of that name (None: categories off, or not configured)."""
+    return (app_state().categories or {}).get(name or "")
+
+
+def category_label(name: str | None) -> str:
+    """A category as staff know it: its label when configured, else the name as stored."""
+    category = _category(name)
+    return category.label if category is not None else (name or "")
+
+
+def _window_words(window: Window) -> str:
+    start, end = window
+    return f"nothing is sent from {start:%H:%M} to {end:%H:%M} in each customer's time zone"
+
+
+def _clock(at: datetime) -> str:
+    """A UTC time: '14:05 UTC' today, with its date on another day."""
+    at = at.astimezone(UTC)
+    return f"{at:%H:%M} UTC" if at.date() == utcnow().date() else f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def _quiet_words(n: Any) -> str | None:
+    """What the notification does about quiet hours (None: nothing to say, none exist)."""
+    state = app_state()
+    category = _category(n.category)
+    if n.quiet_hours is False:
+        return "Ignored: sent at any hour"
+    window = quiet_window(category, state.quiet_hours, n.quiet_hours)
+    if n.quiet_hours is True:
+        return f"Kept: {_window_words(window)}" if window else "Kept (none are set now)"
+    configured = state.quiet_hours is not None or any(
+        isinstance(c.quiet_hours, tuple) for c in (state.categories or {}).values())
+    if window is not None:
+        source = "the category" if category is not None and isinstance(
+            category.quiet_hours, tuple) else "the site"
+        return f"As set for {source}: {_window_words(window)}"
+    if configured:
+        return "None for this category"
+    return None
+
+
+def rules_in_words(n: Any, funnel: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The notification's rules as (key, label, words) rows: only those that apply."""
+    rules: list[tuple[str, str, str]] = []
+    category = _category(n.category)
+    if category is not None:
+        rules.append(("category", "Category", category.label))
+    quiet = _quiet_words(n)
+    if quiet is not None:
+        rules.append(("quiet_hours", "Quiet hours", quiet))
+    if n.send_at_local:
+        rules.append(("send_at_local", "Local time",
+                      f"Sent at {n.send_at_local} in each customer's time zone"))
+    if n.rate_per_minute is not None:
+        words = f"At most {n.rate_per_minute:,} a minute"
+        if funnel.get("expected_finish_at"):
+            finish = datetime.fromisoformat(funnel["expected_finish_at"])
+            words += f"; expected to finish at {_clock(finish)}"
+        rules.append(("rate_per_minute", "Pace", words))
+    return rules
+
+
+def extra_figures(n: Any, funnel: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The figures of categories, caps and quiet hours that apply to the notification, as
+    (key, label, value): a figure no rule of it can make is not shown."""
+    category = _category(n.category)
+    figures: list[tuple[str, str, int]] = []
+    if funnel["opted_out"] or (category is not None and not category.required):
+        figures.append(("opted_out", "Opted out of the category", funnel["opted_out"]))
+    if funnel["capped"] or (category is not None and category.cap is not None):
+        figures.append(("capped", "Skipped by the frequency cap", funnel["capped"]))
+    if funnel["held"]:
+        figures.append(("held", "Held for quiet hours", funnel["held"]))
+    return figures
+
+
+def hold_releases(n: Any) -> list[tuple[str, int]]:
+    """The times still to come when held deliveries are released, with their counts."""
+    if not n.holds or n.status != NotificationStatus.SENDING:
+        return []
+    now = utcnow()
+    due = sorted((datetime.fromisoformat(at), count) for at, count in n.holds.items())
+    return [(_clock(at), count) for at, count in due if at > now][:10]
 
 
 @stats_access_required(json=False)
@@ -192,7 +286,8 @@ def notifications_page() -> ResponseReturnValue:
                                             per_page=PER_PAGE, **filters)
     return render_template("webpush/admin/notifications.html", items=items, total=total,
                            page=page, pages=max(1, -(-total // PER_PAGE)),
-                           statuses=NOTIFICATION_STATUSES, args=request.args)
+                           statuses=NOTIFICATION_STATUSES, args=request.args,
+                           category_label=category_label)
 
 
 @stats_access_required(json=True)
@@ -218,11 +313,14 @@ def notification_page(nid: int) -> ResponseReturnValue:
     page = _int_arg("page", 1)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page)
     series = stats.time_series(webpush.db, webpush.models, nid)
+    funnel = webpush.stats(nid)
     return render_template(
-        "webpush/admin/notification.html", n=n, funnel=webpush.stats(nid), rows=rows,
+        "webpush/admin/notification.html", n=n, funnel=funnel, rows=rows,
         total=total, page=page, pages=max(1, -(-total // 50)), chart=series_svg(series),
         series=series, csrf_token=csrf_token(),
-        cancellable=n.status in OPEN)
+        cancellable=n.status in OPEN, rules=rules_in_words(n, funnel),
+        extra_figures=extra_figures(n, funnel), releases=hold_releases(n),
+        category_label=category_label)
 
 
 @stats_access_required(json=True)
@@ -236,7 +334,7 @@ def notification_json(nid: int) -> ResponseReturnValue:
 
 DELIVERY_FIELDS = ("id", "user_id", "subscription_id", "device", "status", "status_code",
                    "reason", "attempts", "sent_at", "displayed_at", "clicked_at", "closed_at",
-                   "action")
+                   "action", "due_at")
 
 
 def _delivery_row(delivery: Any, label: str | None) -> dict[str, Any]:
