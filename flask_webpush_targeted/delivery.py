@@ -36,7 +36,7 @@ from .preferences import TURNED_OFF, opted_out
 from .redis_queue import SEND_BATCH, enqueue_at, get_queue, redis_connection
 from .sql import id_in, rowcount
 from .statuses import FINAL, DeliveryStatus, NotificationStatus, Outcome
-from .throttle import budget_key, claim_size, reserve, ticks
+from .throttle import THROTTLE_LEAD, budget_key, claim_size, reserve, ticks
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
 from .worker_state import sending_state
@@ -299,7 +299,9 @@ def _continue_throttled(db: SQLAlchemy, m: Models, nid: int, first_id: int, last
     if due is None:
         return
     if next_free is not None:
-        due = max(due, datetime.fromtimestamp(next_free, UTC))
+        # A little before the next free slot: the job starting (a fork, the scheduler's
+        # poll) must not delay the slot; it waits for it before sending anything.
+        due = max(due, datetime.fromtimestamp(next_free - THROTTLE_LEAD, UTC))
     try:
         enqueue_at(get_queue(), max(due, utcnow()), SEND_BATCH, nid, first_id, last_id)
     except redis.exceptions.RedisError:

@@ -19,6 +19,9 @@ from .clock import utcnow
 
 #: how far ahead a batch takes slots (and so how long it may spend sending them)
 THROTTLE_HORIZON = 10.0
+#: how long before its next free slot a throttled batch's next job is due: the seconds a
+#: job takes to start (RQ's scheduler polls once a second; the default worker forks)
+THROTTLE_LEAD = 2.0
 #: sends sharing a tick go to the network together (a sleep per message would be
 #: thousands of wake-ups a second at high rates)
 TICK = 0.25
