@@ -1,10 +1,10 @@
 """Frequency caps: at most ``count`` notifications of a category per user in any period.
 
 A notification counts for a user once it has a delivery to one of the user's devices
-that is waiting, being sent or sent, created within the period; one that failed on every
-device does not. The fan-out checks and writes a chunk of users under one Redis lock per
-category, so two campaigns of the same category fanning out at once cannot both pass
-a user at the cap.
+that is waiting, being sent or sent, and sent (or due, or else written) within the
+period; one that failed on every device does not. The fan-out checks and writes a chunk
+of users under one Redis lock per category, so two campaigns of the same category
+fanning out at once cannot both pass a user at the cap.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def capped_users(db: SQLAlchemy, m: Models, category: Category, user_ids: Iterab
             .join(N, N.id == D.notification_id)
             .where(D.user_id.in_(ids[start:start + _CHUNK]), N.category == category.name,
                    D.notification_id != notification_id, D.status.in_(_COUNTING),
-                   D.created_at > now - period)
+                   # When it was sent, or is due: a held or local-time delivery counts
+                   # from then, not from its fan-out hours earlier.
+                   sa.func.coalesce(D.sent_at, D.due_at, D.created_at) > now - period)
             .group_by(D.user_id))
         capped.update(user for user, received in rows if received >= count)
     return capped

@@ -19,6 +19,9 @@ from typing import Any
 from .local_time import Window, parse_window
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: what no page can show: NUL, and lone surrogates (a string from undecodable bytes), which
+#: no response can encode
+_UNSHOWABLE = re.compile("[\x00\ud800-\udfff]")
 _KEYS = frozenset({"label", "description", "required", "default", "quiet_hours", "cap"})
 #: the longest window a frequency cap may count over
 MAX_CAP_WINDOW = timedelta(days=366)
@@ -66,6 +69,9 @@ def parse_categories(value: Any) -> dict[str, Category] | None:
             raise ValueError(f"category {name!r} needs a 'label' of 1 to 100 characters")
         if not isinstance(description, str) or len(description) > 500:
             raise ValueError(f"category {name!r}: 'description' must be text of at most 500")
+        if _UNSHOWABLE.search(label) or _UNSHOWABLE.search(description):
+            raise ValueError(f"category {name!r}: the label and description must be text a "
+                             "page can show (no NUL, no lone surrogate)")
         flags = {}
         for key in ("required", "default"):
             flag = spec.get(key, False)

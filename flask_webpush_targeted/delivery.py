@@ -28,7 +28,7 @@ from .categories import quiet_window
 from .clock import iso, monotonic, sleep, utcnow
 from .context import app_state
 from .counters import add, bucket, bump, new_increments, platform_of, send_start
-from .ledger import finish_if_complete, skip_claimed, skip_pending
+from .ledger import finish_if_complete, notification_status, skip_claimed, skip_pending
 from .local_time import Window, quiet_until, zone
 from .models import Models
 from .payload import payload_encoder
@@ -36,7 +36,15 @@ from .preferences import TURNED_OFF, opted_out
 from .redis_queue import SEND_BATCH, enqueue_at, get_queue, redis_connection
 from .sql import id_in, rowcount
 from .statuses import FINAL, DeliveryStatus, NotificationStatus, Outcome
-from .throttle import THROTTLE_LEAD, budget_key, claim_size, reserve, ticks
+from .throttle import (
+    THROTTLE_HORIZON,
+    THROTTLE_LEAD,
+    Slots,
+    budget_key,
+    claim_size,
+    reserve,
+    ticks,
+)
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
 from .worker_state import sending_state
@@ -88,8 +96,13 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         sa.and_(D.status == DeliveryStatus.SENDING, D.claimed_at < stale)))
     if n.rate_per_minute is not None:
         # Throttled: a horizon's worth of slots at most (throttle.py), the lowest ids first.
-        claimable = D.id.in_(sa.select(D.id).where(claimable).order_by(D.id).limit(
-            claim_size(n.rate_per_minute, config["WEBPUSH_BATCH_SIZE"])))
+        # The conditions stay outside the sub-select too: PostgreSQL re-checks only the
+        # outer WHERE on a row another batch's claim committed meanwhile, and the ids the
+        # sub-select chose may be that batch's by then (they would be sent twice).
+        claimable = sa.and_(claimable, D.id.in_(
+            sa.select(D.id).where(claimable).order_by(D.id)
+            .limit(claim_size(n.rate_per_minute, config["WEBPUSH_BATCH_SIZE"]))
+            .with_for_update(skip_locked=True)))
     db.session.execute(
         sa.update(D).where(claimable)
         .values(status=DeliveryStatus.SENDING, claimed_by=claim, claimed_at=now,
@@ -185,6 +198,9 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
                 break
             if send_at is not None:  # a throttled tick: not before its last slot
                 sleep(send_at - utcnow().timestamp())
+                if notification_status(nid) == NotificationStatus.CANCELLED:
+                    batch.cancelled = True  # cancelled while this batch waited
+                    break
             sender.send_many(messages(part), record, flush_every=max(1, concurrency // 2))
         if batch.expired_late:
             record([(i, PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed"))
@@ -269,7 +285,15 @@ def _paced(db: SQLAlchemy, m: Models, nid: int, claim: str, rate: int,
     """Slots for a throttled batch's messages, grouped in ticks; the rows no slot was left
     for go back to pending, due at the next free slot."""
     queue_name = current_app.config["WEBPUSH_QUEUE"]
-    slots = reserve(redis_connection(), budget_key(queue_name, nid), rate, len(to_send))
+    try:
+        slots = reserve(redis_connection(), budget_key(queue_name, nid), rate, len(to_send))
+    except redis.exceptions.RedisError:
+        # No budget to take slots from: nothing is sent, every row goes back, due again a
+        # horizon later (recover finds them if Redis stays down).
+        log.warning("webpush: Redis unavailable; throttled deliveries of notification %s "
+                    "go back to pending", nid)
+        later = utcnow().timestamp() + THROTTLE_HORIZON
+        slots = Slots(later, 0, 60.0 / rate, later)
     unslotted = [row.id for row, _ttl in to_send[slots.count:]]
     if unslotted:
         D = m.Delivery

@@ -68,12 +68,15 @@ def in_window(t: time, window: Window) -> bool:
     return t >= start or t < end  # across midnight
 
 
-def _at(day: datetime, t: time, tz: ZoneInfo) -> datetime:
-    """The instant the clocks of ``tz`` show ``t`` on ``day``'s date (in UTC). A time the
-    clocks skip (spring forward) is read with the offset before the change, so it lands
-    as far after the gap (02:30 becomes 03:30 after a one-hour jump at 02:00); a time they
-    show twice (fall back) is its first occurrence."""
-    return datetime.combine(day.date(), t, tzinfo=tz).astimezone(UTC)
+def _occurrences(day: datetime, t: time, tz: ZoneInfo) -> list[datetime]:
+    """The instants the clocks of ``tz`` show ``t`` on ``day``'s date (in UTC), earliest
+    first: two for a time shown twice (fall back). A time the clocks skip (spring forward)
+    is read with the offset before the change, so it lands as far after the gap (02:30
+    becomes 03:30 after a one-hour jump at 02:00)."""
+    shown = datetime.combine(day.date(), t, tzinfo=tz)
+    first = shown.astimezone(UTC)
+    second = shown.replace(fold=1).astimezone(UTC)
+    return [first, second] if second > first else [first]
 
 
 def quiet_until(at: datetime, tz: ZoneInfo, window: Window) -> datetime | None:
@@ -82,18 +85,18 @@ def quiet_until(at: datetime, tz: ZoneInfo, window: Window) -> datetime | None:
     if not in_window(local.time().replace(second=0, microsecond=0), window):
         return None
     end = window[1]
-    for days in (0, 1):
-        candidate = _at(local + timedelta(days=days), end, tz)
-        if candidate > at:
-            return candidate
-    return _at(local + timedelta(days=2), end, tz)  # not reached: a window is under a day
+    for days in (0, 1, 2):
+        for candidate in _occurrences(local + timedelta(days=days), end, tz):
+            if candidate > at:
+                return candidate
+    raise AssertionError("unreachable: a window is shorter than a day")
 
 
 def next_local(at: datetime, tz: ZoneInfo, t: time) -> datetime:
     """The first instant at or after ``at`` when the clocks of ``tz`` show ``t``."""
     local = at.astimezone(tz)
     for days in (0, 1, 2):
-        candidate = _at(local + timedelta(days=days), t, tz)
-        if candidate >= at:
-            return candidate
+        for candidate in _occurrences(local + timedelta(days=days), t, tz):
+            if candidate >= at:
+                return candidate
     raise AssertionError("unreachable: a day has every time of day")

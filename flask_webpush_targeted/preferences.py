@@ -35,7 +35,8 @@ def scope_of(category: str) -> str:
     return f"category:{category}"
 
 
-def _stored(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, bool]:
+def stored_choices(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, bool]:
+    """Every choice stored for the user, configured categories or not."""
     P = m.Preference
     return {row.category: row.enabled for row in db.session.execute(
         sa.select(P.category, P.enabled).where(P.user_id == user_id))}
@@ -46,7 +47,7 @@ def preferences(db: SQLAlchemy, m: Models, categories: Mapping[str, Category] | 
     """Each configured category and whether the user gets it ({} when categories are off)."""
     if not categories:
         return {}
-    stored = _stored(db, m, user_id)
+    stored = stored_choices(db, m, user_id)
     return {name: True if c.required else stored.get(name, c.default)
             for name, c in categories.items()}
 
@@ -87,9 +88,12 @@ def set_preferences(db: SQLAlchemy, m: Models, categories: Mapping[str, Category
     assert categories is not None  # check_choices refused None
     P = m.Preference
     now = utcnow()
-    current = preferences(db, m, categories, user_id)
     rows = {p.category: p for p in db.session.scalars(
         sa.select(P).where(P.user_id == user_id).with_for_update())}
+    # What holds now, read under the lock: a concurrent change committed before it counts,
+    # so the ledger's last entry always says what is stored.
+    current = {name: True if c.required else (rows[name].enabled if name in rows else c.default)
+               for name, c in categories.items()}
     for name, value in checked.items():
         row = rows.get(name)
         if row is None:

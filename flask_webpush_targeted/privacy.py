@@ -21,7 +21,7 @@ from .clock import iso
 from .context import app_state
 from .counters import add, bump, new_increments
 from .models import Models
-from .preferences import preferences
+from .preferences import preferences, stored_choices
 from .sql import dialect_of, rowcount
 from .statuses import UNFINISHED, DeliveryStatus
 
@@ -52,7 +52,8 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
             {"id": s.id, "label": s.label, "push_service": s.push_service,
              "user_agent": s.user_agent, "consent_version": s.consent_version,
              "created_at": iso(s.created_at), "last_seen_at": iso(s.last_seen_at),
-             "revoked_at": iso(s.revoked_at), "revoked_reason": s.revoked_reason}
+             "revoked_at": iso(s.revoked_at), "revoked_reason": s.revoked_reason,
+             "timezone": s.timezone}
             for s in subs
         ],
         "consents": [
@@ -62,7 +63,9 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
              "scope": c.scope, "source": c.source, "at": iso(c.created_at)}
             for c in consents
         ],
-        "preferences": preferences(db, m, app_state().categories, user_id),
+        # every stored choice (a category since removed too), then what holds now
+        "preferences": {**stored_choices(db, m, user_id),
+                        **preferences(db, m, app_state().categories, user_id)},
         "notifications_received": [
             {"notification_id": d.notification_id, "device_id": d.subscription_id,
              "title": payload.get("title"), "status": d.status, "sent_at": iso(d.sent_at),

@@ -356,3 +356,61 @@ def test_a_retry_that_falls_inside_quiet_hours_is_held_until_they_end(
     [d] = host.deliveries(nid)
     assert (d.status, d.attempts) == ("sent", 2)
     assert push_service.request_count(sub.endpoint) == 2
+
+
+def test_cancel_while_a_throttled_batch_waits_for_a_slot_sends_nothing_more(
+        make_host: Any, push_service: Any) -> None:
+    from unittest import mock
+
+    from flask_webpush_targeted import delivery
+
+    host = make_host(WEBPUSH_BATCH_SIZE=100)
+    subs = [host.subscribe(str(i)) for i in range(5)]
+    clock = ManualClock(NOON)
+    real_sleep = delivery.sleep
+    with use_clock(clock):
+        nid = notify(host, [str(i) for i in range(5)], rate_per_minute=60)
+
+        def cancelling(seconds: float) -> None:
+            if seconds > 0 and host.notification(nid).status != "cancelled":
+                with host.app.app_context():
+                    assert host.webpush.cancel(nid)
+            real_sleep(seconds)
+
+        with mock.patch.object(delivery, "sleep", cancelling):
+            InProcessQueue(host.app, clock).run_all()
+    sent = sum(push_service.request_count(s.endpoint) for s in subs)
+    assert sent == 1  # the first slot's message went before the cancel; none after it
+    assert sorted(statuses(host, nid).values()) == ["sent"] + ["skipped"] * 4
+    assert stats(host, nid)["skipped"] == 4
+
+
+def test_a_throttled_batch_with_redis_down_sends_nothing_and_loses_nothing(
+        make_host: Any, push_service: Any) -> None:
+    from unittest import mock
+
+    import redis
+
+    from flask_webpush_targeted import delivery
+
+    host = make_host(WEBPUSH_BATCH_SIZE=100)
+    subs = [host.subscribe(str(i)) for i in range(3)]
+    clock = ManualClock(NOON)
+
+    def down(*_args: Any) -> Any:
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    with use_clock(clock):
+        nid = notify(host, ["0", "1", "2"], rate_per_minute=600)
+        queue = InProcessQueue(host.app, clock)
+        with mock.patch.object(delivery, "reserve", down):
+            queue.run_all()
+        assert set(statuses(host, nid).values()) == {"pending"}
+        assert sum(push_service.request_count(s.endpoint) for s in subs) == 0
+        for _ in range(20):
+            queue.run_all()
+            if set(statuses(host, nid).values()) == {"sent"}:
+                break
+            clock.advance(5)
+    assert set(statuses(host, nid).values()) == {"sent"}
+    assert [push_service.request_count(s.endpoint) for s in subs] == [1, 1, 1]
