@@ -167,13 +167,21 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
         # -- rules ----------------------------------------------------------------------
 
         @initialize(offset=st.sampled_from([0, 60, 600]),
-                    kind=st.sampled_from(["orders", "offers", "offers-rate", "orders-rate"]))
-        def a_first_notification(self, offset: int, kind: str) -> None:
-            """Every run has something to deliver, whatever rules it draws, sometimes in
-            the quiet hours of the UTC devices (from 21:00), sometimes throttled."""
+                    kind=st.sampled_from(["orders", "offers", "offers-rate", "orders-rate",
+                                          "offers-twice"]),
+                    refuser=st.sampled_from([None, "2"]))
+        def a_first_notification(self, offset: int, kind: str, refuser: str | None) -> None:
+            """Every run has something to deliver, whatever rules it draws: sometimes in
+            the quiet hours of the UTC devices (from 21:00), sometimes throttled, sometimes
+            two offers (the second meets the cap), sometimes with a customer who turned
+            offers off."""
+            if refuser is not None:
+                self.choose_offers(refuser, False)
             self.clock.advance(offset)
-            category, _, throttled = kind.partition("-")
-            self.notify(USERS, 300, None, category, None, 30 if throttled else None)
+            category, _, extra = kind.partition("-")
+            self.notify(USERS, 300, None, category, None, 30 if extra == "rate" else None)
+            if extra == "twice":
+                self.notify(USERS, 300, None, category, None, None)
 
         @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
               ttl=st.sampled_from([0, 30, 300, 3600]),
