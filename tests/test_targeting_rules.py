@@ -308,8 +308,10 @@ def test_rate_per_minute_spreads_sends_across_two_real_workers(
     assert len(times) == 40
     spread = times[-1] - times[0]
     assert spread >= 3.5, spread  # 40 slots 0.1 s apart: 3.9 s from the first to the last
-    for first in times:  # 10 a second at most, with a tick's grouping (0.25 s) of slack
-        assert sum(first <= t < first + 1.0 for t in times) <= 13
+    # 10 slots a second; a message goes out at its slot or later, so a worker the machine
+    # slowed can bunch a few late ones: half a second's worth of slack
+    for first in times:
+        assert sum(first <= t < first + 1.0 for t in times) <= 15
 
 
 def test_forget_user_erases_their_choices_and_their_id_from_the_opted_out_lists(
