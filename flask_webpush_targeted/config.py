@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
@@ -121,16 +122,47 @@ def _extra_origin(url: Any) -> str:
     return web_origin(parts)  # ValueError for a port out of range
 
 
+log = logging.getLogger("flask_webpush_targeted")
+
+KEYS_HINT = "Run `flask webpush generate-vapid-keys` and paste its output into your config."
+MISSING_KEYS = "WEBPUSH_VAPID_PRIVATE_KEY and WEBPUSH_VAPID_PUBLIC_KEY must be set. " + KEYS_HINT
+
+
+def keys_pending(config: dict[str, Any]) -> bool:
+    """Validate the settings for init_app; True when both VAPID keys are unset (a new app)."""
+    if config.get("WEBPUSH_VAPID_PRIVATE_KEY") or config.get("WEBPUSH_VAPID_PUBLIC_KEY"):
+        validate_config(config)
+        return False
+    # Only a new app has neither key: its CLI must run, so that generate-vapid-keys can
+    # print them. One key without the other is a mistake, refused by validate_config.
+    validate_settings(config)
+    log.warning("webpush: %s Until then every other use raises this error.", MISSING_KEYS)
+    return True
+
+
+def refuse_without_keys() -> NoReturn:
+    """Raise the missing-keys ConfigurationError (the blueprint's hook while keys are unset)."""
+    raise ConfigurationError(MISSING_KEYS)
+
+
+class PendingState:
+    """Stands for an app's AppState while its VAPID keys are unset: any use raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        """Raise the missing-keys ConfigurationError for any attribute but Python's own."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        refuse_without_keys()
+
+
 def validate_config(config: dict[str, Any]) -> None:
     """Check the settings once, at init_app, with errors that say how to fix them."""
-    hint = "Run `flask webpush generate-vapid-keys` and paste its output into your config."
+    hint = KEYS_HINT
     private = config.get("WEBPUSH_VAPID_PRIVATE_KEY")
     public = config.get("WEBPUSH_VAPID_PUBLIC_KEY")
     subject = config.get("WEBPUSH_VAPID_SUBJECT")
     if not private or not public:
-        raise ConfigurationError(
-            "WEBPUSH_VAPID_PRIVATE_KEY and WEBPUSH_VAPID_PUBLIC_KEY must be set. " + hint
-        )
+        raise ConfigurationError(MISSING_KEYS)
     try:
         key = load_vapid_private_key(private)
     except (ValueError, TypeError) as exc:
@@ -148,6 +180,11 @@ def validate_config(config: dict[str, Any]) -> None:
             "(expected the 65-byte uncompressed point of that key). " + hint
         )
     vapid_subject(subject)
+    validate_settings(config)
+
+
+def validate_settings(config: dict[str, Any]) -> None:
+    """Check every setting but the VAPID ones."""
     ttl = config.get("WEBPUSH_DEFAULT_TTL")
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= 28 * 86400:
         raise ConfigurationError(

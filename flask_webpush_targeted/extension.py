@@ -13,7 +13,7 @@ from markupsafe import Markup
 from . import notifications, preferences, privacy
 from .categories import Category, parse_categories, parse_quiet_hours
 from .cli import webpush_cli
-from .config import DEFAULTS, extra_push_origins, validate_config
+from .config import DEFAULTS, PendingState, extra_push_origins, keys_pending, refuse_without_keys
 from .context import AppState, app_state
 from .csrf import csrf_token
 from .exceptions import (
@@ -43,6 +43,7 @@ class WebPush:
         self.db = db
         self._models: Models | None = None
         self._stats_access: Callable[[Any], bool] | None = None
+        self._user_display: Callable[[str], str | None] | None = None
         if app is not None:
             self.init_app(app, db=db)
 
@@ -64,21 +65,25 @@ class WebPush:
         self._models = get_models(db)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, list(value) if isinstance(value, list) else value)
-        validate_config(app.config)
+        # Both VAPID keys unset (a new app): everything is registered, so that the CLI and
+        # url_for work, but every other use raises the ConfigurationError (docs/config.md).
+        pending = keys_pending(app.config)
         if app.config["WEBPUSH_SW_SCOPE"] is None:
             app.config["WEBPUSH_SW_SCOPE"] = app.config["WEBPUSH_URL_PREFIX"] + "/"
         app.extensions["webpush"] = self
         # Read once: the request path then never re-parses the list.
         app.config["WEBPUSH_EXTRA_PUSH_SERVICES"] = list(app.config["WEBPUSH_EXTRA_PUSH_SERVICES"])
-        app.extensions["webpush.state"] = AppState(
+        app.extensions["webpush.state"] = PendingState() if pending else AppState(
             db, self._models, extra_push_origins(app.config),
             categories=parse_categories(app.config["WEBPUSH_CATEGORIES"]),
             quiet_hours=parse_quiet_hours(app.config["WEBPUSH_QUIET_HOURS"]),
             default_zone=app.config["WEBPUSH_DEFAULT_TIMEZONE"])
 
         if app.config["WEBPUSH_REGISTER_BLUEPRINT"]:
-            app.register_blueprint(create_blueprint(),
-                                   url_prefix=app.config["WEBPUSH_URL_PREFIX"])
+            blueprint = create_blueprint()
+            if pending:
+                blueprint.before_request(refuse_without_keys)
+            app.register_blueprint(blueprint, url_prefix=app.config["WEBPUSH_URL_PREFIX"])
         app.cli.add_command(webpush_cli)
         app.add_template_global(self.optin_widget, "webpush_optin")
         app.add_template_global(csrf_token, "webpush_csrf_token")
@@ -105,6 +110,11 @@ class WebPush:
         self._stats_access = func
         return func
 
+    def user_display(self, func: Callable[[str], str | None]) -> Callable[[str], str | None]:
+        """Register how the admin pages name a customer: user id -> name (None: the id)."""
+        self._user_display = func
+        return func
+
     # -- the opt-in widget -----------------------------------------------------------------
 
     def optin_widget(self, template: str = "webpush/optin.html") -> Markup:
@@ -113,8 +123,11 @@ class WebPush:
         categories = app_state().categories or {}
         # Each box ticked as the customer has it now (the defaults until they chose): a
         # second browser's opt-in must not offer the defaults again and undo their choice.
-        chosen = (self.preferences(current_user)
-                  if categories and current_user and current_user.is_authenticated else {})
+        signed_in = bool(current_user and current_user.is_authenticated)
+        chosen = self.preferences(current_user) if categories and signed_in else {}
+        # Withdrawal is offered only to a customer who has consent to withdraw (a device on).
+        has_consent = signed_in and bool(
+            self.store.user_subscriptions(user_id_of(current_user), active_only=True))
         # render_template autoescapes; the result is HTML already.
         return Markup(render_template(  # noqa: S704
             template,
@@ -125,7 +138,7 @@ class WebPush:
             sw_url=url_for("webpush.service_worker"),
             sw_scope=config["WEBPUSH_SW_SCOPE"],
             subscriptions_url=url_for("webpush.subscriptions"),
-            withdraw_url=url_for("webpush.withdraw_consent"),
+            withdraw_url=url_for("webpush.withdraw_consent"), has_consent=has_consent,
             devices_url=url_for("webpush.devices"),
             preferences_url=url_for("webpush.save_preferences"),
             script_url=url_for("webpush.static", filename="webpush/webpush.js"),

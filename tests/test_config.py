@@ -108,9 +108,41 @@ def test_invalid_setting_fails_init_app_with_a_message_saying_how_to_fix_it(
         assert text in str(info.value)
 
 
-def test_vapid_keys_never_set_fails_with_the_generate_command_in_the_message() -> None:
-    app, db = bare_app()
-    with pytest.raises(ConfigurationError, match=re.escape(HINT)):
+MISSING_KEYS = "WEBPUSH_VAPID_PRIVATE_KEY and WEBPUSH_VAPID_PUBLIC_KEY must be set"
+
+
+def test_vapid_keys_never_set_leave_the_cli_working_and_every_other_use_failing() -> None:
+    # Both keys unset is a new app: init_app succeeds so `flask webpush generate-vapid-keys`
+    # can run, and everything else raises the error naming that command (docs/config.md).
+    app, db = bare_app(TESTING=True)
+    webpush = WebPush(app, db=db)
+    assert app.extensions["webpush"] is webpush
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["webpush", "generate-vapid-keys"])
+    assert result.exit_code == 0, result.output
+    assert "WEBPUSH_VAPID_PRIVATE_KEY = " in result.output
+    for args in (["webpush", "worker", "--burst"], ["webpush", "recover"],
+                 ["webpush", "send", "--user", "1", "--title", "Hello"]):
+        refused = runner.invoke(args=args)
+        assert refused.exit_code == 1, (args, refused.output)
+        assert MISSING_KEYS in refused.output and HINT in refused.output
+    http = app.test_client()
+    for url in ("/webpush/sw.js", "/webpush/vapid-public-key", "/webpush/devices",
+                "/webpush/static/webpush/webpush.js"):
+        with pytest.raises(ConfigurationError, match=re.escape(HINT)):
+            http.get(url)
+    with app.test_request_context("/"):
+        with pytest.raises(ConfigurationError, match=re.escape(HINT)):
+            app.jinja_env.from_string("{{ webpush_optin() }}").render()
+        with pytest.raises(ConfigurationError, match=re.escape(HINT)):
+            webpush.notify_user("1", title="Hello")
+        with pytest.raises(ConfigurationError, match=re.escape(HINT)):
+            webpush.recover()
+
+
+def test_vapid_keys_never_set_still_check_the_other_settings() -> None:
+    app, db = bare_app(WEBPUSH_URL_PREFIX="webpush")
+    with pytest.raises(ConfigurationError, match="must start with '/'"):
         WebPush(app, db=db)
     assert "webpush" not in app.extensions
 
