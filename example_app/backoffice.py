@@ -66,6 +66,10 @@ MESSAGES = {
     "cancelled": "The notification is cancelled: nothing more of it will be sent.",
     "not-cancelled": "It could not be cancelled: it has already finished.",
 }
+#: Shown on a notification's page when its validity period is 0 seconds (docs/config.md).
+TTL_ZERO_WARNING = ("Valid for 0 seconds: a device that is offline at the moment it is sent "
+                    "never gets it, and no error says so. Send it again with a longer "
+                    "validity period if it must reach every customer.")
 FORM_FIELDS = ("title", "body", "url", "devices", "ttl", "ttl_custom", "urgency", "topic",
                "category", "when", "send_at", "tz_offset", "send_at_local", "quiet_hours",
                "rate_per_minute", "nonce")
@@ -364,6 +368,7 @@ def notification(notification_id: int) -> ResponseReturnValue:
         targeted=_names(user_ids, NAMES_SHOWN), more_targeted=max(len(user_ids) - NAMES_SHOWN, 0),
         without=_names(without), opted_out=_names(n.users_opted_out or [], NAMES_SHOWN),
         cancellable=n.status in CANCELLABLE, message=message,
+        ttl_warning=TTL_ZERO_WARNING if n.ttl == 0 else None,
     )
 
 

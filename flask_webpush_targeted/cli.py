@@ -8,10 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
 from . import stats
+from .clock import utcnow
 from .context import app_state
 from .counters import fold_old_platform_rows
 from .exceptions import (
@@ -24,6 +26,7 @@ from .exceptions import (
 )
 from .notifications import DEVICE_WORDS, MAX_RATE_PER_MINUTE, URGENCIES, NotificationOptions
 from .push_api.keys import SCOPES, create_key, find_keys, list_keys, revoke_key
+from .targeting import users_without
 from .transport.text import storable
 from .transport.vapid import generate_vapid_keys
 from .users import user_id_of
@@ -31,6 +34,8 @@ from .worker import run_worker
 
 #: the longest retention prune accepts (100 years): more overflows the date arithmetic
 MAX_PRUNE_DAYS = 36_500
+#: user ids per query when looking for ones never subscribed (a bound on the parameters)
+_CHUNK = 500
 
 
 class WebPushGroup(AppGroup):
@@ -128,14 +133,17 @@ _DEFAULTS = {option.name: option.default for option in fields(NotificationOption
 @click.option("--body", default=_DEFAULTS["body"])
 @click.option("--url", default=None, help="Opened on click: a path or a URL on this site.")
 @click.option("--devices", type=click.Choice(DEVICE_WORDS), default=_DEFAULTS["devices"])
-@click.option("--ttl", type=int, default=None, help="Validity period in seconds.")
+@click.option("--ttl", type=int, default=None,
+              help="Validity period in seconds (0: a device offline at that moment never "
+                   "gets it; a warning says so).")
 @click.option("--urgency", type=click.Choice(URGENCIES), default=_DEFAULTS["urgency"])
 @click.option("--topic", default=None)
 @click.option("--category", default=None,
               help="With WEBPUSH_CATEGORIES, one of its names (default: the first required "
                    "one); without, a free label.")
 @click.option("--send-at", default=None,
-              help="ISO 8601 time with an offset, e.g. 2026-12-01T09:00+01:00.")
+              help="ISO 8601 time with an offset, e.g. 2026-12-01T09:00+01:00; a time "
+                   "in the past is refused (leave it out to send now).")
 @click.option("--send-at-local", default=_DEFAULTS["send_at_local"], metavar="HH:MM",
               help="Each device gets it at the next such time in its own time zone "
                    "(not with --send-at).")
@@ -151,7 +159,8 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
                  category: str | None, send_at: str | None, send_at_local: str | None,
                  quiet_hours: bool | None, rate_per_minute: int | None,
                  idempotency_key: str | None) -> None:
-    """Send one notification to the given users; prints its id and the users without devices."""
+    """Send one notification to the given users; prints its id, the users without devices
+    and, among them, the user ids with no subscription at all."""
     _check_category(category)
     ids = list(users)
     if users_file is not None:
@@ -163,15 +172,13 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
             ids.extend(line.strip() for line in bar if line.strip())
     if not ids:
         raise click.UsageError("Give at least one --user or a --users-file.")
-    when = None
-    if send_at:
-        try:
-            when = datetime.fromisoformat(send_at)
-        except ValueError as exc:
-            raise click.BadParameter(f"not an ISO 8601 time: {send_at!r}",
-                                     param_hint="--send-at") from exc
+    when = _send_at(send_at)
+    if ttl == 0:
+        click.echo("Warning: --ttl 0 means a device that is offline when the notification "
+                   "is sent never gets it (the push service drops it at once).", err=True)
+    webpush = current_app.extensions["webpush"]
     try:
-        n = current_app.extensions["webpush"].notify_users(
+        n = webpush.notify_users(
             ids, title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
             topic=topic, category=category, send_at=when, idempotency_key=idempotency_key,
             send_at_local=send_at_local, quiet_hours=quiet_hours,
@@ -181,6 +188,48 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
     except QueueUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Notification {n.id} {n.status} for {len(ids)} user(s).")
+    without = users_without(webpush.db, webpush.models, n.targeting)
+    unknown = _never_subscribed(without)
+    # JSON lists: a user id may hold commas, quotes or line breaks.
+    click.echo(f"{len(without)} user(s) without devices: "
+               f"{json.dumps(without, ensure_ascii=False)}")
+    click.echo(f"{len(unknown)} of them with no subscription at all (unknown to web push): "
+               f"{json.dumps(unknown, ensure_ascii=False)}")
+
+
+def _send_at(send_at: str | None) -> datetime | None:
+    """``--send-at`` as a datetime; a usage error (exit 2) if not ISO 8601 or in the past."""
+    if not send_at:
+        return None
+    try:
+        when = datetime.fromisoformat(send_at)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 time: {send_at!r}",
+                                 param_hint="--send-at") from exc
+    if when.utcoffset() is None:
+        return when  # notify_users says it needs an offset
+    now = utcnow()
+    try:
+        past = when < now
+    except OverflowError:  # year 1 at +05:00: notify_users refuses it with the years allowed
+        return when
+    if past:
+        raise click.BadParameter(
+            f"{send_at!r} is in the past (it is now {now:%Y-%m-%dT%H:%M:%SZ}): give a later "
+            "time, or leave --send-at out to send now.", param_hint="--send-at")
+    return when
+
+
+def _never_subscribed(user_ids: list[str]) -> list[str]:
+    """The ``user_ids``, in order, that no subscription (active or not) was ever stored for."""
+    webpush = current_app.extensions["webpush"]
+    Sub = webpush.models.Subscription
+    known: set[str] = set()
+    for start in range(0, len(user_ids), _CHUNK):
+        known.update(webpush.db.session.scalars(
+            sa.select(Sub.user_id).where(Sub.user_id.in_(user_ids[start:start + _CHUNK]))
+            .distinct()))
+    return [u for u in user_ids if u not in known]
 
 
 def _check_category(category: str | None) -> None:

@@ -8,6 +8,7 @@ row is written: a bad call raises a specific exception and stores nothing.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -118,6 +119,11 @@ def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: Notification
                         send_at_local=options.send_at_local, send_at=options.send_at,
                         rate_per_minute=options.rate_per_minute)
     targeting = resolve_devices(db, m, user_ids, options.devices)
+    if seconds == 0:
+        # Accepted (a "now or never" message is legitimate), but rarely meant: say so.
+        logging.getLogger("flask_webpush_targeted").warning(
+            "A notification with a validity (ttl) of 0 seconds: a device that is offline "
+            "when it is sent will never get it (the push service drops it at once).")
     return store_and_enqueue(
         db, m, user_ids, payload=payload, targeting=targeting, ttl=seconds,
         urgency=options.urgency, topic=options.topic, send_at=options.send_at,

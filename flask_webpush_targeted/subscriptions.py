@@ -234,22 +234,41 @@ class SubscriptionStore:
         return sub
 
     def withdraw_consent(self, user_id: str, *, user_agent: str | None = None,
-                         reason: str = "user") -> int:
-        """Withdraw the user's consent and revoke all their devices in one transaction."""
-        Sub = self.m.Subscription
+                         reason: str = "user") -> int | None:
+        """Withdraw the user's consent and revoke all their devices in one transaction;
+        return how many devices were revoked.
+
+        Nothing to withdraw (no active device and the ledger's last word on the consent is
+        not "granted"): no ledger row, no signal, None. Two withdrawals at the same time (a
+        double click) write one row: the second waits for the first (PostgreSQL: on the
+        user's subscription rows; SQLite: on the write lock its update takes) and decides
+        only after its update, when it sees what the first committed.
+        """
+        Sub, C = self.m.Subscription, self.m.Consent
+        self.db.session.execute(
+            sa.select(Sub.id).where(Sub.user_id == user_id).with_for_update()
+        ).all()
         active = self.user_subscriptions(user_id, active_only=True)
         now = utcnow()
-        self.db.session.execute(
+        revoked_ids = set(self.db.session.scalars(
             sa.update(Sub).where(Sub.user_id == user_id, Sub.revoked_at.is_(None))
             .values(revoked_at=now, revoked_reason="consent_withdrawn")
-        )
+            .returning(Sub.id)
+        ))
+        last = self.db.session.scalar(
+            sa.select(C.action).where(C.user_id == user_id, C.scope.is_(None))
+            .order_by(C.id.desc()).limit(1))
+        if not revoked_ids and last != "granted":
+            self.db.session.commit()  # ends the transaction (and its locks) at once
+            return None
         self._ledger(user_id, "withdrawn", reason=reason, user_agent=user_agent)
         self.db.session.commit()
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        for sub in active:
+        revoked = [sub for sub in active if sub.id in revoked_ids]
+        for sub in revoked:
             signals.subscription_revoked.send(app, subscription=sub, reason="consent_withdrawn")
         signals.consent_withdrawn.send(app, user_id=user_id)
-        return len(active)
+        return len(revoked)
 
     def rotate(self, old_endpoint: object, old_auth: object,
                new: SubscriptionInfo) -> SubscriptionRow:

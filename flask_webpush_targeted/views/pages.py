@@ -34,7 +34,12 @@ MESSAGES = {
     "revoked": "The device was removed: it will receive no more notifications.",
     "withdrawn": "Your consent is withdrawn and every device was unlinked from your account.",
     "saved": "Your choices are saved.",
+    "nothing": "You had not given your consent to notifications: there was nothing to "
+               "withdraw, and nothing was changed.",
 }
+#: the JSON answer's message when there was no consent to withdraw
+NOTHING_TO_WITHDRAW = ("You had not given your consent to notifications: there was nothing "
+                       "to withdraw, and no device was revoked.")
 EXPIRED = "The form has expired: reload the devices page and try again."
 
 
@@ -60,7 +65,7 @@ def devices() -> ResponseReturnValue:
     subs = ext().store.user_subscriptions(user_id_of(current_user), active_only=True)
     categories = app_state().categories or {}
     return render_template(
-        "webpush/devices.html", subscriptions=subs, csrf_token=csrf_token(),
+        "webpush/devices.html", subscriptions=subs, has_consent=bool(subs), csrf_token=csrf_token(),
         message=MESSAGES.get(request.args.get("done", "")),
         categories=list(categories.values()), preferences=ext().preferences(current_user),
     )
@@ -82,12 +87,16 @@ def revoke_device(subscription_id: int) -> ResponseReturnValue:
 
 
 def withdraw_consent() -> ResponseReturnValue:
-    """Withdraw consent and unlink every device, from the widget (JSON) or the page (form)."""
+    """Withdraw consent and unlink every device, from the widget (JSON) or the page (form).
+
+    With no consent to withdraw the answer says so (``"withdrawn": false``, or the page's
+    "nothing" message) and the ledger gets no row."""
     if _wants_json():
         user_id = require_login_json()
         check_csrf()
-        revoked = ext().store.withdraw_consent(user_id,
-                                               user_agent=request.headers.get("User-Agent"))
+        revoked = _withdraw(user_id)
+        if revoked is None:
+            return jsonify(withdrawn=False, devices_revoked=0, message=NOTHING_TO_WITHDRAW)
         return jsonify(withdrawn=True, devices_revoked=revoked)
     if not current_user.is_authenticated:
         return login_page()
@@ -95,9 +104,13 @@ def withdraw_consent() -> ResponseReturnValue:
         check_csrf()
     except CSRFError:
         abort(400, EXPIRED)
-    ext().store.withdraw_consent(user_id_of(current_user),
-                                 user_agent=request.headers.get("User-Agent"))
-    return redirect(url_for("webpush.devices", done="withdrawn"), 303)
+    done = "nothing" if _withdraw(user_id_of(current_user)) is None else "withdrawn"
+    return redirect(url_for("webpush.devices", done=done), 303)
+
+
+def _withdraw(user_id: str) -> int | None:
+    """The devices revoked by the withdrawal, or None when there was no consent to withdraw."""
+    return ext().store.withdraw_consent(user_id, user_agent=request.headers.get("User-Agent"))
 
 
 def save_preferences() -> ResponseReturnValue:

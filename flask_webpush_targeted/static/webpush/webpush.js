@@ -140,6 +140,7 @@
           return;
         }
         if (reg.active) reg.active.postMessage({ type: 'webpush:subscribed' });
+        withdraw.hidden = false;
         say('on', 'Done: notifications are on for this browser.');
       } catch (err) {
         say('error', 'Your browser could not subscribe: ' + (err && err.message ? err.message : err));
@@ -170,7 +171,11 @@
       }
     }));
 
+    // One click, one request: the button is disabled while its request runs, so a double
+    // click cannot send a second withdrawal.
     withdraw.addEventListener('click', async () => {
+      if (withdraw.disabled) return;
+      withdraw.disabled = true;
       try {
         const response = await fetch(cfg.withdrawUrl, {
           method: 'POST', credentials: 'same-origin',
@@ -180,14 +185,20 @@
           say('error', 'Could not withdraw your consent: ' + await errorMessage(response));
           return;
         }
+        const answer = await response.json();
         const reg = await ready;
         const sub = await reg.pushManager.getSubscription();
         if (sub) await sub.unsubscribe();
         boxes.forEach((b) => { b.checked = false; });
         refresh();
-        say('off', 'Your consent is withdrawn: no device of yours receives notifications now.');
+        withdraw.hidden = true;
+        say('off', answer.withdrawn === false
+          ? 'You had not given your consent to notifications: there was nothing to withdraw.'
+          : 'Your consent is withdrawn: no device of yours receives notifications now.');
       } catch (err) {
         say('error', 'Could not withdraw your consent: ' + (err && err.message ? err.message : err));
+      } finally {
+        withdraw.disabled = false;
       }
     });
 
