@@ -126,6 +126,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def can_see_stats(user: Any) -> bool:
         return bool(getattr(user, "is_admin", False))
 
+    @webpush.user_display
+    def customer_name(user_id: str) -> str | None:
+        # Ids are the Customer's primary key as text; any other id is shown as it is.
+        from .models import Customer
+
+        is_key = user_id.isascii() and user_id.isdigit() and len(user_id) < 19  # fits BIGINT
+        customer = db.session.get(Customer, int(user_id)) if is_key else None
+        return customer.name if customer is not None else None
+
     from .models import seed
 
     @app.cli.command("init-db")

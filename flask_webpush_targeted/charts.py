@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from markupsafe import Markup, escape
 
 SERIES = (("sent", "#4062bb"), ("displayed", "#2a9d5c"), ("clicked", "#e07a1f"))
+
+
+def readable_time(at: str, since: str | None = None) -> str:
+    """A bucket's start as staff read it: "1 Dec 14:00 UTC", or "14:05 UTC" on the same day
+    as ``since`` (buckets are UTC ISO strings; anything else is shown as it is)."""
+    try:
+        moment = datetime.fromisoformat(at)
+        same_day = since is not None and datetime.fromisoformat(since).date() == moment.date()
+    except ValueError:
+        return at
+    return f"{moment:%H:%M} UTC" if same_day else f"{moment.day} {moment:%b %H:%M} UTC"
 
 
 def series_svg(points: list[dict[str, Any]], width: int = 640, height: int = 180) -> Markup:
@@ -31,10 +43,12 @@ def series_svg(points: list[dict[str, Any]], width: int = 640, height: int = 180
         for j, (key, colour) in enumerate(SERIES):
             h = p[key] / top * plot_h
             x = pad_left + i * slot + (slot - bar * len(SERIES)) / 2 + j * bar
-            label = escape(f"{p['at']} ({p['unit']}): {p[key]} {key}")
+            when = readable_time(p["at"])
+            label = escape(f"{when} (per {p['unit']}): {p[key]} {key}")
             parts.append(f'<rect x="{x:.1f}" y="{pad_top + plot_h - h:.1f}" width="{bar:.1f}" '
                          f'height="{h:.1f}" fill="{colour}"><title>{label}</title></rect>')
-    first, last = escape(points[0]["at"]), escape(points[-1]["at"])
+    first = escape(readable_time(points[0]["at"]))
+    last = escape(readable_time(points[-1]["at"], since=points[0]["at"]))
     parts.append(f'<text x="{pad_left}" y="{height - 6}" font-size="10">{first}</text>')
     if len(points) > 1:
         parts.append(f'<text x="{width - 8}" y="{height - 6}" font-size="10" '

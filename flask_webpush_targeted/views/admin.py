@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NoReturn, ParamSpec
@@ -19,6 +20,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -48,7 +50,7 @@ from ..limits import LATEST, MAX_PAGE, MAX_PER_PAGE
 from ..local_time import Window
 from ..notifications import notification_fields
 from ..spreadsheet import safe_row
-from ..statuses import NOTIFICATION_STATUSES, OPEN, NotificationStatus
+from ..statuses import NOTIFICATION_STATUSES, OPEN, WAITING, NotificationStatus
 from ..users import user_id_of
 from ..web_input import add_user_id_converter
 from .common import ext, login_page
@@ -60,6 +62,10 @@ PER_PAGE = 25
 MAX_DELIVERIES_PER_PAGE = 1000
 #: filter times before this are refused: near datetime's ends, converting to UTC overflows
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+#: the longest customer name shown; a longer one from ``@webpush.user_display`` is cut
+MAX_NAME = 200
+
+log = logging.getLogger(__name__)
 
 
 class AccessDenied(APIError, Forbidden):
@@ -102,8 +108,67 @@ def _refusal(json: bool) -> ResponseReturnValue | None:
     if check is None or not check(current_user):
         if json:
             raise AccessDenied("You may not see these statistics.")
-        abort(403, "You may not see these statistics.")
+        error_page(403, "You may not see these statistics.")
     return None
+
+
+ERROR_TITLES = {403: "Not for your account", 404: "Not found"}
+
+
+def error_page(status: int, message: str) -> NoReturn:
+    """Stop with a page in the host's layout that says what went wrong and links back."""
+    html = render_template("webpush/admin/error.html", status=status, message=message,
+                           title=ERROR_TITLES.get(status, "Something went wrong"))
+    abort(Response(html, status, mimetype="text/html"))
+
+
+def customer_name(user_id: str) -> str:
+    """How staff know a customer: ``@webpush.user_display``'s name, else the id.
+
+    Memoised per request (an export names each customer once). None or a blank name
+    means the id; a callback that raises or returns a non-string falls back to the id
+    and is logged once per request, so a bug in the host's lookup never breaks a page."""
+    names: dict[str, str] = g.setdefault("webpush_customer_names", {})
+    if user_id not in names:
+        names[user_id] = _lookup_name(user_id)
+    return names[user_id]
+
+
+def _lookup_name(user_id: str) -> str:
+    display = ext()._user_display
+    if display is None:
+        return user_id
+    try:
+        name = display(user_id)
+    except Exception:  # the host's code: any failure must leave the page working
+        _log_once("raised", user_id, exc_info=True)
+        return user_id
+    if name is None or (isinstance(name, str) and not name.strip()):
+        return user_id  # no name known: not a bug
+    if not isinstance(name, str):
+        _log_once(f"returned {type(name).__name__}, not a str,", user_id)
+        return user_id
+    if not name.isprintable() and not _encodable(name):
+        # a lone surrogate cannot be written as UTF-8: the page or CSV would fail
+        _log_once("returned text that is not valid Unicode", user_id)
+        return user_id
+    return name[:MAX_NAME]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _log_once(what: str, user_id: str, **kw: Any) -> None:
+    if g.get("webpush_display_logged"):
+        return
+    g.webpush_display_logged = True
+    log.warning("@webpush.user_display %s for user %r; showing the user id instead",
+                what, user_id, **kw)
 
 
 P = ParamSpec("P")
@@ -262,6 +327,30 @@ def extra_figures(n: Any, funnel: dict[str, Any]) -> list[tuple[str, str, int]]:
     return figures
 
 
+def status_words(n: Any) -> str:
+    """A notification's status as staff read it: a scheduled one says when it goes out."""
+    if n.status == NotificationStatus.SCHEDULED and n.send_at is not None:
+        return f"Scheduled for {_clock(n.send_at)}"
+    return str(n.status)
+
+
+def topic_words(n: Any) -> str:
+    """The push topic: "automatic" for the one the extension gave it (``n<id>``)."""
+    if n.topic is None:
+        return "–"
+    return "automatic" if n.topic == f"n{n.id}" else str(n.topic)
+
+
+def no_device_words(n: Any, funnel: dict[str, Any]) -> str | None:
+    """Words instead of the "users without devices" figure while none exists (None: the
+    figure): it is counted when the notification is fanned out."""
+    if n.status in WAITING:
+        return "known once sent"
+    if n.status == NotificationStatus.CANCELLED and not funnel["deliveries"]:
+        return "not sent (cancelled)"
+    return None
+
+
 def hold_releases(n: Any) -> list[tuple[str, int]]:
     """The times still to come when held deliveries are released, with their counts."""
     if not n.holds or n.status != NotificationStatus.SENDING:
@@ -287,7 +376,7 @@ def notifications_page() -> ResponseReturnValue:
     return render_template("webpush/admin/notifications.html", items=items, total=total,
                            page=page, pages=max(1, -(-total // PER_PAGE)),
                            statuses=NOTIFICATION_STATUSES, args=request.args,
-                           category_label=category_label)
+                           category_label=category_label, status_words=status_words)
 
 
 @stats_access_required(json=True)
@@ -309,7 +398,7 @@ def notification_page(nid: int) -> ResponseReturnValue:
     try:
         n = webpush.get_notification(nid)
     except NotificationNotFound:
-        abort(404, f"No notification has id {nid}.")
+        error_page(404, f"No notification has id {nid}.")
     page = _int_arg("page", 1)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page)
     series = stats.time_series(webpush.db, webpush.models, nid)
@@ -320,7 +409,9 @@ def notification_page(nid: int) -> ResponseReturnValue:
         series=series, csrf_token=csrf_token(),
         cancellable=n.status in OPEN, rules=rules_in_words(n, funnel),
         extra_figures=extra_figures(n, funnel), releases=hold_releases(n),
-        category_label=category_label)
+        category_label=category_label, customer_name=customer_name,
+        status_words=status_words(n), topic=topic_words(n),
+        no_device_words=no_device_words(n, funnel))
 
 
 @stats_access_required(json=True)
@@ -332,13 +423,15 @@ def notification_json(nid: int) -> ResponseReturnValue:
                    time_series=stats.time_series(webpush.db, webpush.models, nid))
 
 
-DELIVERY_FIELDS = ("id", "user_id", "subscription_id", "device", "status", "status_code",
-                   "reason", "attempts", "sent_at", "displayed_at", "clicked_at", "closed_at",
-                   "action", "due_at")
+DELIVERY_FIELDS = ("id", "user_id", "customer", "subscription_id", "device", "status",
+                   "status_code", "reason", "attempts", "sent_at", "displayed_at", "clicked_at",
+                   "closed_at", "action", "due_at")
 
 
 def _delivery_row(delivery: Any, label: str | None) -> dict[str, Any]:
-    row = {f: getattr(delivery, f, None) for f in DELIVERY_FIELDS if f != "device"}
+    row = {f: getattr(delivery, f, None) for f in DELIVERY_FIELDS
+           if f not in ("device", "customer")}
+    row["customer"] = customer_name(delivery.user_id)
     row["device"] = label
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
@@ -350,7 +443,7 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
     try:
         webpush.get_notification(nid)
     except NotificationNotFound:
-        abort(404, f"No notification has id {nid}.")
+        error_page(404, f"No notification has id {nid}.")
 
     def generate() -> Iterator[str]:
         buffer = io.StringIO()
@@ -392,7 +485,7 @@ def cancel(nid: int) -> ResponseReturnValue:
     except CSRFError:
         abort(400, "The form has expired: reload the page and try again.")
     except NotificationNotFound:
-        abort(404, f"No notification has id {nid}.")
+        error_page(404, f"No notification has id {nid}.")
     return redirect(url_for("webpush.admin_notification", nid=nid), 303)
 
 
@@ -417,6 +510,7 @@ def user_page(user_id: str) -> ResponseReturnValue:
     user_id = _user_id_arg(user_id, json=False)
     webpush = ext()
     return render_template("webpush/admin/user.html", user_id=user_id,
+                           name=customer_name(user_id),
                            devices=webpush.store.user_subscriptions(user_id),
                            history=_history(user_id))
 
@@ -425,6 +519,6 @@ def user_page(user_id: str) -> ResponseReturnValue:
 def user_json(user_id: str) -> ResponseReturnValue:
     """The same as JSON."""
     user_id = _user_id_arg(user_id, json=True)
-    return jsonify(user_id=user_id, history=[
+    return jsonify(user_id=user_id, customer=customer_name(user_id), history=[
         {"notification_id": h["notification"].id, "title": h["notification"].payload["title"],
          **_delivery_row(h["delivery"], h["device"])} for h in _history(user_id)])
