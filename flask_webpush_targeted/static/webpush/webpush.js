@@ -53,6 +53,44 @@
     const categories = Array.from(root.querySelectorAll('input[data-webpush-category]'));
     const jsonHeaders = { 'Accept': 'application/json', 'X-CSRF-Token': cfg.csrfToken };
 
+    function withTimeout(promise, seconds) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          const err = new Error('no answer in ' + seconds + ' s');
+          err.name = 'TimeoutError';
+          err.seconds = seconds;
+          reject(err);
+        }, seconds * 1000);
+        promise.then((v) => { clearTimeout(timer); resolve(v); },
+          (e) => { clearTimeout(timer); reject(e); });
+      });
+    }
+
+    // What happened and what to do, in the customer's words; the browser's own message
+    // follows in brackets for whoever helps them.
+    function subscribeFailure(err) {
+      const name = err && err.name;
+      const detail = err && err.message ? ' (' + err.message + ')' : '';
+      if (name === 'TimeoutError') {
+        return 'This browser got no answer from its push service in ' + err.seconds +
+          ' seconds. It needs a connection to the internet (Chrome and Edge use Google\'s ' +
+          'service, Firefox uses Mozilla\'s). Check the connection and try again, or try ' +
+          'another browser. Nothing was saved.';
+      }
+      if (name === 'NotAllowedError') {
+        return 'This browser does not allow notifications here: in a private window, or ' +
+          'when they are blocked in this site\'s settings. Use a normal window or allow ' +
+          'notifications for this site, then try again. Nothing was saved' + detail + '.';
+      }
+      if (name === 'AbortError' || /push service|push subscription/i.test(String(err))) {
+        return 'This browser could not reach its push service, which needs a connection to ' +
+          'the internet. Check the connection and try again, or try another browser. ' +
+          'Nothing was saved' + detail + '.';
+      }
+      return 'Your browser could not subscribe' + detail + '. Try again, or try another ' +
+        'browser. Nothing was saved.';
+    }
+
     function say(state, text) {
       root.dataset.state = state;
       status.textContent = text;
@@ -126,10 +164,14 @@
           return;
         }
         say('working', 'Subscribing this browser…');
-        const reg = await ready;
-        const sub = await reg.pushManager.getSubscription() || await reg.pushManager.subscribe({
-          userVisibleOnly: true, applicationServerKey: keyBytes(cfg.vapidKey),
-        });
+        // A browser that cannot reach its push service may never answer (Chromium offline):
+        // give up after a while and say so, rather than wait forever.
+        const seconds = Math.max(1, Number(cfg.subscribeTimeout || 20000) / 1000);
+        const reg = await withTimeout(ready, seconds);
+        const sub = await withTimeout(reg.pushManager.getSubscription(), seconds) ||
+          await withTimeout(reg.pushManager.subscribe({
+            userVisibleOnly: true, applicationServerKey: keyBytes(cfg.vapidKey),
+          }), seconds);
         const response = await fetch(cfg.subscriptionsUrl, {
           method: 'POST', credentials: 'same-origin',
           headers: Object.assign({ 'Content-Type': 'application/json' }, jsonHeaders),
@@ -143,7 +185,7 @@
         withdraw.hidden = false;
         say('on', 'Done: notifications are on for this browser.');
       } catch (err) {
-        say('error', 'Your browser could not subscribe: ' + (err && err.message ? err.message : err));
+        say('error', subscribeFailure(err));
       }
     });
 
