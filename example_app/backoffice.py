@@ -25,7 +25,14 @@ from flask_webpush_targeted.exceptions import (
     CSRFError,
     InvalidNotification,
     NotificationNotFound,
+    PayloadTooLarge,
     QueueUnavailable,
+)
+from flask_webpush_targeted.views.admin import (
+    FIGURE_LABELS,
+    LIVE,
+    LIVE_INTERVAL_MS,
+    duration_words,
 )
 
 from . import db, login_manager, webpush
@@ -44,24 +51,32 @@ URGENCY_CHOICES = [
 ]
 #: Statuses in which a notification can still be cancelled.
 CANCELLABLE = ("scheduled", "queued", "sending")
-#: The funnel rows of a notification's page: stats key, label.
-FUNNEL = [
-    ("targeted_users", "Targeted customers"),
-    ("users_without_devices", "Customers without a device"),
-    ("deliveries", "Deliveries (one per device)"),
-    ("pending", "Pending (waiting or being sent)"),
-    ("sent", "Sent (accepted by the push service)"),
-    ("failed", "Failed"),
-    ("gone", "Gone (the device unsubscribed)"),
-    ("expired", "Expired (validity period passed)"),
-    ("skipped", "Skipped (cancelled, or device removed)"),
-    ("opted_out", "Opted out (turned the category off)"),
-    ("capped", "Not sent: the category's frequency cap"),
-    ("held", "Held for quiet hours"),
-    ("displayed", "Displayed"),
-    ("clicked", "Clicked"),
-    ("closed", "Closed"),
-]
+#: The funnel rows of a notification's page, in the statistics pages' words.
+FUNNEL = [(key, FIGURE_LABELS[key]) for key in (
+    "targeted_users", "users_without_devices", "deliveries", "pending", "sent", "failed",
+    "gone", "expired", "skipped", "opted_out", "capped", "held", "displayed", "clicked",
+    "closed")]
+#: What staff change in the form, by the argument the library's message starts with; an
+#: argument not here shows the library's own message.
+STAFF_MESSAGES = {
+    "title": "Write a title.",
+    "url": "The link must be a page of this shop, such as /products/2.",
+    "topic": "The topic must be 1 to 32 letters, digits, - or _ (no spaces).",
+    "urgency": "Choose an urgency from the list.",
+    "ttl": "The validity period must be from 0 seconds to 4 weeks (2419200 seconds).",
+    "send_at_local": "The time of day must be like 09:30 (00:00 to 23:59).",
+    "category": "Choose a category from the list.",
+    "rate_per_minute": "The rate per minute must be a whole number from 1 to 1,000,000, "
+                       "or empty for no limit.",
+}
+#: The form's words for the arguments whose text can hold a character that cannot be sent.
+FIELD_WORDS = {"title": "title", "body": "text", "url": "link", "topic": "topic",
+               "category": "category"}
+_FIELD = re.compile(r"[a-z_]+")
+_SIZE = re.compile(r"is (\d+) bytes .* allows (\d+)")
+#: The title and the text together fit in about this many characters (plain Latin text;
+#: the library checks the real size, in bytes, tracking token included).
+TEXT_LIMIT = 3600
 MESSAGES = {
     "cancelled": "The notification is cancelled: nothing more of it will be sent.",
     "not-cancelled": "It could not be cancelled: it has already finished.",
@@ -119,17 +134,35 @@ def format_utc(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _characters(excess_bytes: int, text: str) -> int:
+    """Roughly how many characters of ``text`` make up ``excess_bytes`` (an accented
+    letter takes two bytes, an emoji four)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return -(-excess_bytes * len(text) // size) if size else excess_bytes
+
+
 @bp.app_template_filter("duration")
 def format_duration(seconds: int) -> str:
-    """A validity period for people: '1 day', '90 seconds'."""
-    for label_seconds, label in TTL_CHOICES:
-        if seconds == label_seconds:
-            return label
-    for unit, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
-        if seconds and seconds % unit == 0:
-            count = seconds // unit
-            return f"{count} {name}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+    """A validity period for people, as the statistics pages say it: '1 day', '90 seconds'."""
+    return duration_words(seconds)
+
+
+def staff_message(exc: InvalidNotification, text: str = "") -> str:
+    """What staff change in the form for the library's refusal (its message is for
+    developers): by the argument it concerns, else the library's message. ``text`` is the
+    title and the text typed, to say in characters how much is too long."""
+    if isinstance(exc, PayloadTooLarge):
+        size = _SIZE.search(exc.message)
+        over = ""
+        if size:
+            over = f" by about {_characters(int(size[1]) - int(size[2]), text)} characters"
+        return f"The message is too long{over}: shorten the title or the text."
+    match = _FIELD.match(exc.message)
+    field = match[0] if match else ""
+    if "must not contain NUL" in exc.message and field in FIELD_WORDS:
+        return (f"The {FIELD_WORDS[field]} contains a character that cannot be sent "
+                "(a control character or broken text): retype it.")
+    return STAFF_MESSAGES.get(field, exc.message)
 
 
 # -- the customer list (CRM stand-in) -------------------------------------------------------
@@ -211,7 +244,7 @@ def _render_send(form: dict[str, Any], errors: list[str], status: int = 200) -> 
         product_id=product_id, ordered_on=day.isoformat() if day else "",
         filtered=product_id is not None or day is not None,
         ttl_choices=TTL_CHOICES, urgency_choices=URGENCY_CHOICES,
-        categories=webpush.categories, quiet_choices=QUIET_CHOICES,
+        categories=webpush.categories, quiet_choices=QUIET_CHOICES, text_limit=TEXT_LIMIT,
         action=url_for(".send", product=request.args.get("product") or None,
                        ordered_on=request.args.get("ordered_on") or None),
     ), status if status != 200 else (400 if filter_errors or errors else 200)
@@ -319,7 +352,8 @@ def send() -> ResponseReturnValue:
         users, arguments = _notify_arguments(form)
         notification = webpush.notify_users(users, **arguments)
     except (FormError, InvalidNotification) as exc:
-        message = exc.message if isinstance(exc, InvalidNotification) else str(exc)
+        message = (staff_message(exc, form["title"] + form["body"])
+                   if isinstance(exc, InvalidNotification) else str(exc))
         return _render_send(form, [message], 400)
     except QueueUnavailable as exc:
         if exc.notification_id is None:
@@ -369,6 +403,7 @@ def notification(notification_id: int) -> ResponseReturnValue:
         without=_names(without), opted_out=_names(n.users_opted_out or [], NAMES_SHOWN),
         cancellable=n.status in CANCELLABLE, message=message,
         ttl_warning=TTL_ZERO_WARNING if n.ttl == 0 else None,
+        live=n.status in LIVE, live_interval_ms=LIVE_INTERVAL_MS,
     )
 
 

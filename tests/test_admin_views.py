@@ -241,7 +241,7 @@ def test_the_notification_page_shows_funnel_reasons_devices_chart_payload_and_sc
     assert all(link.startswith("/") for link in re.findall(r'(?:src|href|action)="([^"]*)"', html))
     # payload and schedule
     for text in ("Flight LO123 boards at gate 12", "Boarding closes 10:40.", "/trips/42",
-                 "travel", "trip-42", "3600 s", "at once"):
+                 "travel", "trip-42", 'data-validity="3600">1 hour<', "at once"):
         assert text in html
     assert "/cancel" not in html  # done: nothing left to cancel
 
@@ -500,8 +500,8 @@ def test_the_notification_page_shows_opted_out_capped_held_and_its_rules_in_word
     html = admin.get(f"{ADMIN}/notifications/{nid}").get_data(as_text=True)
     figures = dict(re.findall(r'data-figure="(\w+)">([^<]*)<', html))
     assert (figures["opted_out"], figures["capped"], figures["held"]) == ("1", "1", "1")
-    assert "Held for quiet hours" in html and "Opted out of the category" in html
-    assert "Skipped by the frequency cap" in html and "data-releases" in html
+    assert "Held for quiet hours" in html and "Opted out (turned the category off)" in html
+    assert "Not sent: frequency cap of the category" in html and "data-releases" in html
     rules = dict(re.findall(r'data-rule="(\w+)">([^<]*)<', html))
     assert rules == {
         "category": "Offers and discounts",

@@ -56,6 +56,10 @@ from ..web_input import add_user_id_converter
 from .common import ext, login_page
 
 PER_PAGE = 25
+#: While a notification is in one of these, its page updates its figures by itself.
+LIVE = (NotificationStatus.QUEUED, NotificationStatus.SENDING)
+#: How often a live page asks for its figures, in milliseconds.
+LIVE_INTERVAL_MS = 3000
 #: the most deliveries one JSON page may ask for with ``per_page``; notifications take the
 #: push API's MAX_PER_PAGE, pages its MAX_PAGE (beyond it a 400, not an offset that
 #: overflows the database's 64-bit integer), filter times end before its LATEST
@@ -249,6 +253,39 @@ def _notification_json(n: Any) -> dict[str, Any]:
 
 # -- a notification's rules, in words staff understand --------------------------------------
 
+#: The funnel's figures as staff read them, here and in a host's own back-office (one
+#: vocabulary: "customers", and one explanation of "skipped").
+FIGURE_LABELS = {
+    "targeted_users": "Targeted customers",
+    "users_without_devices": "Customers without a device",
+    "deliveries": "Deliveries (one per device)",
+    "pending": "Pending (waiting or being sent)",
+    "sent": "Sent (accepted by the push service)",
+    "failed": "Failed",
+    "gone": "Gone (the device unsubscribed)",
+    "expired": "Expired (validity period passed)",
+    "skipped": "Skipped (cancelled, device removed, category turned off or frequency cap)",
+    "opted_out": "Opted out (turned the category off)",
+    "capped": "Not sent: frequency cap of the category",
+    "held": "Held for quiet hours",
+    "displayed": "Displayed",
+    "clicked": "Clicked",
+    "closed": "Closed",
+}
+#: Units a validity period is said in, largest first: a period in one of them is whole.
+_DURATION_UNITS = ((7 * 86400, "week"), (86400, "day"), (3600, "hour"), (60, "minute"))
+
+
+def duration_words(seconds: int) -> str:
+    """A validity period for staff: '1 day', '2 hours', '30 minutes'; seconds only when
+    it is not a whole number of minutes ('90 seconds')."""
+    for unit, name in _DURATION_UNITS:
+        if seconds and seconds % unit == 0:
+            count = seconds // unit
+            return f"{count} {name}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
 
 def _category(name: str | None) -> Category | None:
     """The configured category of that name (None: categories off, or not configured)."""
@@ -319,11 +356,11 @@ def extra_figures(n: Any, funnel: dict[str, Any]) -> list[tuple[str, str, int]]:
     category = _category(n.category)
     figures: list[tuple[str, str, int]] = []
     if funnel["opted_out"] or (category is not None and not category.required):
-        figures.append(("opted_out", "Opted out of the category", funnel["opted_out"]))
+        figures.append(("opted_out", FIGURE_LABELS["opted_out"], funnel["opted_out"]))
     if funnel["capped"] or (category is not None and category.cap is not None):
-        figures.append(("capped", "Skipped by the frequency cap", funnel["capped"]))
+        figures.append(("capped", FIGURE_LABELS["capped"], funnel["capped"]))
     if funnel["held"]:
-        figures.append(("held", "Held for quiet hours", funnel["held"]))
+        figures.append(("held", FIGURE_LABELS["held"], funnel["held"]))
     return figures
 
 
@@ -342,7 +379,7 @@ def topic_words(n: Any) -> str:
 
 
 def no_device_words(n: Any, funnel: dict[str, Any]) -> str | None:
-    """Words instead of the "users without devices" figure while none exists (None: the
+    """Words instead of the "customers without a device" figure while none exists (None: the
     figure): it is counted when the notification is fanned out."""
     if n.status in WAITING:
         return "known once sent"
@@ -411,7 +448,9 @@ def notification_page(nid: int) -> ResponseReturnValue:
         extra_figures=extra_figures(n, funnel), releases=hold_releases(n),
         category_label=category_label, customer_name=customer_name,
         status_words=status_words(n), topic=topic_words(n),
-        no_device_words=no_device_words(n, funnel))
+        no_device_words=no_device_words(n, funnel), labels=FIGURE_LABELS,
+        validity=duration_words(n.ttl), live=n.status in LIVE,
+        live_interval_ms=LIVE_INTERVAL_MS)
 
 
 @stats_access_required(json=True)
