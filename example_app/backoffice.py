@@ -33,6 +33,7 @@ from flask_webpush_targeted.views.admin import (
     LIVE,
     LIVE_INTERVAL_MS,
     duration_words,
+    topic_words,
 )
 
 from . import db, login_manager, webpush
@@ -398,13 +399,22 @@ def notification(notification_id: int) -> ResponseReturnValue:
                    "behind).")
     return render_template(
         "admin/notification.html", n=n, stats=stats, rules=_rules(n, stats),
-        funnel=[(key, label, stats[key]) for key, label in FUNNEL if _shown(n, key, stats)],
+        funnel=[(key, label, _figure(n, key, stats)) for key, label in FUNNEL
+                if _shown(n, key, stats)],
+        topic=topic_words(n),
         targeted=_names(user_ids, NAMES_SHOWN), more_targeted=max(len(user_ids) - NAMES_SHOWN, 0),
         without=_names(without), opted_out=_names(n.users_opted_out or [], NAMES_SHOWN),
         cancellable=n.status in CANCELLABLE, message=message,
         ttl_warning=TTL_ZERO_WARNING if n.ttl == 0 else None,
         live=n.status in LIVE, live_interval_ms=LIVE_INTERVAL_MS,
     )
+
+
+def _figure(n: Any, key: str, stats: dict[str, Any]) -> Any:
+    """A funnel figure; who has no device is not known before the fan-out, so not 0."""
+    if key == "users_without_devices" and n.fanned_out_at is None:
+        return "—"
+    return stats[key]
 
 
 def _category_spec(name: str | None) -> dict[str, Any] | None:

@@ -145,3 +145,17 @@ def test_a_finished_or_scheduled_notification_page_does_not_poll(
     for path in (f"/admin/notifications/{nid}", f"/webpush/admin/notifications/{nid}"):
         html = admin.get(path).get_data(as_text=True)
         assert "data-live" not in html and "setTimeout(tick" not in html, path
+
+
+def test_the_shop_page_says_automatic_topic_and_does_not_count_devices_before_fan_out(
+        shop: Flask) -> None:
+    """Before the fan-out, who has no device is not known: the funnel says so, not 0; the
+    topic the extension gave is called automatic, as on the statistics pages."""
+    import re
+
+    admin, nid = sent(shop)  # no worker runs here: it is not fanned out
+    html = admin.get(f"/admin/notifications/{nid}").get_data(as_text=True)
+    row = re.search(r'<tr data-stat="users_without_devices"><th>[^<]*</th><td>([^<]*)</td>',
+                    html)
+    assert row is not None and row.group(1) == "—"
+    assert "<th>Topic</th><td>automatic</td>" in html
