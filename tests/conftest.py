@@ -338,6 +338,23 @@ def empty_queue(app: Flask) -> None:
         queue.empty()
 
 
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright's Python client (a persistent context:
+    Chromium refuses the Push API in incognito ones), one per test module."""
+    import tempfile
+
+    from browser import CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            tempfile.mkdtemp(prefix="webpush-chromium-"), executable_path="/usr/bin/chromium",
+            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1000, "height": 900})
+        yield context
+        context.close()
+
+
 @pytest.fixture(scope="session")
 def firefox(push_service: Any) -> Iterator[Any]:
     """One headless Firefox for the session, its push client pointed at the local service."""

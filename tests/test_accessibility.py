@@ -4,13 +4,11 @@ opt-in done with the keyboard alone. A serious or critical axe violation fails t
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from browser import CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -43,19 +41,6 @@ RECORD_STATES = """() => {
   new MutationObserver(() => window.__states.push(root.dataset.state))
     .observe(root, {attributes: true, attributeFilter: ['data-state']});
 }"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright's Python client."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="webpush-chromium-"), executable_path="/usr/bin/chromium",
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1000, "height": 900})
-        yield context
-        context.close()
 
 
 def shop_customer(shop: Any, email: str, password: str, name: str) -> str:

@@ -9,13 +9,11 @@ and Chromium renders the admin pages for screenshots.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from browser import (
-    CHROMIUM_ARGS,
     customer_id,
     firefox_log_in,
     firefox_opt_in,
@@ -66,21 +64,6 @@ def test_firefox_service_worker_shows_the_push_and_reports_displayed(
         stats = webpush.stats(nid)
     assert (stats["sent"], stats["displayed"], stats["clicked"]) == (1, 1, 0)
     assert push_service.acks and push_service.acks[-1].code == 100
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright's Python client."""
-    import tempfile
-
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="webpush-chromium-"), executable_path="/usr/bin/chromium",
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1000, "height": 900})
-        yield context
-        context.close()
 
 
 def chromium_log_in(page: Any, shop: Any, email: str, password: str) -> None:

@@ -5,25 +5,10 @@ browser…" forever; nothing is stored."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
-from browser import CHROMIUM_ARGS, customer_id
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="webpush-chromium-"), executable_path="/usr/bin/chromium",
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1000, "height": 900})
-        yield context
-        context.close()
+from browser import customer_id
 
 
 def subscriptions_of(shop: Any, email: str) -> int:
