@@ -13,6 +13,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import stats
+from .audience_cli import audience_cli
 from .clock import utcnow
 from .context import app_state
 from .counters import fold_old_platform_rows
@@ -154,14 +155,21 @@ _DEFAULTS = {option.name: option.default for option in fields(NotificationOption
               help=f"At most N deliveries a minute, across all workers (1 to "
                    f"{MAX_RATE_PER_MINUTE:,}).")
 @click.option("--idempotency-key", default=None)
+@click.option("--audience", "audience", type=click.IntRange(1, 2**31 - 1), default=None,
+              metavar="ID", help="Send to an audience's members instead of --user.")
+@click.option("--var", "var_items", multiple=True, metavar="NAME=VALUE",
+              help="A value for {NAME} in the texts, for every recipient (repeatable); "
+                   "with it, the texts are templates.")
 def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str, url: str | None,
                  devices: str, ttl: int | None, urgency: str, topic: str | None,
                  category: str | None, send_at: str | None, send_at_local: str | None,
                  quiet_hours: bool | None, rate_per_minute: int | None,
-                 idempotency_key: str | None) -> None:
-    """Send one notification to the given users; prints its id, the users without devices
-    and, among them, the user ids with no subscription at all."""
+                 idempotency_key: str | None, audience: int | None,
+                 var_items: tuple[str, ...]) -> None:
+    """Send one notification to the given users or audience; prints its id, the users without
+    devices and, among them, the user ids with no subscription at all."""
     _check_category(category)
+    values = _vars(var_items)
     ids = list(users)
     if users_file is not None:
         try:
@@ -170,8 +178,10 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
             raise click.BadParameter(f"not UTF-8 text ({exc})", param_hint="--users-file") from exc
         with click.progressbar(lines, label="Reading user ids") as bar:
             ids.extend(line.strip() for line in bar if line.strip())
-    if not ids:
-        raise click.UsageError("Give at least one --user or a --users-file.")
+    if audience is not None and ids:
+        raise click.UsageError("Give --audience or users (--user, --users-file), not both.")
+    if not ids and audience is None:
+        raise click.UsageError("Give at least one --user, a --users-file or an --audience.")
     when = _send_at(send_at)
     if ttl == 0:
         click.echo("Warning: --ttl 0 means a device that is offline when the notification "
@@ -179,22 +189,39 @@ def send_command(users: tuple[str, ...], users_file: Any, title: str, body: str,
     webpush = current_app.extensions["webpush"]
     try:
         n = webpush.notify_users(
-            ids, title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
-            topic=topic, category=category, send_at=when, idempotency_key=idempotency_key,
-            send_at_local=send_at_local, quiet_hours=quiet_hours,
-            rate_per_minute=rate_per_minute)
+            ids or None, audience=audience, vars=values, title=title, body=body, url=url,
+            devices=devices, ttl=ttl, urgency=urgency, topic=topic, category=category,
+            send_at=when, idempotency_key=idempotency_key, send_at_local=send_at_local,
+            quiet_hours=quiet_hours, rate_per_minute=rate_per_minute)
     except InvalidNotification as exc:
         raise click.ClickException(exc.message) from exc
     except QueueUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"Notification {n.id} {n.status} for {len(ids)} user(s).")
+    click.echo(f"Notification {n.id} {n.status} for {n.target_count} user(s).")
     without = users_without(webpush.db, webpush.models, n.targeting)
+    if without is None:
+        click.echo("Users without devices: known once the worker has fanned it out "
+                   f"(flask webpush stats {n.id}).")
+        return
     unknown = _never_subscribed(without)
     # JSON lists: a user id may hold commas, quotes or line breaks.
     click.echo(f"{len(without)} user(s) without devices: "
                f"{json.dumps(without, ensure_ascii=False)}")
     click.echo(f"{len(unknown)} of them with no subscription at all (unknown to web push): "
                f"{json.dumps(unknown, ensure_ascii=False)}")
+
+
+def _vars(items: tuple[str, ...]) -> dict[str, str] | None:
+    """``--var NAME=VALUE`` options as notify_users' vars (None when none is given)."""
+    if not items:
+        return None
+    values: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item[:60]!r} is not NAME=VALUE", param_hint="--var")
+        values[name] = value
+    return values
 
 
 def _send_at(send_at: str | None) -> datetime | None:
@@ -290,6 +317,7 @@ def prune_command(days: int) -> None:
 
 api_key_cli = AppGroup("api-key", help="Keys of the push API for external systems (CRMs).")
 webpush_cli.add_command(api_key_cli)
+webpush_cli.add_command(audience_cli)
 
 
 @api_key_cli.command("create")

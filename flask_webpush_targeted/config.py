@@ -93,10 +93,13 @@ DEFAULTS: dict[str, Any] = {
     #: Requests per minute accepted from one key of the push API (docs/api.md); more get
     #: 429 with Retry-After.
     "WEBPUSH_API_RATE_LIMIT": 600,
-    #: Most user ids in one ``POST /api/v1/notifications``; larger audiences are split.
+    #: Most user ids (or recipients) in one ``POST /api/v1/notifications``; larger sets go
+    #: through an audience (``POST /api/v1/audiences``).
     "WEBPUSH_API_MAX_USERS": 10_000,
     #: Largest request body, in bytes, the push API accepts (10,000 ids of ~100 characters).
     "WEBPUSH_API_MAX_REQUEST_BYTES": 1_048_576,
+    #: Largest audience upload (``POST /api/v1/audiences``, read as a stream), in bytes.
+    "WEBPUSH_API_MAX_AUDIENCE_BYTES": 200 * 1024 * 1024,
     #: The kinds of notification a customer chooses among (order updates, offers...):
     #: None keeps ``category=`` a free label; a dict name -> {label, description,
     #: required, default, quiet_hours, cap} turns preferences on (docs/config.md).
@@ -194,7 +197,7 @@ def validate_settings(config: dict[str, Any]) -> None:
                 "WEBPUSH_CLAIM_TIMEOUT", "WEBPUSH_RECOVER_INTERVAL", "WEBPUSH_MAX_REQUEST_BYTES",
                  "WEBPUSH_EVENTS_RATE_LIMIT", "WEBPUSH_PER_ORIGIN_CONCURRENCY",
                  "WEBPUSH_API_RATE_LIMIT", "WEBPUSH_API_MAX_USERS",
-                 "WEBPUSH_API_MAX_REQUEST_BYTES"):
+                 "WEBPUSH_API_MAX_REQUEST_BYTES", "WEBPUSH_API_MAX_AUDIENCE_BYTES"):
         value = config.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"{name} must be a whole number of at least 1.")

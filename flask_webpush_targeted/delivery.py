@@ -31,7 +31,8 @@ from .counters import add, bucket, bump, new_increments, platform_of, send_start
 from .ledger import finish_if_complete, notification_status, skip_claimed, skip_pending
 from .local_time import Window, quiet_until, zone
 from .models import Models
-from .payload import payload_encoder
+from .payload import encode_payload, payload_encoder
+from .placeholders import filler
 from .preferences import TURNED_OFF, opted_out
 from .redis_queue import SEND_BATCH, enqueue_at, get_queue, redis_connection
 from .sql import id_in, rowcount
@@ -71,7 +72,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     # Only what a batch needs: the targeting of a large audience is megabytes of JSON.
     n = db.session.execute(sa.select(N.id, N.status, N.payload, N.ttl, N.urgency, N.topic,
                                      N.send_at, N.created_at, N.category, N.rate_per_minute,
-                                     N.quiet_hours)
+                                     N.quiet_hours, N.vars)
                            .where(N.id == notification_id)).one_or_none()
     if n is None:
         return {}
@@ -110,7 +111,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         .execution_options(synchronize_session=False))
     db.session.commit()
     rows = db.session.execute(
-        sa.select(D.id, D.subscription_id, D.attempts, D.due_at, D.user_id, Sub.endpoint,
+        sa.select(D.id, D.subscription_id, D.attempts, D.due_at, D.user_id, D.vars, Sub.endpoint,
                   Sub.p256dh, Sub.auth, Sub.revoked_at, Sub.user_agent,
                   Sub.consecutive_failures, Sub.timezone)
         .outerjoin(Sub, Sub.id == D.subscription_id)
@@ -150,6 +151,8 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
 
     payload, urgency, topic = n.payload, n.urgency, n.topic
     with_token = payload_encoder(payload)
+    # A payload with placeholders is filled per recipient (checked when notify_users ran).
+    own_payload = filler(payload, n.vars) if n.vars is not None else None
     counts: dict[str, int] = {}
     notifier = _Notifier(current_app._get_current_object())  # type: ignore[attr-defined]
     batch = _Batch(deadline, notifier)
@@ -172,8 +175,10 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
                     continue
                 ttl = int(left)
             expiry = (own_deadline + TOKEN_GRACE).timestamp()
-            yield Message(row.id, row.endpoint, row.p256dh, row.auth,
-                          with_token(make_token(row.id, expiry, key)), ttl, urgency, topic)
+            token = make_token(row.id, expiry, key)
+            text = (with_token(token) if own_payload is None
+                    else encode_payload(own_payload(row.vars), token))
+            yield Message(row.id, row.endpoint, row.p256dh, row.auth, text, ttl, urgency, topic)
 
     by_id = {row.id: row for row in rows}
 

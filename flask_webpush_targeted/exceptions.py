@@ -12,6 +12,7 @@ from typing import Any
 
 from werkzeug.exceptions import (
     BadRequest,
+    Conflict,
     Forbidden,
     HTTPException,
     NotFound,
@@ -173,3 +174,27 @@ class SubscriptionNotFound(APIError, NotFound):
     """No such subscription belongs to the current user."""
 
     error = "not_found"
+
+
+class AudienceNotFound(APIError, NotFound):
+    """No audience has this id."""
+
+    error = "not_found"
+
+
+class InvalidAudience(APIError, UnprocessableEntity):
+    """An audience's name or members are not what ``create_audience`` takes."""
+
+    error = "invalid_audience"
+
+
+class AudienceInUse(APIError, Conflict):
+    """The audience is the target of a notification not fanned out yet."""
+
+    error = "audience_in_use"
+
+
+class AudienceTooLarge(APIError, RequestEntityTooLarge):
+    """An audience upload over WEBPUSH_API_MAX_AUDIENCE_BYTES."""
+
+    error = "too_large"

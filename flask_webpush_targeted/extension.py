@@ -10,7 +10,8 @@ from flask import Flask, current_app, render_template, session, url_for
 from flask_login import current_user, user_logged_out
 from markupsafe import Markup
 
-from . import notifications, preferences, privacy
+from . import audiences, notifications, preferences, privacy
+from .audience_files import iterable_rows
 from .categories import Category, parse_categories, parse_quiet_hours
 from .cli import webpush_cli
 from .config import DEFAULTS, PendingState, extra_push_origins, keys_pending, refuse_without_keys
@@ -19,8 +20,8 @@ from .csrf import csrf_token
 from .exceptions import (
     ConfigurationError,
     InvalidArgument,
+    InvalidAudience,
     InvalidNotification,
-    InvalidUserId,
 )
 from .ledger import cancel_notification
 from .models import Models, get_models
@@ -157,7 +158,9 @@ class WebPush:
                                  **options)
 
     def notify_users(
-        self, users: Iterable[Any], *, title: str, body: str = "", url: str | None = None,
+        self, users: Iterable[Any] | None = None, *, audience: int | None = None,
+        recipients: Iterable[Mapping[str, Any]] | None = None,
+        title: str, body: str = "", url: str | None = None,
         devices: Any = "all", ttl: int | timedelta | None = None, urgency: str = "normal",
         topic: str | None = None, send_at: datetime | None = None,
         idempotency_key: str | None = None, category: str | None = None,
@@ -165,31 +168,55 @@ class WebPush:
         tag: str | None = None, actions: list[dict[str, str]] | None = None,
         data: Any = None, require_interaction: bool = False, silent: bool = False,
         quiet_hours: bool | None = None, send_at_local: str | None = None,
-        rate_per_minute: int | None = None,
+        rate_per_minute: int | None = None, vars: dict[str, Any] | None = None,  # noqa: A002
     ) -> Any:
-        """Send one Notification to many users (objects or ids); fan-out runs in a worker.
+        """Send one Notification to many users (objects or ids), to an audience's members,
+        or to ``recipients`` each with their own ``vars``; fan-out runs in a worker.
 
-        The keywords are ``notifications.NotificationOptions``' fields, with its defaults.
+        The keywords after ``recipients`` are ``notifications.NotificationOptions``' fields,
+        with its defaults.
 
         Everything is validated before anything is stored; a bad argument raises
         InvalidNotification (PayloadTooLarge for the size). If Redis is down the
         notification is stored anyway and QueueUnavailable is raised; ``recover``
         enqueues it later.
         """
-        if isinstance(users, (str, bytes)) or not isinstance(users, Iterable):
-            raise InvalidNotification("users must be a list of users or user ids.")
-        try:
-            user_ids = list(dict.fromkeys(user_id_of(u) for u in users))
-        except InvalidUserId as exc:
-            raise InvalidNotification(f"Invalid user: {exc}.") from exc
-        if not user_ids:
-            raise InvalidNotification("No user to notify.")
+        given = [users is not None, audience is not None, recipients is not None]
+        if sum(given) != 1:
+            raise InvalidNotification("Give one of users, audience or recipients.")
+        chosen = notifications.recipients_of(recipients) if recipients is not None else None
+        if chosen is not None:
+            user_ids = [user_id for user_id, _ in chosen]
+        elif users is not None:
+            user_ids = notifications.user_ids_of(users)
+        else:
+            user_ids = []
         return notifications.submit(self.db, self.models, user_ids, NotificationOptions(
             title=title, body=body, url=url, devices=devices, ttl=ttl, urgency=urgency,
             topic=topic, send_at=send_at, idempotency_key=idempotency_key, category=category,
             icon=icon, image=image, badge=badge, tag=tag, actions=actions, data=data,
             require_interaction=require_interaction, silent=silent, quiet_hours=quiet_hours,
-            send_at_local=send_at_local, rate_per_minute=rate_per_minute))
+            send_at_local=send_at_local, rate_per_minute=rate_per_minute, vars=vars),
+            audience=audience, recipients=chosen)
+
+    # -- audiences -------------------------------------------------------------------------
+
+    def create_audience(self, user_ids: Iterable[Any], *, name: str) -> Any:
+        """Store an audience of users (objects, ids, or {"user": ..., "vars": {...}}), read in
+        chunks; InvalidAudience for an item that is none of them (nothing is stored)."""
+        if isinstance(user_ids, (str, bytes, Mapping)) or not isinstance(user_ids, Iterable):
+            raise InvalidAudience("user_ids must be an iterable of users or user ids.")
+        audience, _ = audiences.store_audience(self.db, self.models,
+                                               iterable_rows(user_ids), name=name)
+        return audience
+
+    def get_audience(self, audience_id: int) -> Any:
+        """The stored Audience, or AudienceNotFound."""
+        return audiences.get_audience(self.db, self.models, audience_id)
+
+    def delete_audience(self, audience_id: int) -> None:
+        """Delete an audience; AudienceInUse while a notification still has to read it."""
+        audiences.delete_audience(self.db, self.models, audience_id)
 
     def cancel(self, notification_id: int) -> bool:
         """Stop a scheduled, queued or still-sending notification; False if already over."""

@@ -8,6 +8,7 @@ enqueues each chunk's batches at once, so other workers send while it goes on; r
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects import postgresql
 
+from .audiences import delete_internal, still_members, vars_of
 from .caps import CAPPED, capped_count, capped_users
 from .categories import Category, quiet_window
 from .clock import iso, utcnow
@@ -43,25 +45,33 @@ if TYPE_CHECKING:  # the host's object, only annotated here
 
 
 def _insert_deliveries(db: SQLAlchemy, m: Models, notification_id: int, now: datetime,
-                       found: list[Target]) -> set[int]:
-    """Insert pending deliveries for the targets' rows, skipping any that exist; return the
-    subscription ids inserted."""
+                       found: list[Target],
+                       vars_by_user: dict[str, dict[str, str]] | None = None) -> set[int]:
+    """Insert pending deliveries for the targets' rows (with their users' vars), skipping any
+    that exist; return the subscription ids inserted."""
     table = m.Delivery.__table__
     if dialect_of(db) == "postgresql":
-        # Two array parameters and unnest: one short statement whatever the chunk's size,
+        # Array parameters and unnest: one short statement whatever the chunk's size,
         # instead of a multi-row VALUES of thousands of parameters to build and parse.
-        pairs = sa.func.unnest(
-            sa.bindparam("sids", [row[0] for row in found],
-                         type_=postgresql.ARRAY(sa.Integer)),
-            sa.bindparam("uids", [row[1] for row in found],
-                         type_=postgresql.ARRAY(sa.String)),
-        ).table_valued("sid", "uid").render_derived(name="pairs")
+        arrays = [
+            sa.bindparam("sids", [row[0] for row in found], type_=postgresql.ARRAY(sa.Integer)),
+            sa.bindparam("uids", [row[1] for row in found], type_=postgresql.ARRAY(sa.String))]
+        if vars_by_user:
+            arrays.append(sa.bindparam("vars", [
+                json.dumps(vars_by_user[row[1]]) if row[1] in vars_by_user else None
+                for row in found], type_=postgresql.ARRAY(sa.Text)))
+        pairs = sa.func.unnest(*arrays).table_valued(
+            "sid", "uid", *(["v"] if vars_by_user else [])).render_derived(name="pairs")
         c = table.c
-        stmt = insert_for(db, table).from_select(
-            ["notification_id", "subscription_id", "user_id", "status", "attempts", "created_at"],
-            sa.select(sa.literal(notification_id, c.notification_id.type), pairs.c.sid,
-                      pairs.c.uid, sa.literal(DeliveryStatus.PENDING, c.status.type),
-                      sa.literal(0, c.attempts.type), sa.literal(now, c.created_at.type)))
+        columns = ["notification_id", "subscription_id", "user_id", "status", "attempts",
+                   "created_at"]
+        values: list[Any] = [sa.literal(notification_id, c.notification_id.type), pairs.c.sid,
+                  pairs.c.uid, sa.literal(DeliveryStatus.PENDING, c.status.type),
+                  sa.literal(0, c.attempts.type), sa.literal(now, c.created_at.type)]
+        if vars_by_user:
+            columns.append("vars")
+            values.append(sa.cast(pairs.c.v, postgresql.JSON))
+        stmt = insert_for(db, table).from_select(columns, sa.select(*values))
         return set(db.session.scalars(stmt.on_conflict_do_nothing(
             index_elements=["notification_id", "subscription_id"])
             .returning(table.c.subscription_id)))
@@ -69,7 +79,8 @@ def _insert_deliveries(db: SQLAlchemy, m: Models, notification_id: int, now: dat
         index_elements=["notification_id", "subscription_id"])
     inserted = db.session.execute(stmt.returning(table.c.subscription_id), [
         {"notification_id": notification_id, "subscription_id": sid, "user_id": uid,
-         "status": DeliveryStatus.PENDING, "attempts": 0, "created_at": now}
+         "status": DeliveryStatus.PENDING, "attempts": 0, "created_at": now,
+         "vars": (vars_by_user or {}).get(uid)}
         for sid, uid, *_ in found])
     return set(inserted.scalars())
 
@@ -101,6 +112,7 @@ def fan_out(notification_id: int) -> None:
     if n.fanned_out_at is None:
         now = utcnow()
         rules = Rules.of(n, now)
+        vars_from = _vars_audience(db, m, n)
         without: list[str] = []
         opted: list[str] = []
         for chunk, found in targets(db, m, n.targeting):
@@ -114,8 +126,9 @@ def fan_out(notification_id: int) -> None:
                 continue
             if notification_status(nid) == NotificationStatus.CANCELLED:
                 return  # cancel() skipped what was written; nothing more is written
+            own = vars_of(db, m, vars_from, covered) if vars_from is not None else None
             with rules.cap_lock():
-                _write_chunk(db, m, nid, now, found, rules)
+                _write_chunk(db, m, nid, now, found, rules, own)
             # Each chunk's batches go out at once: other workers send while this one
             # goes on fanning out (the notification is done only once fanned_out_at is set).
             # A throttled notification gets one batch at the end instead (throttle.py).
@@ -124,8 +137,11 @@ def fan_out(notification_id: int) -> None:
         if db.session.scalar(sa.select(N.target_count).where(N.id == nid)) != audience:
             # A user was erased while this ran (forget_user shrinks the audience of a
             # notification not fanned out yet): keep only who is still in it.
-            left = set(db.session.execute(sa.select(N.targeting).where(N.id == nid))
-                       .scalar_one()["user_ids"])
+            if "audience_id" in n.targeting:
+                left = still_members(db, m, n.targeting["audience_id"], without + opted)
+            else:
+                left = set(db.session.execute(sa.select(N.targeting).where(N.id == nid))
+                           .scalar_one()["user_ids"])
             without = [u for u in without if u in left]
             opted = [u for u in opted if u in left]
         n.users_without_devices, n.without_count = without, len(without)
@@ -133,6 +149,9 @@ def fan_out(notification_id: int) -> None:
             n.users_opted_out, n.opted_out_count = opted, len(opted)
             n.capped_count = capped_count(db, m, nid) if rules.category.cap else 0
         n.fanned_out_at = utcnow()
+        if n.audience_id is not None:
+            # The recipients' vars are on their deliveries now: the copy goes.
+            delete_internal(db, m, [n.audience_id])
         db.session.commit()
     if throttled:
         enqueue_whole(nid)
@@ -188,12 +207,21 @@ class Rules:
         return (at, False) if at > self.now else (None, False)
 
 
+def _vars_audience(db: SQLAlchemy, m: Models, n: NotificationRow) -> int | None:
+    """The audience whose members' vars the deliveries carry, if any has vars."""
+    if n.vars is None or n.audience_id is None:
+        return None
+    lengths = db.session.scalar(sa.select(m.Audience.var_lengths)
+                                .where(m.Audience.id == n.audience_id))
+    return n.audience_id if lengths else None
+
+
 def _write_chunk(db: SQLAlchemy, m: Models, nid: int, now: datetime, found: list[Target],
-                 rules: Rules) -> None:
+                 rules: Rules, vars_by_user: dict[str, dict[str, str]] | None = None) -> None:
     """Insert one chunk's deliveries and apply the rules to them, in one transaction: the
     cap's skips, and the due time of those held or sent at a local time, whose batches
     are scheduled once it is committed."""
-    inserted = _insert_deliveries(db, m, nid, now, found)
+    inserted = _insert_deliveries(db, m, nid, now, found, vars_by_user)
     D = m.Delivery
     inc = new_increments()
     for sid, _uid, agent, _tz in found:

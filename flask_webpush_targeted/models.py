@@ -233,6 +233,12 @@ class NotificationRow(_Row):
     capped_count: Mapped[int | None] = mapped_column()
     #: deliveries held by quiet hours: {release time (ISO, UTC): count}
     holds: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
+    #: the notification-wide vars of a payload with placeholders (None: no placeholders,
+    #: the texts are sent as written)
+    vars: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
+    #: the audience sent to, or the one holding the recipients' vars (``recipients=``);
+    #: no foreign key: an audience may be deleted once the fan-out has read it
+    audience_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
 
 
 class DeliveryRow(_Row):
@@ -284,6 +290,8 @@ class DeliveryRow(_Row):
     #: when this delivery is due, when later than its notification (quiet hours, local
     #: time): its validity counts from here
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the recipient's own vars, filled into the notification's placeholders when sent
+    vars: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
 
 
 class StatRow(_Row):
@@ -319,6 +327,44 @@ class StatRow(_Row):
     displayed: Mapped[int] = mapped_column(nullable=False, default=0)
     clicked: Mapped[int] = mapped_column(nullable=False, default=0)
     closed: Mapped[int] = mapped_column(nullable=False, default=0)
+
+
+class AudienceRow(_Row):
+    """A list of user ids kept for sending to (a CRM's segment), with optional vars each."""
+
+    __tablename__ = "webpush_audience"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    #: members now (forget_user lowers it)
+    size: Mapped[int] = mapped_column(nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    #: the var names every member has, and each var's longest value as JSON text (bytes):
+    #: what notify_users checks placeholders and the payload's size against without
+    #: reading every member
+    var_names: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    var_lengths: Mapped[dict[str, int] | None] = mapped_column(sa.JSON)
+    #: made for one notification's ``recipients`` (not listed; pruned with it)
+    internal: Mapped[bool] = mapped_column(nullable=False, default=False)
+
+
+class AudienceMemberRow(_Row):
+    """One user of an audience, and that user's vars."""
+
+    __tablename__ = "webpush_audience_member"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """A user is in an audience once; forget_user finds a user's memberships."""
+        return (sa.UniqueConstraint("audience_id", "user_id",
+                                    name="uq_webpush_audience_member_user"),
+                sa.Index("ix_webpush_audience_member_user", "user_id"))
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    audience_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("webpush_audience.id", ondelete="CASCADE"), nullable=False)
+    user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+    vars: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
 
 
 class ApiKeyRow(_Row):
@@ -380,6 +426,9 @@ class Models:
     Stat: type[StatRow]
     #: customers' current choices per category
     Preference: type[PreferenceRow]
+    #: lists of user ids kept for sending (a CRM's segments), and their members
+    Audience: type[AudienceRow]
+    AudienceMember: type[AudienceMemberRow]
 
 
 _built: WeakKeyDictionary[SQLAlchemy, Models] = WeakKeyDictionary()
@@ -420,4 +469,6 @@ def _build(db: SQLAlchemy) -> Models:
         ApiKey=_model(ApiKeyRow, base),
         ApiRequest=_model(ApiRequestRow, base),
         Preference=_model(PreferenceRow, base),
+        Audience=_model(AudienceRow, base),
+        AudienceMember=_model(AudienceMemberRow, base),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,17 +20,26 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
+from .audiences import get_audience, members_with_vars, store_audience
 from .categories import quiet_window
 from .clock import iso, utcnow
 from .context import app_state
-from .exceptions import InvalidNotification, QueueUnavailable
+from .exceptions import (
+    AudienceNotFound,
+    InvalidNotification,
+    InvalidUserId,
+    PayloadTooLarge,
+    QueueUnavailable,
+)
 from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
 from .local_time import parse_clock
 from .models import Models
-from .payload import build_payload, check_payload_size, check_text, default_tag
+from .payload import build_payload, check_payload_size, check_text, check_url, default_tag
+from .placeholders import check_vars, fill, fill_payload, json_width, names, payload_names
 from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
 from .statuses import WAITING, NotificationStatus
 from .transport.text import clean_text
+from .users import user_id_of
 
 if TYPE_CHECKING:  # the host's object, only annotated here
     from flask_sqlalchemy import SQLAlchemy
@@ -46,7 +55,8 @@ _CHUNK = 1000
 
 #: the JSON type of an option in the push API's body: ``json`` in the option's field metadata
 #: (None there for an option the body does not take)
-JsonKind = Literal["string", "boolean", "integer", "date-time", "devices", "actions", "any"]
+JsonKind = Literal["string", "boolean", "integer", "date-time", "devices", "actions", "any",
+                   "vars"]
 
 
 def _option(default: Any, json: JsonKind | None) -> Any:
@@ -88,6 +98,9 @@ class NotificationOptions:
     send_at_local: str | None = _option(None, "string")
     #: at most this many deliveries in any minute, across all workers
     rate_per_minute: int | None = _option(None, "integer")
+    #: values for ``{name}`` placeholders in title, body, url and action titles, for every
+    #: recipient (a recipient's own vars win); given, the texts are templates
+    vars: dict[str, Any] | None = _option(None, "vars")
 
     def payload(self) -> dict[str, Any]:
         """The service worker's payload these options make (validated, without its token)."""
@@ -107,10 +120,18 @@ def notification_fields(n: Any) -> dict[str, Any]:
             "rate_per_minute": n.rate_per_minute}
 
 
-def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: NotificationOptions) -> Any:
-    """Validate every option, then store the notification and enqueue its fan-out."""
+#: a recipient of ``recipients=``: (user id, its own vars)
+Recipient = tuple[str, dict[str, str]]
+
+
+def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: NotificationOptions, *,
+           audience: Any = None, recipients: list[Recipient] | None = None) -> Any:
+    """Validate every option, then store the notification and enqueue its fan-out.
+
+    The users are ``user_ids``, or an audience's members, or ``recipients`` (whose vars
+    are kept in an audience of the notification's own).
+    """
     payload = options.payload()
-    check_payload_size(payload)
     seconds = ttl_seconds(options.ttl)
     check_options(urgency=options.urgency, topic=options.topic, send_at=options.send_at,
                   category=options.category, idempotency_key=options.idempotency_key)
@@ -118,7 +139,40 @@ def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: Notification
     rules = check_rules(category, quiet_hours=options.quiet_hours,
                         send_at_local=options.send_at_local, send_at=options.send_at,
                         rate_per_minute=options.rate_per_minute)
-    targeting = resolve_devices(db, m, user_ids, options.devices)
+    wide = check_vars(options.vars, "vars") if options.vars is not None else None
+    target = None
+    if audience is not None:
+        try:
+            target = get_audience(db, m, audience)
+        except AudienceNotFound as exc:
+            raise InvalidNotification(str(exc)) from exc
+        if target.size == 0:
+            raise InvalidNotification(f"Audience {target.id} has no members.")
+        if options.devices not in DEVICE_WORDS:
+            raise InvalidNotification("devices must be 'all' or 'latest' with an audience.")
+    templated = (wide is not None or recipients is not None
+                 or (target is not None and bool(target.var_lengths)))
+    if not templated:
+        check_payload_size(payload)
+    elif recipients is not None:
+        _check_recipients(payload, wide or {}, recipients)
+    elif target is not None:
+        _check_audience(db, m, target, payload, wide or {})
+    else:
+        _check_filled(payload, wide or {}, "vars")
+    existing = _existing(db, m, options.idempotency_key)
+    if existing is not None:
+        return existing
+    audience_id = target.id if target is not None else None
+    if target is not None:
+        targeting: dict[str, Any] = {"audience_id": target.id, "devices": options.devices}
+    else:
+        targeting = resolve_devices(db, m, user_ids, options.devices)
+    if recipients is not None:
+        own, _ = store_audience(db, m, ((i, uid, values or None, None)
+                                        for i, (uid, values) in enumerate(recipients)),
+                                name="recipients", internal=True, commit=False)
+        audience_id = own.id
     if seconds == 0:
         # Accepted (a "now or never" message is legitimate), but rarely meant: say so.
         logging.getLogger("flask_webpush_targeted").warning(
@@ -127,7 +181,107 @@ def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: Notification
     return store_and_enqueue(
         db, m, user_ids, payload=payload, targeting=targeting, ttl=seconds,
         urgency=options.urgency, topic=options.topic, send_at=options.send_at,
-        idempotency_key=options.idempotency_key, category=category, rules=rules)
+        idempotency_key=options.idempotency_key, category=category,
+        rules={**rules, "vars": (wide or {}) if templated else None,
+               "audience_id": audience_id},
+        target_count=target.size if target is not None else None)
+
+
+def user_ids_of(users: Any) -> list[str]:
+    """notify_users' users as distinct ids, in order; InvalidNotification for a bad one."""
+    if isinstance(users, (str, bytes)) or not isinstance(users, Iterable):
+        raise InvalidNotification("users must be a list of users or user ids.")
+    try:
+        user_ids = list(dict.fromkeys(user_id_of(u) for u in users))
+    except InvalidUserId as exc:
+        raise InvalidNotification(f"Invalid user: {exc}.") from exc
+    if not user_ids:
+        raise InvalidNotification("No user to notify.")
+    return user_ids
+
+
+def recipients_of(items: Any) -> list[Recipient]:
+    """notify_users' recipients, [{"user": ..., "vars": {...}}], as (user id, vars) pairs."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidNotification("recipients must be a list of {'user': ..., 'vars': {...}}.")
+    chosen: list[Recipient] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        where = f"recipients[{index}]"
+        if not isinstance(item, Mapping) or "user" not in item or set(item) - {"user", "vars"}:
+            raise InvalidNotification(f"{where} must be {{'user': ..., 'vars': {{...}}}}.")
+        try:
+            user_id = user_id_of(item["user"])
+        except InvalidUserId as exc:
+            raise InvalidNotification(f"{where}: invalid user: {exc}.") from exc
+        if user_id in seen:
+            raise InvalidNotification(f"{where}: user {clean_text(user_id, 64)!r} is already "
+                                      f"recipients[{seen[user_id]}].")
+        seen[user_id] = index
+        values = item.get("vars")
+        chosen.append((user_id, check_vars(values if values is not None else {}, where)))
+    if not chosen:
+        raise InvalidNotification("No user to notify.")
+    return chosen
+
+
+def _named(where: str, exc: InvalidNotification) -> InvalidNotification:
+    """The same error, saying which recipient it is about."""
+    return type(exc)(f"{where}: {exc.description}")
+
+
+def _check_filled(payload: dict[str, Any], values: dict[str, str], where: str) -> None:
+    """Fill the payload for one recipient and check it as notify_users checks any payload."""
+    missing = sorted(payload_names(payload) - set(values))
+    if missing:
+        raise InvalidNotification(f"{where}: no value for the placeholder {{{missing[0]}}}"
+                                  " (in the recipient's vars or the notification's vars).")
+    filled = fill_payload(payload, values)
+    try:
+        if not filled["title"].strip():
+            raise InvalidNotification("the title is empty once filled.")
+        if names(payload["url"]):
+            check_url("url", filled["url"])
+        check_payload_size(filled)
+    except InvalidNotification as exc:
+        raise _named(where, exc) from exc
+
+
+def _check_recipients(payload: dict[str, Any], wide: dict[str, str],
+                      recipients: list[Recipient]) -> None:
+    payload_names(payload)  # a bad placeholder is refused once, before any recipient
+    for index, (user_id, own) in enumerate(recipients):
+        _check_filled(payload, {**wide, **own},
+                      f"recipients[{index}] (user {clean_text(user_id, 64)!r})")
+
+
+def _check_audience(db: SQLAlchemy, m: Models, audience: Any, payload: dict[str, Any],
+                    wide: dict[str, str]) -> None:
+    """Check an audience's members against the placeholders, reading the members only when
+    the audience's summary (var names every member has, longest values) cannot tell."""
+    needed = payload_names(payload)
+    lengths: dict[str, int] = audience.var_lengths or {}
+    if needed - set(wide) - set(audience.var_names or ()) or not _fits_at_worst(
+            payload, needed, wide, lengths):
+        for chunk in members_with_vars(db, m, audience.id):
+            for user_id, own in chunk:
+                _check_filled(payload, {**wide, **(own or {})},
+                              f"audience {audience.id}, user {clean_text(user_id, 64)!r}")
+
+
+def _fits_at_worst(payload: dict[str, Any], needed: set[str], wide: dict[str, str],
+                   lengths: dict[str, int]) -> bool:
+    """True when the payload fits with every placeholder at its longest value."""
+    longest = {name: max(lengths.get(name, 0), json_width(wide.get(name, "")))
+               for name in needed}
+    worst = fill_payload(payload, {name: "x" * n for name, n in longest.items()})
+    if names(payload["url"]):  # percent-encoding makes a byte three characters
+        worst["url"] = fill(payload["url"], {name: "x" * (3 * n) for name, n in longest.items()})
+    try:
+        check_payload_size(worst)
+    except PayloadTooLarge:
+        return False
+    return True
 
 
 def resolve_category(category: str | None) -> str | None:
@@ -254,23 +408,34 @@ def resolve_devices(db: SQLAlchemy, m: Models, user_ids: list[str], devices: Any
     return {"user_ids": user_ids, "devices": "ids", "subscription_ids": sorted(set(ids))}
 
 
+def _existing(db: SQLAlchemy, m: Models, idempotency_key: str | None) -> Any:
+    """The notification already stored under this idempotency key (enqueued if it never
+    was), or None."""
+    if idempotency_key is None:
+        return None
+    N = m.Notification
+    existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
+    return None if existing is None else _enqueue_if_never_queued(db, existing)
+
+
 def store_and_enqueue(db: SQLAlchemy, m: Models, user_ids: list[str], *, payload: dict[str, Any],
                       targeting: dict[str, Any], ttl: int, urgency: str, topic: str | None,
                       send_at: datetime | None, idempotency_key: str | None,
-                      category: str | None, rules: dict[str, Any] | None = None) -> Any:
+                      category: str | None, rules: dict[str, Any] | None = None,
+                      target_count: int | None = None) -> Any:
     """Commit the Notification first, then enqueue it; a Redis outage loses nothing."""
     N = m.Notification
-    if idempotency_key is not None:
-        existing = db.session.scalar(sa.select(N).where(N.idempotency_key == idempotency_key))
-        if existing is not None:
-            return _enqueue_if_never_queued(db, existing)
+    existing = _existing(db, m, idempotency_key)
+    if existing is not None:
+        return existing
     now = utcnow()
     scheduled = send_at is not None and send_at > now
     # .value: the object is the host's too (expire_on_commit=False keeps it as set)
     status = (NotificationStatus.SCHEDULED if scheduled else NotificationStatus.QUEUED).value
     n = N(idempotency_key=idempotency_key, status=status,
           category=category, payload=payload, targeting=targeting,
-          target_count=len(targeting["user_ids"]), ttl=ttl, urgency=urgency,
+          target_count=len(targeting["user_ids"]) if target_count is None else target_count,
+          ttl=ttl, urgency=urgency,
           topic=topic, send_at=send_at, created_at=now, **(rules or {}))
     db.session.add(n)
     try:

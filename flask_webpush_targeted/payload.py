@@ -68,6 +68,11 @@ def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
         f"{name} must be relative or on this site's origin (WEBPUSH_SITE_URL): {url!r}.")
 
 
+def check_url(name: str, url: str) -> str | None:
+    """``url`` if it is a path on this site or a URL on its origin; InvalidNotification else."""
+    return _check_url(name, url, allow_none=False)
+
+
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_DATA_DEPTH:
         raise InvalidNotification(f"data is nested deeper than {MAX_DATA_DEPTH} levels.")

@@ -1,8 +1,9 @@
 """GDPR: export and erase what the extension holds about one user.
 
 Erasing leaves nothing that names the person: their deliveries, consents, category
-choices and devices go, and their id leaves every notification's lists (the targeting's
-``user_ids`` and ``subscription_ids``, ``users_without_devices`` and ``users_opted_out``).
+choices, audience memberships (with their vars) and devices go, and their id leaves every
+notification's lists (the targeting's ``user_ids`` and ``subscription_ids``,
+``users_without_devices`` and ``users_opted_out``).
 What stays is anonymous: the running counters, and the sizes ``target_count`` and
 ``without_count`` of a notification already fanned out, which say how many were targeted
 and reached then. A notification not fanned out yet loses the person from its audience, and its
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .audiences import forget_member, memberships
 from .clock import iso
 from .context import app_state
 from .counters import add, bump, new_increments
 from .models import Models
+from .placeholders import title_for
 from .preferences import preferences, stored_choices
 from .sql import dialect_of, rowcount
 from .statuses import UNFINISHED, DeliveryStatus
@@ -42,7 +45,7 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
         sa.select(m.Consent).where(m.Consent.user_id == user_id).order_by(m.Consent.id)
     )
     deliveries = db.session.execute(
-        sa.select(m.Delivery, m.Notification.payload)
+        sa.select(m.Delivery, m.Notification.payload, m.Notification.vars)
         .join(m.Notification, m.Notification.id == m.Delivery.notification_id)
         .where(m.Delivery.user_id == user_id).order_by(m.Delivery.id)
     )
@@ -66,12 +69,15 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
         # every stored choice (a category since removed too), then what holds now
         "preferences": {**stored_choices(db, m, user_id),
                         **preferences(db, m, app_state().categories, user_id)},
+        # the audiences the user is in, and the vars kept for each (a seat, a gate...)
+        "audiences": memberships(db, m, user_id),
         "notifications_received": [
             {"notification_id": d.notification_id, "device_id": d.subscription_id,
-             "title": payload.get("title"), "status": d.status, "sent_at": iso(d.sent_at),
+             "title": title_for(payload, wide, d.vars), "status": d.status,
+             "sent_at": iso(d.sent_at),
              "displayed_at": iso(d.displayed_at), "clicked_at": iso(d.clicked_at),
              "closed_at": iso(d.closed_at)}
-            for d, payload in deliveries
+            for d, payload, wide in deliveries
         ],
     }
 
@@ -97,6 +103,7 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     counts["consents"] = rowcount(result)
     result = db.session.execute(sa.delete(m.Preference).where(m.Preference.user_id == user_id))
     counts["preferences"] = rowcount(result)
+    counts["audiences"] = forget_member(db, m, user_id)
     own_devices = sa.select(m.Subscription.id).where(m.Subscription.user_id == user_id)
     erase_from_notifications(db, m, user_id, list(db.session.scalars(own_devices)))
     # Rows of other users may still point at this user's devices (a device that moved
@@ -132,7 +139,8 @@ WITH hit AS MATERIALIZED (
     FROM {table} WHERE {candidates}
 ), cleaned AS MATERIALIZED (
     SELECT id, t, w, o, w - CAST(:uid AS text) AS new_w, o - CAST(:uid AS text) AS new_o,
-        jsonb_set(t, '{{user_ids}}', COALESCE(t -> 'user_ids', '[]') - CAST(:uid AS text))
+        CASE WHEN t -> 'user_ids' IS NULL THEN t  -- an audience's: its members are rows
+             ELSE jsonb_set(t, '{{user_ids}}', (t -> 'user_ids') - CAST(:uid AS text)) END
         || CASE WHEN jsonb_typeof(t -> 'subscription_ids') = 'array' THEN jsonb_build_object(
             'subscription_ids', jsonb_path_query_array(t -> 'subscription_ids',
                                                        '$[*] ? (!(@ == $ids[*]))',
@@ -144,7 +152,7 @@ UPDATE {table} AS n SET
     targeting = CAST(c.new_t AS json),
     users_without_devices = CAST(c.new_w AS json),
     users_opted_out = CAST(c.new_o AS json),
-    target_count = CASE WHEN n.fanned_out_at IS NULL
+    target_count = CASE WHEN n.fanned_out_at IS NULL AND c.new_t -> 'user_ids' IS NOT NULL
                         THEN jsonb_array_length(c.new_t -> 'user_ids') ELSE n.target_count END
 FROM cleaned AS c
 WHERE n.id = c.id AND (c.new_t <> c.t OR c.new_w IS DISTINCT FROM c.w

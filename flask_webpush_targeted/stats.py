@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import defer
 
 from . import counters
+from .audiences import delete_internal
 from .clock import iso, utcnow
 from .exceptions import NotificationNotFound
 from .models import DeliveryRow, Models, NotificationRow
@@ -229,10 +230,15 @@ def prune(db: SQLAlchemy, m: Models, older_than: timedelta) -> dict[str, int]:
     """
     N, D = m.Notification, m.Delivery
     cutoff = utcnow() - older_than
-    ids = db.session.scalars(sa.select(N.id).where(
-        N.finished_at < cutoff,
-        N.status.in_((NotificationStatus.DONE, NotificationStatus.CANCELLED)))).all()
+    over = (N.finished_at < cutoff,
+            N.status.in_((NotificationStatus.DONE, NotificationStatus.CANCELLED)))
+    ids = db.session.scalars(sa.select(N.id).where(*over)).all()
     pruned = deleted = 0
+    # A cancelled notification's recipients (and their vars) go too; a sent one's went
+    # when it was fanned out.
+    delete_internal(db, m, list(db.session.scalars(
+        sa.select(N.audience_id).where(*over, N.audience_id.is_not(None)))))
+    db.session.commit()
     for nid in ids:
         if not db.session.scalar(sa.select(sa.exists().where(D.notification_id == nid))):
             continue

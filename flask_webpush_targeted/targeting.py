@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from .audiences import members
 from .models import Models
 from .sql import dialect_of
 
@@ -24,8 +25,12 @@ def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
     """Yield (chunk of requested user ids, [(subscription id, user id, user agent, time zone)])
     per chunk."""
     Sub = m.Subscription
-    user_ids: list[str] = targeting["user_ids"]
     mode = targeting["devices"]
+    if "audience_id" in targeting:  # the audience's members, streamed a chunk at a time
+        for chunk in members(db, m, targeting["audience_id"]):
+            yield chunk, _devices(db, m, chunk, mode)
+        return
+    user_ids: list[str] = targeting["user_ids"]
     if mode == "ids":
         ids = targeting["subscription_ids"]
         found: list[Any] = []
@@ -36,26 +41,34 @@ def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
         wanted = set(user_ids)
         yield user_ids, [tuple(r) for r in found if r[1] in wanted]
         return
-    postgres = dialect_of(db) == "postgresql"
     for start in range(0, len(user_ids), _CHUNK):
         chunk = user_ids[start:start + _CHUNK]
-        # PostgreSQL: one array parameter, not a thousand (the same statement every chunk).
-        of_chunk = (Sub.user_id == sa.any_(sa.bindparam("uids", chunk,
-                                                        type_=postgresql.ARRAY(sa.String)))
-                    if postgres else Sub.user_id.in_(chunk))
-        rows = db.session.execute(
-            sa.select(Sub.id, Sub.user_id, Sub.user_agent, Sub.timezone)
-            .where(of_chunk, Sub.revoked_at.is_(None))
-            .order_by(Sub.user_id, Sub.created_at.desc(), Sub.id.desc())).all()
-        if mode == "latest":
-            seen: set[str] = set()
-            rows = [r for r in rows if not (r[1] in seen or seen.add(r[1]))]  # type: ignore[func-returns-value]
-        yield chunk, [tuple(r) for r in rows]
+        yield chunk, _devices(db, m, chunk, mode)
 
 
-def users_without(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> list[str]:
+def _devices(db: SQLAlchemy, m: Models, chunk: list[str], mode: str) -> list[Target]:
+    """The chosen active devices of a chunk of users ("all" or "latest")."""
+    Sub = m.Subscription
+    # PostgreSQL: one array parameter, not a thousand (the same statement every chunk).
+    of_chunk = (Sub.user_id == sa.any_(sa.bindparam("uids", chunk,
+                                                    type_=postgresql.ARRAY(sa.String)))
+                if dialect_of(db) == "postgresql" else Sub.user_id.in_(chunk))
+    rows = db.session.execute(
+        sa.select(Sub.id, Sub.user_id, Sub.user_agent, Sub.timezone)
+        .where(of_chunk, Sub.revoked_at.is_(None))
+        .order_by(Sub.user_id, Sub.created_at.desc(), Sub.id.desc())).all()
+    if mode == "latest":
+        seen: set[str] = set()
+        rows = [r for r in rows if not (r[1] in seen or seen.add(r[1]))]  # type: ignore[func-returns-value]
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def users_without(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> list[str] | None:
     """The targeted users, in order, whom no chosen active device covers, as the fan-out
-    will find them (the push API answers with them at once)."""
+    will find them (the push API answers with them at once); None for an audience, which
+    may be millions of users: the fan-out finds them."""
+    if "audience_id" in targeting:
+        return None
     without: list[str] = []
     for chunk, found in targets(db, m, targeting):
         covered = {row[1] for row in found}

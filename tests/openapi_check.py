@@ -51,6 +51,7 @@ def errors_of(schema: dict[str, Any], value: Any) -> list[str]:
 def _template_regex(template: str) -> re.Pattern[str]:
     pattern = re.escape(template)
     pattern = pattern.replace(r"\{user_id\}", ".+").replace(r"\{notification_id\}", "[^/]+")
+    pattern = pattern.replace(r"\{audience_id\}", "[^/]+")
     return re.compile(pattern)
 
 

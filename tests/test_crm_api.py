@@ -363,7 +363,7 @@ def test_at_most_max_users_ids_per_request(api: Api) -> None:
     limit = api.host.app.config["WEBPUSH_API_MAX_USERS"]
     assert limit == 10_000
     too_many = api.send(key, {"user_ids": [str(i) for i in range(limit + 1)], "title": "Hi"})
-    assert_error(too_many, 413, "too_many_users", "10001", "several requests")
+    assert_error(too_many, 413, "too_many_users", "10001", "as an audience (POST audiences)")
     assert api.count("Notification") == 0
     at_limit = api.send(key, {"user_ids": list(range(limit)), "title": "Hi"})
     assert at_limit.status_code == 202

@@ -16,11 +16,17 @@ from flask_webpush_targeted.push_api.requests import FIELDS, OPTION_KINDS, parse
 
 #: the one option the push API takes as a header (Idempotency-Key), not in the body
 HEADER_ONLY = {"idempotency_key"}
+#: who gets it, besides the positional users: not options of the message
+TARGETING = ("audience", "recipients")
+#: the body's fields that say who gets it
+API_TARGETING = {"user_ids", "audience_id", "recipients"}
 
 
 def test_notify_users_takes_exactly_the_options_keywords_with_their_defaults() -> None:
     params = inspect.signature(WebPush.notify_users).parameters
-    keywords = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    keywords = {name: p.default for name, p in params.items()
+                if p.kind is p.KEYWORD_ONLY and name not in TARGETING}
+    assert [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY][:2] == list(TARGETING)
     options = {f.name: (inspect.Parameter.empty if f.default is MISSING else f.default)
                for f in fields(NotificationOptions)}
     assert keywords == options
@@ -37,7 +43,7 @@ def test_notify_user_names_the_same_defaults_for_the_keywords_it_spells_out() ->
 def test_the_api_body_takes_every_option_but_the_idempotency_key_header() -> None:
     names = {f.name for f in fields(NotificationOptions)}
     assert set(OPTION_KINDS) == names - HEADER_ONLY
-    assert set(FIELDS) == {"user_ids", *OPTION_KINDS}
+    assert set(FIELDS) == {*API_TARGETING, *OPTION_KINDS}
     with pytest.raises(BadRequestError, match=r"Unknown field\(s\): idempotency_key\."):
         parse_notification({"user_ids": ["1"], "title": "t", "idempotency_key": "k"}, 10)
 

@@ -104,6 +104,12 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "send_at_local": st.one_of(st.sampled_from(["09:00", "23:59", "24:00", "9:00", "09:60"]),
                                text_or_wrong()),
     "rate_per_minute": st.one_of(huge_integers(), nasty_floats(), wrong_types()),
+    "vars": st.one_of(
+        st.dictionaries(st.one_of(st.sampled_from(["gate", "seat", "0", "a b", "_"]),
+                                  nasty_text(), wrong_types()),
+                        st.one_of(nasty_text(), huge_integers(), nasty_floats(), json_values(),
+                                  wrong_types()), max_size=3),
+        wrong_types()),
 }
 
 

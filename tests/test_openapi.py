@@ -83,7 +83,7 @@ def test_every_api_route_is_described_and_every_description_is_routed(app: Any) 
         routed |= {(path, m.lower()) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
     described = {(path, method) for path, method, _ in _operations(DOC)}
     assert routed == described
-    assert len(routed) == 8
+    assert len(routed) == 11
 
 
 def test_operations_have_unique_ids_and_document_their_errors() -> None:
@@ -223,7 +223,33 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
     "data": st.text(min_size=3900, max_size=4000),
     "require_interaction": JSON,
     "silent": JSON,
+    "vars": st.one_of(st.dictionaries(st.text(max_size=5), JSON, max_size=3), JSON),
+    "audience_id": st.one_of(st.integers(-5, 2**64), JSON),
+    "recipients": st.one_of(st.lists(st.fixed_dictionaries(
+        {"user_id": st.one_of(st.text(max_size=5), JSON)},
+        optional={"vars": JSON, "extra": JSON}), max_size=3), JSON),
 }
+VAR_NAMES = st.sampled_from(["gate", "seat", "flight", "0", "a b", "_x"])
+VAR_VALUES = st.one_of(st.text(max_size=8), st.integers(-10**6, 10**6), st.floats(
+    allow_nan=False, allow_infinity=False), st.just("a\x00"), st.none(), st.booleans())
+TEMPLATES = st.sampled_from(["Gate {gate}", "Seat {seat} {{ok}}", "{flight}", "{0.__class__}",
+                             "{gate!r}", "{gate:>9}", "broken {", "broken }", "plain"])
+#: bodies to recipients or an audience, with vars: templates filled or refused
+TEMPLATED = st.fixed_dictionaries(
+    {"title": TEMPLATES},
+    optional={"vars": st.dictionaries(VAR_NAMES, VAR_VALUES, max_size=3),
+              "body": TEMPLATES, "url": st.sampled_from(["/t/{gate}", "/{seat}", "/x"])},
+).flatmap(lambda base: st.one_of(
+    st.fixed_dictionaries({"recipients": st.lists(st.fixed_dictionaries(
+        {"user_id": st.sampled_from(["1", "2", "3", 4])},
+        optional={"vars": st.one_of(st.none(), st.dictionaries(VAR_NAMES, VAR_VALUES,
+                                                                max_size=3))}),
+        min_size=1, max_size=3)}).map(lambda t: {**base, **t}),
+    st.fixed_dictionaries({"audience_id": st.one_of(st.integers(1, 3), st.integers(
+        2**31, 2**63 - 1))}).map(lambda t: {**base, **t}),
+    st.fixed_dictionaries({"user_ids": st.just(["1"]), "audience_id": st.just(1)}).map(
+        lambda t: {**base, **t}),
+))
 OPTIONAL = {k: v for k, v in VALID.items() if k not in ("user_ids", "title")}
 WELL_FORMED = st.fixed_dictionaries({"user_ids": VALID["user_ids"], "title": VALID["title"]},
                                     optional=OPTIONAL)
@@ -241,7 +267,7 @@ def _one_field_wrong(draw: Any) -> dict[str, Any]:
 
 
 BODIES = st.one_of(
-    WELL_FORMED, WELL_FORMED, _one_field_wrong(), _one_field_wrong(),
+    WELL_FORMED, WELL_FORMED, _one_field_wrong(), _one_field_wrong(), TEMPLATED,
     st.fixed_dictionaries({}, optional={**VALID, **WRONG, "unknown": JSON}),
     JSON,
 )
@@ -278,6 +304,9 @@ class Fuzz:
             self.call("POST", f"{BASE}/notifications", key, json={"user_ids": ["1"], "title": "x"})
         with host.app.app_context():
             host.webpush.notify_user("2", title="From the back office")
+            # audience 1, with vars: what TEMPLATED's bodies send to
+            host.webpush.create_audience([{"user": "1", "vars": {"gate": "3"}}, "2"],
+                                         name="fuzz")
 
     def call(self, method: str, path: str, key: str | None, **kw: Any) -> Any:
         headers = dict(kw.pop("headers", {}))
@@ -389,3 +418,49 @@ def test_property_user_devices_answers_as_documented(
     assert response.status_code == (200 if valid else 400)
     if valid:
         assert response.get_json()["user_id"] == user_id
+
+
+AUDIENCE_LINES = st.one_of(
+    st.sampled_from([b"user_id", b"user_id,gate,seat", b"1", b"2,12,14C", b"", b"\xff\xfe",
+                     b"a\x00b", b"x" * 300, b'"q,1"', b"1,2,3,4", b'{"user_id": "9"}',
+                     b'{"user_id": 1.5}', b'{"user_id": "7", "gate": "A"}', b"[1]",
+                     b'{"user_id": "7", "bad name": 1}', b"user_id,0bad"]),
+    st.binary(max_size=40))
+AUDIENCE_BODIES = st.lists(AUDIENCE_LINES, max_size=6).map(lambda lines: b"\n".join(lines))
+AUDIENCE_TYPES = st.sampled_from(["text/csv", "text/csv; charset=utf-8", "application/x-ndjson",
+                                  "application/json", "text/plain", ""])
+AUDIENCE_NAMES = st.one_of(st.none(), st.sampled_from(["LO123", "", " ", "n" * 201]),
+                           st.text(max_size=10))
+
+
+@SETTINGS
+@given(body=AUDIENCE_BODIES, kind=AUDIENCE_TYPES, name=AUDIENCE_NAMES, key=KEYS)
+def test_property_create_audience_answers_as_documented(
+    fuzz: Fuzz, body: bytes, kind: str, name: str | None, key: str | None,
+) -> None:
+    query = "" if name is None else "?" + urlencode({"name": name})
+    response = fuzz.call("POST", f"{BASE}/audiences{query}", key, data=body,
+                         headers={"Content-Type": kind} if kind else {})
+    if not _authorized(key, "send"):
+        assert response.status_code in (401, 403)
+        return
+    if response.status_code == 201:
+        answer = response.get_json()
+        lines = [line for line in body.split(b"\n")]
+        # every line is a member, a header, a duplicate or a rejected row
+        assert answer["size"] + answer["rejected"]["count"] + answer["rejected"][
+            "duplicates"] <= len(lines)
+        got = fuzz.call("GET", f"{BASE}/audiences/{answer['id']}", key)
+        assert got.get_json() == {k: v for k, v in answer.items() if k != "rejected"}
+
+
+@SETTINGS
+@given(raw=st.one_of(st.integers(-5, 2**64).map(str), st.sampled_from(["1", "01", "x", "1.0",
+                                                                          "%00", "\u0661"])),
+       method=st.sampled_from(["GET", "DELETE"]), key=KEYS)
+def test_property_one_audience_answers_as_documented(
+    fuzz: Fuzz, raw: str, method: str, key: str | None,
+) -> None:
+    response = fuzz.call(method, f"{BASE}/audiences/{quote(raw, safe='')}", key)
+    if not _authorized(key, "send"):
+        assert response.status_code in (401, 403)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
 from ..notifications import DEVICE_WORDS, MAX_RATE_PER_MINUTE, MAX_TTL, URGENCIES
+from ..placeholders import MAX_VALUE_LENGTH, MAX_VARS
 from ..platforms import PLATFORMS
 from ..statuses import NOTIFICATION_STATUSES
 from ..web_input import MAX_DEPTH
@@ -55,14 +56,18 @@ _ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
         "scope": _error("insufficient_scope", "This API key lacks the 'send' scope; create one "
                         "with `flask webpush api-key create NAME --scope send`."),
     }),
-    "404": ("No such notification, or not one this key may see.", {
+    "404": ("No such notification (or not one this key may see), or no such audience.", {
         "missing": _error("not_found", "No notification '99' for this API key."),
+        "audience": _error("not_found", "No audience has id 99."),
     }),
     "409": ("Conflict.", {
         "idempotency": _error("idempotency_conflict", "This Idempotency-Key was used with another "
                               "request body; use a new key for a new notification."),
         "finished": _error("not_cancellable", "Notification 42 is done already: nothing to "
                            "cancel."),
+        "audience_in_use": _error("audience_in_use", "Notification 42 is to be sent to "
+                                  "audience 7 and has not read it yet: cancel it, or delete "
+                                  "the audience once it is sending."),
     }),
     "413": ("Too large: the body, the number of user ids, or the Web Push payload.", {
         "users": _error("too_many_users", "10001 user ids in one request; at most 10000 are "
@@ -70,6 +75,8 @@ _ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
         "payload": _error("payload_too_large", "The payload is 4120 bytes with its tracking "
                           "token; Web Push allows 3993. Shorten the body or data."),
         "body": _error("too_large", "The body is larger than 1048576 bytes."),
+        "audience": _error("too_large", "The audience is over 209,715,200 bytes "
+                           "(WEBPUSH_API_MAX_AUDIENCE_BYTES); nothing was stored."),
     }),
     "422": ("Well-formed, but a value is refused: a notification's (urgency, ttl, topic, "
             "url, devices...) or a choice of categories.", {
@@ -82,6 +89,11 @@ _ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
                           "marketing, news)."),
         "off": _error("invalid_preferences", "Categories are off (WEBPUSH_CATEGORIES is "
                       "None): there is nothing to choose."),
+        "missing_var": _error("invalid_notification", "recipients[12] (user '1054'): no value "
+                              "for the placeholder {seat} (in the recipient's vars or the "
+                              "notification's vars)."),
+        "audience_name": _error("invalid_audience", "An audience's name is 1 to 200 "
+                                "characters."),
     }),
     "429": ("Over the key's rate limit (WEBPUSH_API_RATE_LIMIT per minute).", {
         "limited": _error("rate_limited", "More than 600 requests this minute with this API "
@@ -127,6 +139,17 @@ _COUNTS = ("targeted_users", "users_without_devices", "opted_out", "capped", "de
            "clicked", "closed")
 _SEND_AT_LOCAL = {"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 
+_USER_ID_ITEM = {"anyOf": [
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\u0000]*$"},
+    {"type": "integer", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
+]}
+_VARS = {"type": "object", "maxProperties": MAX_VARS,
+         "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},
+         "additionalProperties": {"anyOf": [
+             {"type": "string", "maxLength": MAX_VALUE_LENGTH, "pattern": "^[^\\u0000]*$"},
+             {"type": "number"}]}}
+_AUDIENCE_ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "additionalProperties": False, "required": ["error", "message"],
@@ -136,20 +159,33 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "NotificationRequest": {
-        "type": "object", "additionalProperties": False, "required": ["user_ids", "title"],
-        "description": "The arguments of notify_users. A null field is the same as an "
-                       "absent one. Fields the document does not list are refused (400).",
+        "type": "object", "additionalProperties": False, "required": ["title"],
+        "oneOf": [{"required": ["user_ids"]}, {"required": ["audience_id"]},
+                  {"required": ["recipients"]}],
+        "description": "The arguments of notify_users, to user_ids, an audience's members "
+                       "or recipients with their own vars (exactly one of the three). A null "
+                       "field is the same as an absent one. Fields the document does not "
+                       "list are refused (400).",
         "properties": {
             "user_ids": {
                 "type": "array", "minItems": 1, "maxItems": 10_000,
                 "description": "The users, as your user ids (Flask-Login's get_id()). At most "
-                               "WEBPUSH_API_MAX_USERS (10,000 by default; more is a 413): send "
-                               "a larger audience in several requests.",
-                "items": {"anyOf": [
-                    {"type": "string", "minLength": 1, "maxLength": 255,
-                     "pattern": "^[^\\u0000]*$"},
-                    {"type": "integer", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
-                ]},
+                               "WEBPUSH_API_MAX_USERS (10,000 by default; more is a 413): "
+                               "upload a larger set as an audience (POST /audiences).",
+                "items": _USER_ID_ITEM,
+            },
+            "audience_id": {**_ID, "description": "An audience's id (POST /audiences): one "
+                            "notification to all its members, with their vars."},
+            "recipients": {
+                "type": "array", "minItems": 1, "maxItems": 10_000,
+                "description": "Users each with their own vars, which fill {name} "
+                               "placeholders in title, body, url and action titles over the "
+                               "notification's vars. At most WEBPUSH_API_MAX_USERS; more go "
+                               "through an audience.",
+                "items": {"type": "object", "additionalProperties": False,
+                          "required": ["user_id"],
+                          "properties": {"user_id": _USER_ID_ITEM,
+                                         "vars": _nullable(_VARS)}},
             },
             "title": {"type": "string", "minLength": 1, "pattern": "\\S"},
             "body": _nullable({"type": "string"}),
@@ -202,6 +238,46 @@ SCHEMAS: dict[str, Any] = {
                 "description": "At most this many deliveries in any minute, across all "
                                "workers; stats.expected_finish_at says when it should be "
                                "done."}),
+            "vars": _nullable({**_VARS, "description": "Values for {name} placeholders, for "
+                               "every recipient; a recipient's or audience member's own vars "
+                               "win. Given (or with recipients, or an audience with vars), "
+                               "title, body, url and action titles are templates: {{ and }} "
+                               "write a brace, a placeholder with no value is a 422 naming "
+                               "the recipient, and values are percent-encoded in url."}),
+        },
+    },
+    "Audience": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "name", "size", "created_at", "vars"],
+        "properties": {
+            "id": _AUDIENCE_ID_SCHEMA, "name": {"type": "string"}, "size": _COUNT,
+            "created_at": _TIME,
+            "vars": {"type": "array", "items": {"type": "string"},
+                     "description": "The var names the members carry."},
+        },
+    },
+    "AudienceCreated": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "name", "size", "created_at", "vars", "rejected"],
+        "properties": {
+            "id": _AUDIENCE_ID_SCHEMA, "name": {"type": "string"}, "size": _COUNT,
+            "created_at": _TIME, "vars": {"type": "array", "items": {"type": "string"}},
+            "rejected": {
+                "type": "object", "additionalProperties": False,
+                "required": ["count", "duplicates", "first"],
+                "properties": {
+                    "count": {**_COUNT, "description": "Rows refused (empty, too long, NUL, "
+                              "not UTF-8, bad vars...), duplicates apart."},
+                    "duplicates": {**_COUNT, "description": "Rows repeating a user id "
+                                   "(the first one counts)."},
+                    "first": {"type": "array", "maxItems": 10, "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["line", "reason", "text"],
+                        "properties": {"line": {"type": "integer", "minimum": 1},
+                                       "reason": {"type": "string"},
+                                       "text": {"type": ["string", "null"]}}}},
+                },
+            },
         },
     },
     "NotificationAccepted": {
@@ -216,9 +292,10 @@ SCHEMAS: dict[str, Any] = {
             "send_at": {"type": ["string", "null"], "format": "date-time"},
             "targeted_users": _COUNT,
             "users_without_devices": {
-                "type": "array", "items": {"type": "string"},
+                "type": ["array", "null"], "items": {"type": "string"},
                 "description": "The requested ids with no active, consented device among "
-                               "those targeted, at the time of the answer."},
+                               "those targeted, at the time of the answer; null for an "
+                               "audience, whose figures say it once fanned out."},
             "replayed": {"type": "boolean", "description": "True when this answers an earlier "
                          "request with the same Idempotency-Key and body."},
         },
@@ -448,7 +525,14 @@ def _paths() -> dict[str, Any]:
                     _ref("NotificationRequest"), gate_change=_SEND_EXAMPLE,
                     scheduled={"user_ids": ["1042"], "title": "Your table is ready at 19:30",
                                "send_at": "2026-12-01T19:00:00+01:00", "ttl": 1800,
-                               "devices": "latest", "data": {"booking": 981}})},
+                               "devices": "latest", "data": {"booking": 981}},
+                    own_gate_and_seat={
+                        "recipients": [{"user_id": "1042", "vars": {"gate": "12", "seat": "14C"}},
+                                       {"user_id": "1043", "vars": {"gate": "12", "seat": "3A"}}],
+                        "title": "Flight {flight} boards at gate {gate}", "body": "Seat {seat}",
+                        "vars": {"flight": "LO123"}, "urgency": "high"},
+                    audience={"audience_id": 7, "title": "Winter sale: 20% off",
+                              "category": "marketing"})},
                 "responses": {
                     "202": {"description": "Accepted: stored and queued (or scheduled).",
                             "headers": {
@@ -465,7 +549,7 @@ def _paths() -> dict[str, Any]:
                                 "replayed": False})},
                     **_errors("400", "401", "403", "409", "413", "422", "429",
                               e400="unknown_field,naive_time", e409="idempotency",
-                              e422="urgency"),
+                              e413="users,payload,body", e422="urgency,missing_var"),
                 },
             },
             "get": {
@@ -511,7 +595,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The notification.",
                             "content": _json(_ref("Notification"), done=_NOTIFICATION_EXAMPLE)},
-                    **_errors("401", "403", "404", "429"),
+                    **_errors("401", "403", "404", "429", e404="missing"),
                 },
             },
             "delete": {
@@ -530,7 +614,70 @@ def _paths() -> dict[str, Any]:
                                 "display_rate": None, "click_rate": None,
                                 "click_through_rate": None, "by_platform": []},
                             "users_opted_out": []})},
-                    **_errors("401", "403", "404", "409", "429", e409="finished"),
+                    **_errors("401", "403", "404", "409", "429", e404="missing",
+                              e409="finished"),
+                },
+            },
+        },
+        "/audiences": {"post": {
+            "operationId": "createAudience",
+            "summary": "Upload an audience: your segment, stored for sending (scope: send).",
+            "description": "The body is read as a stream and stored as it is read, up to "
+                           "WEBPUSH_API_MAX_AUDIENCE_BYTES (200 MB by default; more is a 413 "
+                           "and nothing is stored). text/csv: one user id a line, or a "
+                           "header user_id,<var>,... whose other columns are each member's "
+                           "vars (an empty cell is no value). application/x-ndjson: "
+                           "{\"user_id\": ..., \"<var>\": ...} a line. A row that cannot be a "
+                           "member is counted and the first ones shown; a user id repeated "
+                           "counts once.",
+            "parameters": [{"name": "name", "in": "query", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                            "description": "What people will call it.",
+                            "example": "Passengers LO123 2026-12-01"}],
+            "requestBody": {"required": True, "content": {
+                "text/csv": {"schema": {"type": "string"},
+                             "example": "user_id,gate,seat\n1042,12,14C\n1043,12,3A\n"},
+                "application/x-ndjson": {
+                    "schema": {"type": "string"},
+                    "example": '{"user_id": "1042", "seat": "14C"}\n'}}},
+            "responses": {
+                "201": {"description": "Stored.", "headers": {
+                    "Location": {"description": "The audience's URL.", "required": True,
+                                 "schema": {"type": "string"}}},
+                        "content": _json(_ref("AudienceCreated"), stored={
+                            "id": 7, "name": "Passengers LO123 2026-12-01", "size": 298,
+                            "created_at": "2026-12-01T07:00:00+00:00", "vars": ["gate", "seat"],
+                            "rejected": {"count": 1, "duplicates": 1, "first": [
+                                {"line": 57, "reason": "empty", "text": None}]}})},
+                **_errors("400", "401", "403", "413", "422", "429", e400="unknown_field",
+                          e413="audience", e422="audience_name"),
+            },
+        }},
+        "/audiences/{audience_id}": {
+            "parameters": [{"name": "audience_id", "in": "path", "required": True,
+                            "schema": _AUDIENCE_ID_SCHEMA, "example": 7}],
+            "get": {
+                "operationId": "getAudience",
+                "summary": "An audience's name, size and var names (scope: send).",
+                "responses": {
+                    "200": {"description": "The audience.", "content": _json(
+                        _ref("Audience"), stored={
+                            "id": 7, "name": "Passengers LO123 2026-12-01", "size": 298,
+                            "created_at": "2026-12-01T07:00:00+00:00",
+                            "vars": ["gate", "seat"]})},
+                    **_errors("401", "403", "404", "429", e404="audience"),
+                },
+            },
+            "delete": {
+                "operationId": "deleteAudience",
+                "summary": "Delete an audience and its members (scope: send).",
+                "description": "409 while a notification to it has not been fanned out "
+                               "(scheduled, or queued): cancel it first. Notifications sent "
+                               "to it keep their figures.",
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **_errors("401", "403", "404", "409", "429", e404="audience",
+                              e409="audience_in_use"),
                 },
             },
         },
@@ -621,6 +768,7 @@ def openapi_document(base_path: str = "/webpush/api/v1", *,
         },
         "paths": _paths(),
     })
-    doc["components"]["schemas"]["NotificationRequest"]["properties"]["user_ids"][
-        "maxItems"] = max_users
+    for target in ("user_ids", "recipients"):
+        doc["components"]["schemas"]["NotificationRequest"]["properties"][target][
+            "maxItems"] = max_users
     return doc

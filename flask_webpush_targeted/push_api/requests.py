@@ -36,7 +36,9 @@ OPTION_KINDS: dict[str, JsonKind] = {
 _TEXT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "string" and n != "title")
 _BOOL_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "boolean")
 _INT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "integer")
-FIELDS = frozenset(("user_ids", *OPTION_KINDS))
+#: the body's fields that say who gets it: exactly one is given
+TARGETS = ("user_ids", "audience_id", "recipients")
+FIELDS = frozenset((*TARGETS, *OPTION_KINDS))
 
 
 class TooManyUsers(APIError, RequestEntityTooLarge):
@@ -47,15 +49,22 @@ class TooManyUsers(APIError, RequestEntityTooLarge):
 
 @dataclass(frozen=True)
 class NotifyRequest:
-    """A well-formed ``POST notifications`` body: the ids and notify_users' keyword arguments
-    (the options given, not null: the digest must not change when a default does)."""
+    """A well-formed ``POST notifications`` body: who (user ids, an audience, or recipients
+    with their vars) and notify_users' keyword arguments (the options given, not null: the
+    digest must not change when a default does)."""
 
-    user_ids: list[str]
+    user_ids: list[str] | None
     options: dict[str, Any] = field(default_factory=dict)
+    audience_id: int | None = None
+    recipients: list[dict[str, Any]] | None = None
 
     def digest(self) -> str:
         """SHA-256 of the canonical request: equal for equal meaning, whatever the spelling."""
-        canonical = {"user_ids": self.user_ids, **self.options}
+        # Only the target given is in it: a request with user_ids digests as it always did.
+        targets = {name: value for name, value in (
+            ("user_ids", self.user_ids), ("audience_id", self.audience_id),
+            ("recipients", self.recipients)) if value is not None}
+        canonical = {**targets, **self.options}
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           default=lambda v: v.isoformat())
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -75,17 +84,39 @@ def _integer(value: Any) -> int | None:
     return None
 
 
-def _user_id(value: Any, index: int) -> str:
+def _user_id(value: Any, index: int, where: str = "user_ids") -> str:
+    name = f"{where}[{index}]" + (".user_id" if where == "recipients" else "")
     number = _integer(value)
     if number is not None:
         if not -MAX_ID - 1 <= number <= MAX_ID:
-            raise BadRequestError(f"user_ids[{index}] is an integer out of the 64-bit range.")
+            raise BadRequestError(f"{name} is an integer out of the 64-bit range.")
         return str(number)
     if not isinstance(value, str):
-        raise BadRequestError(f"user_ids[{index}] must be a string or an integer.")
+        raise BadRequestError(f"{name} must be a string or an integer.")
     if "\x00" in value:
-        raise BadRequestError(f"user_ids[{index}] must not contain NUL characters.")
+        raise BadRequestError(f"{name} must not contain NUL characters.")
     return value
+
+
+def _recipients(value: Any, max_users: int) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise BadRequestError("recipients must be a list of {'user_id', 'vars'?} objects.")
+    if len(value) > max_users:
+        raise TooManyUsers(f"{len(value)} recipients in one request; at most {max_users} are "
+                           "accepted. Send a larger set as an audience (POST audiences).")
+    chosen = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or "user_id" not in item or set(item) - {"user_id", "vars"}:
+            raise BadRequestError(f"recipients[{index}] must be an object with user_id and "
+                                  "optionally vars.")
+        user_id = _user_id(item["user_id"], index, "recipients")
+        values = item.get("vars")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise BadRequestError(f"recipients[{index}].vars must be an object.")
+        chosen.append({"user": user_id, "vars": values})
+    return chosen
 
 
 def _devices(value: Any) -> Any:
@@ -122,17 +153,31 @@ def parse_notification(body: Any, max_users: int) -> NotifyRequest:
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise BadRequestError(f"Unknown field(s): {', '.join(unknown)}.")
+    # Unlike an option, a target given as null is not "absent": it is refused as a wrong type.
+    targets = [name for name in TARGETS if name in body]
+    if len(targets) != 1:
+        raise BadRequestError("Give one of user_ids (a list of user ids), audience_id (an "
+                              "audience's id) or recipients (a list of {user_id, vars}).")
+    user_ids = audience_id = recipients = None
     raw_ids = body.get("user_ids")
-    if not isinstance(raw_ids, list):
-        raise BadRequestError("user_ids is required: a list of user ids (strings or integers).")
-    if len(raw_ids) > max_users:
-        raise TooManyUsers(f"{len(raw_ids)} user ids in one request; at most {max_users} are "
-                           "accepted. Send a larger audience in several requests.")
-    user_ids = [_user_id(v, i) for i, v in enumerate(raw_ids)]
+    if "user_ids" in body:
+        if not isinstance(raw_ids, list):
+            raise BadRequestError("user_ids must be a list of user ids (strings or integers).")
+        if len(raw_ids) > max_users:
+            raise TooManyUsers(f"{len(raw_ids)} user ids in one request; at most {max_users} "
+                               "are accepted. Send a larger set as an audience (POST "
+                               "audiences).")
+        user_ids = [_user_id(v, i) for i, v in enumerate(raw_ids)]
+    if "audience_id" in body:
+        audience_id = _integer(body["audience_id"])
+        if audience_id is None or not 1 <= audience_id <= MAX_ID:
+            raise BadRequestError("audience_id must be an audience's id (a positive integer).")
+    if "recipients" in body:
+        recipients = _recipients(body["recipients"], max_users)
     if not isinstance(body.get("title"), str):
         raise BadRequestError("title is required and must be a string.")
     # null means "not given": the library's default applies.
-    given = {k: v for k, v in body.items() if v is not None and k != "user_ids"}
+    given = {k: v for k, v in body.items() if v is not None and k not in TARGETS}
     options: dict[str, Any] = {"title": given.pop("title")}
     for name in _TEXT_FIELDS:
         if name in given and not isinstance(given[name], str):
@@ -155,8 +200,10 @@ def parse_notification(body: Any, max_users: int) -> NotifyRequest:
         given["actions"] = _actions(given["actions"])
     if "send_at" in given:
         given["send_at"] = parse_rfc3339(given["send_at"], "send_at")
+    if "vars" in given and not isinstance(given["vars"], dict):
+        raise BadRequestError("vars must be an object of name -> string or number.")
     options.update(given)
-    return NotifyRequest(user_ids, options)
+    return NotifyRequest(user_ids, options, audience_id, recipients)
 
 
 def parse_preferences(body: Any) -> dict[str, bool]:

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict
 
@@ -30,10 +30,11 @@ from ..exceptions import (
 )
 from ..limits import MAX_ID
 from ..notifications import notification_fields
-from ..ratelimit import check_rate_limit
 from ..targeting import users_without
 from ..web_input import add_user_id_converter, read_json_body
-from .keys import authenticate, rate_bucket, require_scope
+from . import audiences
+from .access import answer as _answer
+from .access import authorize as _authorize
 from .openapi import openapi_document
 from .requests import (
     NotifyRequest,
@@ -86,36 +87,7 @@ def register(bp: Blueprint) -> None:
     bp.add_url_rule(user_preferences, "api_user_preferences", get_preferences)
     bp.add_url_rule(user_preferences, "api_set_user_preferences", put_preferences,
                     methods=["PUT"])
-
-
-# -- authentication, rate limit, answers -------------------------------------------------------
-
-
-def _check_rate_limit(key: Any) -> None:
-    limit = current_app.config["WEBPUSH_API_RATE_LIMIT"]
-    # Without Redis nothing is sent anyway (the queue is down): serve rather than refuse.
-    check_rate_limit(f"webpush:api-rate:{rate_bucket(key)}", limit,
-                     f"More than {limit} requests this minute with this API key; "
-                     "try again after Retry-After seconds.",
-                     outage_warning="webpush: API rate limit not checked, Redis does not answer")
-
-
-def _authorize(*scopes: str) -> Any:
-    """The request's API key, counted against its rate limit, holding one of ``scopes``."""
-    webpush = ext()
-    key = authenticate(webpush.db, webpush.models, request.headers.get("Authorization"))
-    _check_rate_limit(key)
-    if not any(s in key.scopes for s in scopes):
-        require_scope(key, scopes[0])
-    return key
-
-
-def _answer(body: Any, status: int = 200, **headers: str) -> Response:
-    response = jsonify(body)
-    response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
-    response.headers.update(headers)
-    return response
+    audiences.register(bp, API)
 
 
 def _status_url(notification_id: int) -> str:
@@ -167,7 +139,9 @@ def create_notification() -> ResponseReturnValue:
     try:
         # Scoped per API key: two CRMs using the same Idempotency-Key never collide.
         stored_key = f"api:{key_id}:{idem}" if idem is not None else None
-        n = webpush.notify_users(req.user_ids, idempotency_key=stored_key, **req.options)
+        n = webpush.notify_users(req.user_ids, audience=req.audience_id,
+                                 recipients=req.recipients, idempotency_key=stored_key,
+                                 **req.options)
     except InvalidNotification:
         if claim is not None and not replay:
             # A refused request does not use up its key: the corrected one may reuse it.

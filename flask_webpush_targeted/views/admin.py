@@ -49,6 +49,7 @@ from ..exceptions import (
 from ..limits import LATEST, MAX_PAGE, MAX_PER_PAGE
 from ..local_time import Window
 from ..notifications import notification_fields
+from ..placeholders import title_for
 from ..spreadsheet import safe_row
 from ..statuses import NOTIFICATION_STATUSES, OPEN, WAITING, NotificationStatus
 from ..users import user_id_of
@@ -450,7 +451,8 @@ def notification_page(nid: int) -> ResponseReturnValue:
         status_words=status_words(n), topic=topic_words(n),
         no_device_words=no_device_words(n, funnel), labels=FIGURE_LABELS,
         validity=duration_words(n.ttl), live=n.status in LIVE,
-        live_interval_ms=LIVE_INTERVAL_MS)
+        live_interval_ms=LIVE_INTERVAL_MS,
+        title_of=lambda d: title_for(n.payload, n.vars, d.vars))
 
 
 @stats_access_required(json=True)
@@ -462,16 +464,18 @@ def notification_json(nid: int) -> ResponseReturnValue:
                    time_series=stats.time_series(webpush.db, webpush.models, nid))
 
 
-DELIVERY_FIELDS = ("id", "user_id", "customer", "subscription_id", "device", "status",
+DELIVERY_FIELDS = ("id", "user_id", "customer", "subscription_id", "device", "title", "status",
                    "status_code", "reason", "attempts", "sent_at", "displayed_at", "clicked_at",
                    "closed_at", "action", "due_at")
 
 
-def _delivery_row(delivery: Any, label: str | None) -> dict[str, Any]:
+def _delivery_row(delivery: Any, label: str | None, n: Any) -> dict[str, Any]:
     row = {f: getattr(delivery, f, None) for f in DELIVERY_FIELDS
-           if f not in ("device", "customer")}
+           if f not in ("device", "customer", "title")}
     row["customer"] = customer_name(delivery.user_id)
     row["device"] = label
+    # With placeholders, what this customer saw: the title filled with their vars.
+    row["title"] = title_for(n.payload, n.vars, delivery.vars)
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
@@ -480,7 +484,7 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
     """Every delivery of a notification as CSV, streamed."""
     webpush = ext()
     try:
-        webpush.get_notification(nid)
+        n = webpush.get_notification(nid)
     except NotificationNotFound:
         error_page(404, f"No notification has id {nid}.")
 
@@ -491,7 +495,7 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
         for delivery, label in stats.iter_deliveries(webpush.db, webpush.models, nid):
             # Labels, reasons and actions come from customers, push services and browsers:
             # none may run as a formula in the administrator's spreadsheet.
-            writer.writerow(safe_row(_delivery_row(delivery, label)))
+            writer.writerow(safe_row(_delivery_row(delivery, label, n)))
             if buffer.tell() > 65536:
                 yield buffer.getvalue()
                 buffer.seek(0)
@@ -506,13 +510,13 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
 def deliveries_json(nid: int) -> ResponseReturnValue:
     """A page of a notification's deliveries as JSON."""
     webpush = ext()
-    webpush.get_notification(nid)
+    n = webpush.get_notification(nid)
     page = _int_arg("page", 1, True)
     per_page = _int_arg("per_page", 100, True, top=MAX_DELIVERIES_PER_PAGE, clamp=True)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page,
                                         per_page=per_page)
     return jsonify(total=total, page=page, per_page=per_page,
-                   deliveries=[_delivery_row(d, label) for d, label in rows])
+                   deliveries=[_delivery_row(d, label, n) for d, label in rows])
 
 
 @stats_access_required(json=False)
@@ -539,7 +543,8 @@ def _user_id_arg(user_id: str, json: bool) -> str:
 
 def _history(user_id: str) -> list[dict[str, Any]]:
     webpush = ext()
-    return [{"delivery": d, "notification": n, "device": label}
+    return [{"delivery": d, "notification": n, "device": label,
+             "title": title_for(n.payload, n.vars, d.vars)}
             for d, n, label in stats.user_history(webpush.db, webpush.models, user_id)]
 
 
@@ -559,5 +564,6 @@ def user_json(user_id: str) -> ResponseReturnValue:
     """The same as JSON."""
     user_id = _user_id_arg(user_id, json=True)
     return jsonify(user_id=user_id, customer=customer_name(user_id), history=[
-        {"notification_id": h["notification"].id, "title": h["notification"].payload["title"],
-         **_delivery_row(h["delivery"], h["device"])} for h in _history(user_id)])
+        {"notification_id": h["notification"].id,
+         **_delivery_row(h["delivery"], h["device"], h["notification"])}
+        for h in _history(user_id)])
