@@ -199,33 +199,29 @@ def audience_fields(audience: AudienceRow) -> dict[str, Any]:
 
 
 def members(db: SQLAlchemy, m: Models, audience_id: int) -> Iterator[list[str]]:
-    """The audience's user ids, a chunk at a time, in the order they were stored."""
-    AM = m.AudienceMember
-    last = 0
-    while True:
-        rows = db.session.execute(
-            sa.select(AM.id, AM.user_id).where(AM.audience_id == audience_id, AM.id > last)
-            .order_by(AM.id).limit(CHUNK)).all()
-        if not rows:
-            return
-        last = rows[-1][0]
-        yield [r[1] for r in rows]
+    """The audience's user ids, a chunk at a time, in the order of their ids."""
+    for chunk in members_with_vars(db, m, audience_id, with_vars=False):
+        yield [user_id for user_id, _ in chunk]
 
 
-def members_with_vars(db: SQLAlchemy, m: Models,
-                      audience_id: int) -> Iterator[list[tuple[str, dict[str, str] | None]]]:
+def members_with_vars(db: SQLAlchemy, m: Models, audience_id: int, *, with_vars: bool = True,
+                      ) -> Iterator[list[tuple[str, dict[str, str] | None]]]:
     """The audience's members and their vars, a chunk at a time."""
     AM = m.AudienceMember
-    last = 0
+    # Keyset on (audience_id, user_id), the unique index: each chunk is a short index range.
+    # By row id instead, PostgreSQL read the whole audience through that index and sorted
+    # it for every chunk (0.3 s a chunk at a million members).
+    columns = (AM.user_id, AM.vars) if with_vars else (AM.user_id,)
+    last: str | None = None
     while True:
-        rows = db.session.execute(
-            sa.select(AM.id, AM.user_id, AM.vars).where(AM.audience_id == audience_id,
-                                                        AM.id > last)
-            .order_by(AM.id).limit(CHUNK)).all()
+        query = sa.select(*columns).where(AM.audience_id == audience_id)
+        if last is not None:
+            query = query.where(AM.user_id > last)
+        rows = db.session.execute(query.order_by(AM.user_id).limit(CHUNK)).all()
         if not rows:
             return
         last = rows[-1][0]
-        yield [(r[1], r[2]) for r in rows]
+        yield [(r[0], r[1] if with_vars else None) for r in rows]
 
 
 def vars_of(db: SQLAlchemy, m: Models, audience_id: int,

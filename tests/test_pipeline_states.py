@@ -130,6 +130,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             self.uncertain: set[tuple[int, int]] = set()  # (notification, subscription)
             self.timing_out: set[int] = set()  # subscriptions whose next answer is late
             self.cancelled_at: dict[int, tuple[int, int]] = {}  # nid -> received, allowance
+            self.title_for: dict[tuple[int, str], str] = {}  # (nid, user) -> the filled title
 
         def teardown(self) -> None:
             try:
@@ -206,6 +207,35 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             # A hold lasts until the quiet hours end; a throttled one takes its slots.
             self.max_ttl = max(self.max_ttl, ttl + (later or 0) + 25 * 60
                                + (5 * 60 // rate if rate else 0))
+
+        @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
+              gates=st.lists(st.sampled_from(["1", "B7", "{x}", "é" * 3]), min_size=3,
+                             max_size=3),
+              through=st.sampled_from(["recipients", "audience"]),
+              category=st.sampled_from(["orders", "offers"]))
+        def notify_with_vars(self, users: list[str], gates: list[str], through: str,
+                             category: str) -> None:
+            """Per-recipient vars, given as recipients or as an audience's members."""
+            people = [{"user": u, "vars": {"gate": g}} for u, g in zip(users, gates, strict=False)]
+            with self.host.app.app_context():
+                if through == "audience":
+                    audience = self.host.webpush.create_audience(people, name="gates")
+                    n = self.host.webpush.notify_users(
+                        audience=audience.id, title="{{Flight}} {flight} gate {gate}",
+                        vars={"flight": "LO1"}, ttl=300, category=category)
+                else:
+                    n = self.host.webpush.notify_users(
+                        recipients=people, title="{{Flight}} {flight} gate {gate}",
+                        vars={"flight": "LO1"}, ttl=300, category=category)
+                nid = int(n.id)
+            self.notifications.append(nid)
+            self.category_of[nid] = category
+            if category == "offers":
+                self.quiet_kept.add(nid)
+            for person in people:
+                self.title_for[(nid, person["user"])] = (
+                    "{Flight} LO1 gate " + person["vars"]["gate"])
+            self.max_ttl = max(self.max_ttl, 300 + 25 * 60)
 
         @rule(user=st.sampled_from(USERS), on=st.booleans())
         def choose_offers(self, user: str, on: bool) -> None:
@@ -400,6 +430,19 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
         # -- invariants -----------------------------------------------------------------
 
         @invariant()
+        def each_recipient_gets_its_own_text(self) -> None:
+            tags = {default_tag(nid): nid for nid in self.notifications}
+            for push in push_service.received:
+                sub = self.by_endpoint.get(push.endpoint)
+                if sub is None or not push.ok or push.payload is None:
+                    continue
+                payload = push.json()
+                nid = tags.get(payload.get("tag"))
+                if nid is not None and (nid, sub.user_id) in self.title_for:
+                    assert payload["title"] == self.title_for[(nid, sub.user_id)], (
+                        nid, sub.user_id, payload["title"])
+
+        @invariant()
         def counters_equal_rows(self) -> None:
             rows = self.rows()
             with self.host.app.app_context():
@@ -488,7 +531,9 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                     "capped": sum(self.host.notification(n).capped_count or 0
                                   for n in self.notifications),
                     "opted_out": sum(self.host.notification(n).opted_out_count or 0
-                                     for n in self.notifications)}
+                                     for n in self.notifications),
+                    "filled_sent": sum(r.status == "sent" and (r.notification_id, r.user_id)
+                                       in self.title_for for r in rows)}
             with open(os.environ["WEBPUSH_MACHINE_REPORT"], "a") as out:
                 out.write(f"{line}\n")
 
