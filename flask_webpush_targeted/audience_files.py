@@ -75,13 +75,55 @@ def _vars(values: Mapping[str, Any], where: str) -> tuple[dict[str, str] | None,
         return None, str(exc).split(": ", 1)[-1]
 
 
+def _records(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """CSV records: a line, or lines joined while a quoted cell is open (RFC 4180 lets a
+    quoted cell hold a line break), at most MAX_LINE bytes; None for a longer one."""
+    pending: list[bytes] = []
+    first = 0
+    for number, raw in _lines(stream, limit):
+        if raw is None or (pending and sum(map(len, pending)) + len(raw) > MAX_LINE):
+            # Too long: the record and what is left of its open cell are dropped together.
+            yield (first or number), None
+            pending = []
+            continue
+        if not pending:
+            first = number
+        pending.append(raw)
+        joined = b"\n".join(pending)
+        if b'"' not in raw and len(pending) == 1 or not _ends_in_quotes(joined):
+            yield first, joined
+            pending = []
+    if pending:
+        yield first, None  # a quote never closed: nothing after it can be trusted
+
+
+def _ends_in_quotes(record: bytes) -> bool:
+    """True when the record ends inside a quoted cell (RFC 4180: a cell that starts with
+    a quote, "" for a quote inside it); a quote inside an unquoted cell is a character."""
+    quoted, at_start = False, True
+    i, size = 0, len(record)
+    while i < size:
+        c = record[i:i + 1]
+        if quoted:
+            if c == b'"':
+                if record[i + 1:i + 2] == b'"':
+                    i += 1
+                else:
+                    quoted = False
+        elif at_start and c == b'"':
+            quoted = True
+        at_start = not quoted and c in (b",", b"\n")
+        i += 1
+    return quoted
+
+
 def csv_rows(stream: IO[bytes], limit: int) -> Iterator[Row]:
     """Rows of a CSV file: one user id per line, or a header ``user_id,<var>,...``."""
     header: list[str] | None = None
     first = True
-    for number, raw in _lines(stream, limit):
+    for number, raw in _records(stream, limit):
         if raw is None:
-            yield number, None, None, "too long"
+            yield number, None, None, "too long, or a quote never closed"
             continue
         try:
             text = raw.decode("utf-8")

@@ -11,6 +11,7 @@ value.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # the host's object, only annotated here
 #: members written per statement, and read per query by the fan-out
 CHUNK = 1000
 MAX_NAME = 200
+#: no name holds these: a name is one line in lists and logs
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: rejected rows an answer shows (all are counted)
 SHOWN_REJECTIONS = 10
 
@@ -62,9 +65,9 @@ def check_name(name: Any) -> str:
     """An audience's name: 1 to 200 characters of storable text."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise InvalidAudience(f"An audience's name is 1 to {MAX_NAME} characters.")
-    if not storable(name):
-        raise InvalidAudience("An audience's name must not contain NUL characters or lone "
-                              "surrogates.")
+    if not storable(name) or _CONTROL.search(name):
+        raise InvalidAudience("An audience's name must not contain control characters (line "
+                              "breaks, tabs, NUL) or lone surrogates.")
     return name
 
 

@@ -149,9 +149,10 @@ def fan_out(notification_id: int) -> None:
             n.users_opted_out, n.opted_out_count = opted, len(opted)
             n.capped_count = capped_count(db, m, nid) if rules.category.cap else 0
         n.fanned_out_at = utcnow()
-        if n.audience_id is not None:
+        if n.audience_id is not None and "audience_id" not in n.targeting:
             # The recipients' vars are on their deliveries now: the copy goes.
             delete_internal(db, m, [n.audience_id])
+            n.audience_id = None
         db.session.commit()
     if throttled:
         enqueue_whole(nid)

@@ -334,6 +334,11 @@ class AudienceRow(_Row):
 
     __tablename__ = "webpush_audience"
 
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """Ids never reused on SQLite either: a notification names its audience by id."""
+        return ({"sqlite_autoincrement": True},)
+
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200), nullable=False)
     #: members now (forget_user lowers it)

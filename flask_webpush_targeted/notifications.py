@@ -34,8 +34,23 @@ from .exceptions import (
 from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
 from .local_time import parse_clock
 from .models import Models
-from .payload import build_payload, check_payload_size, check_text, check_url, default_tag
-from .placeholders import check_vars, fill, fill_payload, json_width, names, payload_names
+from .payload import (
+    MAX_URL,
+    build_payload,
+    check_payload_size,
+    check_text,
+    check_url,
+    default_tag,
+)
+from .placeholders import (
+    check_vars,
+    fill,
+    fill_payload,
+    json_width,
+    literal,
+    names,
+    payload_names,
+)
 from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
 from .statuses import WAITING, NotificationStatus
 from .transport.text import clean_text
@@ -271,12 +286,18 @@ def _check_audience(db: SQLAlchemy, m: Models, audience: Any, payload: dict[str,
 
 def _fits_at_worst(payload: dict[str, Any], needed: set[str], wide: dict[str, str],
                    lengths: dict[str, int]) -> bool:
-    """True when the payload fits with every placeholder at its longest value."""
+    """True when every member's payload passes without reading them: it fits with every
+    placeholder at its longest value, its URL is short enough then, and its title has
+    text of its own (a title of placeholders alone is blank for a blank value)."""
+    if not literal(payload["title"]).strip():
+        return False
     longest = {name: max(lengths.get(name, 0), json_width(wide.get(name, "")))
                for name in needed}
     worst = fill_payload(payload, {name: "x" * n for name, n in longest.items()})
     if names(payload["url"]):  # percent-encoding makes a byte three characters
         worst["url"] = fill(payload["url"], {name: "x" * (3 * n) for name, n in longest.items()})
+        if len(worst["url"]) > MAX_URL:
+            return False
     try:
         check_payload_size(worst)
     except PayloadTooLarge:

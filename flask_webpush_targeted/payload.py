@@ -20,6 +20,9 @@ from .transport.text import storable
 MAX_PLAINTEXT = 3993
 
 
+#: the longest URL a notification carries
+MAX_URL = 2048
+
 #: no URL in a notification holds these anywhere: C0 controls, space, DEL, backslash.
 #: Browsers drop tabs and newlines from a URL and read "\" as "/" (WHATWG URL), so
 #: "/\evil.example/p.png" and "/\t/evil.example" both open //evil.example, off-site.
@@ -42,8 +45,9 @@ def _check_url(name: str, url: Any, *, allow_none: bool = True) -> str | None:
     """``url`` if it is a path on this site or a URL on its origin; InvalidNotification else."""
     if url is None and allow_none:
         return None
-    if not isinstance(url, str) or not url or len(url) > 2048:
-        raise InvalidNotification(f"{name} must be a URL string of at most 2048 characters.")
+    if not isinstance(url, str) or not url or len(url) > MAX_URL:
+        raise InvalidNotification(f"{name} must be a URL string of at most {MAX_URL} "
+                                  "characters.")
     if _URL_FORBIDDEN.search(url) or not storable(url):
         raise InvalidNotification(
             f"{name} must not contain spaces, control characters, backslashes or lone "

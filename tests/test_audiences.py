@@ -351,3 +351,32 @@ def test_the_cli_creates_lists_and_deletes_audiences(make_host: Any, tmp_path: A
     refused = runner.invoke(args=["webpush", "audience", "delete", audience_id])
     assert refused.exit_code == 1 and "has not read it yet" in refused.output
     assert runner.invoke(args=["webpush", "audience", "delete", "999"]).exit_code == 1
+
+
+def test_staff_see_the_audience_and_the_placeholders_on_the_notification_page(
+        make_host: Any, push_service: Any) -> None:
+    from conftest import LoggedInClient
+
+    host = make_host()
+
+    @host.webpush.stats_access
+    def admins(user: Any) -> bool:
+        return bool(user.is_admin)
+
+    host.subscribe("1")
+    with host.app.app_context():
+        audience = host.webpush.create_audience([{"user": "1", "vars": {"seat": "14C"}}],
+                                                name="Passengers <LO123>")
+        nid = host.webpush.notify_users(audience=audience.id, title="Seat {seat}",
+                                        vars={"flight": "LO123"}).id
+        audience_id = audience.id
+    host.run_worker()
+    admin = LoggedInClient(host.app, "9").http
+    page = admin.get(f"/webpush/admin/notifications/{nid}").get_data(as_text=True)
+    assert (f"Passengers &lt;LO123&gt; (audience {audience_id}, 1 member now)") in page
+    assert "for everyone: <code>flight</code> = LO123." in page
+    assert "<td class=\"webpush-text\">Seat 14C</td>" in page
+    with host.app.app_context():
+        host.webpush.delete_audience(audience_id)
+    page = admin.get(f"/webpush/admin/notifications/{nid}").get_data(as_text=True)
+    assert f"Audience {audience_id}, deleted since it was sent." in page

@@ -452,7 +452,21 @@ def notification_page(nid: int) -> ResponseReturnValue:
         no_device_words=no_device_words(n, funnel), labels=FIGURE_LABELS,
         validity=duration_words(n.ttl), live=n.status in LIVE,
         live_interval_ms=LIVE_INTERVAL_MS,
-        title_of=lambda d: title_for(n.payload, n.vars, d.vars))
+        title_of=lambda d: title_for(n.payload, n.vars, d.vars), audience_words=audience_words(n))
+
+
+def audience_words(n: Any) -> str | None:
+    """The audience a notification went to, for staff: its name and size, or that it is
+    gone; None when it went to a list of users."""
+    audience_id = n.targeting.get("audience_id")
+    if audience_id is None:
+        return None
+    webpush = ext()
+    audience = webpush.db.session.get(webpush.models.Audience, audience_id)
+    if audience is None:
+        return f"Audience {audience_id}, deleted since it was sent."
+    members = "member" if audience.size == 1 else "members"
+    return f"{audience.name} (audience {audience.id}, {audience.size:,} {members} now)"
 
 
 @stats_access_required(json=True)
