@@ -140,7 +140,8 @@ def test_an_ndjson_upload_carries_vars_and_reports_bad_lines(make_host: Any) -> 
     answer = api.upload(body, "application/x-ndjson").get_json()
     assert answer["size"] == 2
     assert [r["reason"] for r in answer["rejected"]["first"]] == [
-        "not JSON", "not an object with user_id", "vars['gate'] must be a string or a number.", "not a user id", "'bad name' is not a var name (letters, digits and _, not "
+        "not JSON", "not an object with user_id", "vars['gate'] must be a string or a number.",
+        "not a user id", "'bad name' is not a var name (letters, digits and _, not "
         "starting with a digit, at most 64).", "not an object with user_id",
         "integer out of the 64-bit range"]
     assert members(host, answer["id"]) == {"a": {"gate": "12", "seat": "1A"}, "77": {"gate": "3"}}

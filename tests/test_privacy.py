@@ -342,7 +342,8 @@ def test_cli_forget_user_with_yes_deletes(
     user2_before = user_rows(app, db, "2")
     result = app.test_cli_runner().invoke(args=["webpush", "forget-user", "1", "--yes"])
     assert result.exit_code == 0, result.output
-    assert "1 deliveries, 1 consents, 0 preferences, 0 audiences, 1 subscriptions deleted." in result.output
+    assert ("1 deliveries, 1 consents, 0 preferences, 0 audiences, 1 subscriptions deleted."
+            in result.output)
     assert all(not r for r in user_rows(app, db, "1").values())
     assert user_rows(app, db, "2") == user2_before
 
