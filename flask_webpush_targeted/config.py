@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_API_MAX_USERS": 10_000,
     #: Largest request body, in bytes, the push API accepts (10,000 ids of ~100 characters).
     "WEBPUSH_API_MAX_REQUEST_BYTES": 1_048_576,
+    #: The longest a fan-out job may run, in seconds, before RQ stops it (and ``recover``
+    #: runs it again, from the start): a million-member audience takes minutes.
+    "WEBPUSH_FANOUT_TIMEOUT": 3600,
     #: Largest audience upload (``POST /api/v1/audiences``, read as a stream), in bytes.
     "WEBPUSH_API_MAX_AUDIENCE_BYTES": 200 * 1024 * 1024,
     #: The kinds of notification a customer chooses among (order updates, offers...):
@@ -197,7 +200,8 @@ def validate_settings(config: dict[str, Any]) -> None:
                 "WEBPUSH_CLAIM_TIMEOUT", "WEBPUSH_RECOVER_INTERVAL", "WEBPUSH_MAX_REQUEST_BYTES",
                  "WEBPUSH_EVENTS_RATE_LIMIT", "WEBPUSH_PER_ORIGIN_CONCURRENCY",
                  "WEBPUSH_API_RATE_LIMIT", "WEBPUSH_API_MAX_USERS",
-                 "WEBPUSH_API_MAX_REQUEST_BYTES", "WEBPUSH_API_MAX_AUDIENCE_BYTES"):
+                 "WEBPUSH_API_MAX_REQUEST_BYTES", "WEBPUSH_API_MAX_AUDIENCE_BYTES",
+                 "WEBPUSH_FANOUT_TIMEOUT"):
         value = config.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"{name} must be a whole number of at least 1.")

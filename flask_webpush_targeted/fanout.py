@@ -32,7 +32,7 @@ from .redis_queue import (
     FAN_OUT,
     SEND_BATCH,
     enqueue_at,
-    fanout_job_id,
+    fanout_options,
     get_queue,
     redis_connection,
 )
@@ -95,7 +95,7 @@ def fan_out(notification_id: int) -> None:
     if n.send_at and n.send_at > utcnow():
         # Run early (a recovered job): put it back on the schedule.
         enqueue_at(get_queue(), n.send_at, FAN_OUT, notification_id,
-                   job_id=fanout_job_id(notification_id))
+                   **fanout_options(notification_id))
         return
     N = m.Notification
     if n.status in WAITING:

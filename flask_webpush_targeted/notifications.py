@@ -51,7 +51,14 @@ from .placeholders import (
     names,
     payload_names,
 )
-from .redis_queue import FAN_OUT, REDIS_ERRORS, enqueue_at, fanout_job_id, get_queue
+from .redis_queue import (
+    FAN_OUT,
+    REDIS_ERRORS,
+    enqueue_at,
+    fanout_job_id,
+    fanout_options,
+    get_queue,
+)
 from .statuses import WAITING, NotificationStatus
 from .transport.text import clean_text
 from .users import user_id_of
@@ -487,9 +494,9 @@ def _enqueue(db: SQLAlchemy, n: Any) -> Any:
     try:
         queue = get_queue()
         if n.send_at is not None and n.send_at > utcnow():
-            enqueue_at(queue, n.send_at, FAN_OUT, n.id, job_id=job_id)
+            enqueue_at(queue, n.send_at, FAN_OUT, n.id, **fanout_options(n.id))
         else:
-            queue.enqueue(FAN_OUT, n.id, job_id=job_id)
+            queue.enqueue(FAN_OUT, n.id, **fanout_options(n.id))
     except REDIS_ERRORS as exc:
         raise QueueUnavailable(
             f"Notification {n.id} is stored but Redis did not answer ({exc}); it will be "

@@ -17,7 +17,7 @@ from .clock import utcnow
 from .context import app_state
 from .fanout import enqueue_batches
 from .ledger import finish_cancelled, finish_if_complete
-from .redis_queue import FAN_OUT, enqueue_at, fanout_job_id, get_queue, take_turn
+from .redis_queue import FAN_OUT, enqueue_at, fanout_job_id, fanout_options, get_queue, take_turn
 from .sql import rowcount
 from .statuses import WAITING, DeliveryStatus, NotificationStatus
 
@@ -65,10 +65,10 @@ def recover() -> dict[str, int]:
         if not taken:
             continue
         if later:
-            enqueue_at(queue, n.send_at, FAN_OUT, n.id, job_id=job_id)
+            enqueue_at(queue, n.send_at, FAN_OUT, n.id, **fanout_options(n.id))
             done["scheduled"] += 1
         else:
-            queue.enqueue(FAN_OUT, n.id, job_id=job_id)
+            queue.enqueue(FAN_OUT, n.id, **fanout_options(n.id))
             done["enqueued"] += 1
     sending = db.session.execute(sa.select(N.id, N.fanned_out_at, N.queued_at, N.created_at)
                                  .where(N.status == NotificationStatus.SENDING)).all()
@@ -86,7 +86,7 @@ def recover() -> dict[str, int]:
             job_id = fanout_job_id(nid)
             if ((s.queued_at or s.created_at) < stale and not _job_alive(job_id)
                     and _first_recovery(queue, "fan-out", nid)):
-                queue.enqueue(FAN_OUT, nid, job_id=job_id)  # the fan-out still running wins
+                queue.enqueue(FAN_OUT, nid, **fanout_options(nid))  # the running fan-out wins
                 done["enqueued"] += 1
             continue
         has_stuck = db.session.scalar(sa.select(sa.exists().where(

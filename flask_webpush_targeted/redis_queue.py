@@ -63,6 +63,14 @@ def fanout_job_id(notification_id: int) -> str:
     return f"webpush-fanout-{queue}-{notification_id}"
 
 
+def fanout_options(notification_id: int) -> dict[str, Any]:
+    """RQ's options of a notification's fan-out job: its id, and a timeout long enough for a
+    large audience (RQ's default of 180 s stopped a million-member fan-out half-way, and
+    each run again began from the start)."""
+    return {"job_id": fanout_job_id(notification_id),
+            "job_timeout": current_app.config["WEBPUSH_FANOUT_TIMEOUT"]}
+
+
 def take_turn(connection: redis.Redis, key: str, seconds: float) -> bool:
     """True for the first caller of ``key`` within ``seconds`` (of ``clock.utcnow``), among
     every process sharing the Redis; False for the others.

@@ -381,3 +381,24 @@ def test_staff_see_the_audience_and_the_placeholders_on_the_notification_page(
         host.webpush.delete_audience(audience_id)
     page = admin.get(f"/webpush/admin/notifications/{nid}").get_data(as_text=True)
     assert f"Audience {audience_id}, deleted since it was sent." in page
+
+
+def test_the_fan_out_job_may_run_as_long_as_a_large_audience_needs(make_host: Any) -> None:
+    """RQ stops a job after 180 s by default: a million-member fan-out was stopped half-way
+    and began again from the start at every recovery, never finishing."""
+    from datetime import UTC, datetime, timedelta
+
+    from rq.job import Job
+
+    from flask_webpush_targeted.redis_queue import fanout_job_id, redis_connection
+
+    host = make_host(WEBPUSH_FANOUT_TIMEOUT=5400)
+    with host.app.app_context():
+        audience = host.webpush.create_audience(["1"], name="Big")
+        now = host.webpush.notify_users(audience=audience.id, title="t")
+        later = host.webpush.notify_users(["1"], title="t",
+                                          send_at=datetime.now(UTC) + timedelta(hours=1))
+        for n in (now, later):
+            job = Job.fetch(fanout_job_id(n.id), connection=redis_connection())
+            assert job.timeout == 5400
+        host.webpush.cancel(later.id)
