@@ -254,6 +254,11 @@ class DeliveryRow(_Row):
                                 name="uq_webpush_delivery_notification_subscription"),
             sa.Index("ix_webpush_delivery_user", "user_id"),
             sa.Index("ix_webpush_delivery_subscription", "subscription_id"),
+            # A notification's deliveries by id, a batch's worth at a time (fan-out, batches,
+            # recover): without it PostgreSQL, estimating a new notification small, read all
+            # its rows for every batch, and a million-delivery fan-out took 0.7 s a chunk.
+            # Neither column ever changes, so updates stay HOT.
+            sa.Index("ix_webpush_delivery_notification_id", "notification_id", "id"),
             # A delivery is written three times (inserted, claimed, its result): with no
             # index on a column those updates change and two thirds of each page left free,
             # they are HOT updates on PostgreSQL, which write no index entry (a third of the
