@@ -35,15 +35,49 @@ RESULTS = ROOT / "benchmarks" / "results"
 BODY = "Your order #48213 has shipped and will arrive tomorrow between 9:00 and 12:00. " * 2
 
 
+def tls_files(folder: Path) -> tuple[Path, Path]:
+    """A new self-signed certificate for 127.0.0.1 and its key, written in ``folder`` as
+    cert.pem and key.pem. The certificate is its own CA: point a client at cert.pem
+    (SSL_CERT_FILE for the worker's ``ssl.create_default_context()``, REQUESTS_CA_BUNDLE for
+    pywebpush, NODE_EXTRA_CA_CERTS for Node) and it trusts the sink."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())  # what push services' certificates use
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "benchmark push sink")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
 @contextmanager
-def push_sink() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """The lean push service in its own process; yields its origin."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "push_sink.py")],
+def push_sink(tls: tuple[Path, Path] | None = None
+              ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """The lean push service in its own process; yields its origin. With ``tls`` (a
+    certificate and key, see ``tls_files``) it serves HTTPS."""
+    extra = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "push_sink.py"), *extra],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     port = int(proc.stdout.readline().split()[1])
     try:
-        yield f"http://127.0.0.1:{port}", proc
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         proc.wait(5)
@@ -57,7 +91,9 @@ def bench_app(origin: str, **config: Any) -> Iterator[Any]:
     with engine.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     settings = {
-        "SQLALCHEMY_DATABASE_URI": f"{POSTGRES_URL}?options=-csearch_path%3D{schema}",
+        # application_name: the run's PostgreSQL backends are told from others' (postgres_pids)
+        "SQLALCHEMY_DATABASE_URI": f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+                                   f"&application_name={schema}",
         "WEBPUSH_QUEUE": f"bench-{schema}", "WEBPUSH_EXTRA_PUSH_SERVICES": [origin],
         "WEBPUSH_VAPID_PRIVATE_KEY": VAPID_PRIVATE, "WEBPUSH_VAPID_PUBLIC_KEY": VAPID_PUBLIC,
         **config,
@@ -79,6 +115,26 @@ def bench_app(origin: str, **config: Any) -> Iterator[Any]:
         engine.dispose()
 
 
+def postgres_pids(app: Any) -> set[int]:
+    """The PostgreSQL processes that work for this run: the backends of its connections
+    (by the application_name ``bench_app`` gives them) and the server's own background
+    processes (checkpointer, WAL writer, ...), not the backends of anything else that
+    shares the server, whose CPU would otherwise be counted as this run's."""
+    from urllib.parse import parse_qs, urlsplit
+
+    url = app.config["BENCH_SETTINGS"]["SQLALCHEMY_DATABASE_URI"]
+    name = parse_qs(urlsplit(url).query)["application_name"][0]
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            ours = {int(pid) for pid in conn.execute(sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = :name"
+                " OR backend_type <> 'client backend'"), {"name": name}).scalars()}
+    finally:
+        engine.dispose()
+    return ours
+
+
 def key_pool(size: int = 64) -> list[tuple[str, str]]:
     """Browser-like (p256dh, auth) pairs; reused across subscriptions (the sink never decrypts)."""
     pool = []
@@ -89,8 +145,10 @@ def key_pool(size: int = 64) -> list[tuple[str, str]]:
     return pool
 
 
-def add_subscriptions(app: Any, origin: str, count: int, per_user: int = 1) -> list[str]:
-    """Insert ``count`` active subscriptions in bulk; return the distinct user ids."""
+def add_subscriptions(app: Any, origin: str, count: int, per_user: int = 1,
+                      first_user: int = 0) -> list[str]:
+    """Insert ``count`` active subscriptions in bulk, for users numbered from
+    ``first_user``; return the distinct user ids."""
     from flask_webpush_targeted.models import endpoint_hash, utcnow
 
     webpush = app.extensions["webpush"]
@@ -100,7 +158,7 @@ def add_subscriptions(app: Any, origin: str, count: int, per_user: int = 1) -> l
     for i in range(count):
         endpoint = f"{origin}/push/{i}-{uuid.uuid4().hex[:8]}"
         p256dh, auth = pool[i % len(pool)]
-        rows.append({"user_id": str(i // per_user), "endpoint": endpoint,
+        rows.append({"user_id": str(first_user + i // per_user), "endpoint": endpoint,
                      "endpoint_sha256": endpoint_hash(endpoint), "p256dh": p256dh,
                      "auth": auth, "consent_version": "1", "created_at": now,
                      "last_seen_at": now, "consecutive_failures": 0, "label": "bench"})
@@ -112,10 +170,12 @@ def add_subscriptions(app: Any, origin: str, count: int, per_user: int = 1) -> l
     return sorted({str(r["user_id"]) for r in rows}, key=int)
 
 
-def start_workers(app: Any, count: int, *extra: str) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` `flask webpush worker` processes on the app's settings."""
+def start_workers(app: Any, count: int, *extra: str,
+                  env: dict[str, str] | None = None) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` `flask webpush worker` processes on the app's settings (``extra``:
+    the command's options; ``env``: more environment, e.g. SSL_CERT_FILE)."""
     env = {**os.environ, "WEBPUSH_TEST_APP": json.dumps(app.config["BENCH_SETTINGS"]),
-           "PYTHONPATH": str(ROOT / "tests")}
+           "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
     cmd = [sys.executable, "-m", "flask", "--app", "hostapp:create_app", "webpush", "worker",
            *extra]
     return [subprocess.Popen(cmd, env=env, cwd=ROOT / "tests", stdout=subprocess.DEVNULL,

@@ -8,6 +8,11 @@ checks and decrypts everything and is meant for tests; this one exists so the
 service is not the bottleneck when the sender is measured.
 
     python benchmarks/push_sink.py [--port 0]     # prints "listening <port>"
+    python benchmarks/push_sink.py --tls-cert cert.pem --tls-key key.pem   # HTTPS
+
+Over TLS (``--tls-cert``/``--tls-key``, as ``harness.tls_files`` writes them) every
+connection costs a handshake, as with a real push service; a sender keeping its
+connections alive pays it once per connection, a naive one per message.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import ssl
 import time
 from collections import Counter
 
@@ -107,13 +113,20 @@ class Connection(asyncio.Protocol):
             self.transport.write(respond(method, path, headers, body))
 
 
-async def main(port: int) -> None:
+def server_tls(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for the certificate (TLS 1.2 and 1.3, as push services offer)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def main(port: int, tls: ssl.SSLContext | None = None) -> None:
     global origin
     global CREATED
     server = await asyncio.get_running_loop().create_server(Connection, "127.0.0.1", port,
-                                                            backlog=1024)
+                                                            backlog=1024, ssl=tls)
     bound = server.sockets[0].getsockname()[1]
-    origin = f"http://127.0.0.1:{bound}"
+    origin = f"{'https' if tls else 'http'}://127.0.0.1:{bound}"
     CREATED = answer("201 Created", extra=f"Location: {origin}/m/1\r\n")
     print(f"listening {bound}", flush=True)
     async with server:
@@ -123,9 +136,13 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="and this private key (PEM)")
+    args = parser.parse_args()
+    tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     try:  # the `bench` extra: the sink's own CPU then drops by about half
         import uvloop
     except ImportError:
-        asyncio.run(main(parser.parse_args().port))
+        asyncio.run(main(args.port, tls))
     else:
-        uvloop.run(main(parser.parse_args().port))
+        uvloop.run(main(args.port, tls))

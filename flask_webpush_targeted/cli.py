@@ -31,7 +31,7 @@ from .targeting import users_without
 from .transport.text import storable
 from .transport.vapid import generate_vapid_keys
 from .users import user_id_of
-from .worker import run_worker
+from .worker import run_pool, run_worker
 
 #: the longest retention prune accepts (100 years): more overflows the date arithmetic
 MAX_PRUNE_DAYS = 36_500
@@ -94,17 +94,28 @@ def forget_user_command(user_id: str, yes: bool) -> None:
 
 @webpush_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Work off what is queued and due, then exit.")
-@click.option("--simple", is_flag=True,
-              help="Run jobs in the worker's own process (no fork per job): faster, less isolated.")
+@click.option("--processes", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Worker processes to run under this command (RQ's worker pool): one per "
+                   "core; a process that dies is replaced, Ctrl+C or SIGTERM stops all.")
+@click.option("--fork", is_flag=True,
+              help="Fork a work horse per job (RQ's default worker): every batch then opens "
+                   "new connections and signs its VAPID headers again; slower.")
+@click.option("--simple", is_flag=True, hidden=True,
+              help="Jobs in the worker's own process: the default; kept for existing scripts.")
 @click.option("--name", default=None, help="Worker name (default: host and pid).",
               callback=lambda _ctx, _param, value: value if value is None
               else _storable_arg(value, "--name"))
-def worker_command(burst: bool, simple: bool, name: str | None) -> None:
-    """Run an RQ worker with its scheduler on WEBPUSH_QUEUE (started again after a Redis
-    failure, until SIGTERM)."""
-
+def worker_command(burst: bool, processes: int, fork: bool, simple: bool,
+                   name: str | None) -> None:
+    """Run an RQ worker with its scheduler on WEBPUSH_QUEUE, jobs in its own process (started
+    again after a Redis failure, until SIGTERM or Ctrl+C)."""
+    if fork and simple:
+        raise click.UsageError("--fork and --simple exclude each other (--simple is the default).")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    run_worker(app, simple=simple, name=name, burst=burst)
+    if processes > 1:
+        run_pool(app, processes, simple=not fork, name=name, burst=burst)
+    else:
+        run_worker(app, simple=not fork, name=name, burst=burst)
 
 
 @webpush_cli.command("fold-platforms")

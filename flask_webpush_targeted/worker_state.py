@@ -11,12 +11,13 @@ when it stops. Jobs reach it through ``sending_state()``.
 
 What lives across jobs, by how the jobs run:
 
-``flask webpush worker --simple`` (``AppSimpleWorker``: jobs run in the worker's process)
+``flask webpush worker`` (``AppSimpleWorker``, the default: jobs run in the worker's process;
+each process of ``--processes N`` likewise)
     Everything: one signed VAPID header per push service, renewed an hour before its 12 h
-    expiry; each host's DNS answer for a minute; the keep-alive connections; the pauses
-    services asked for with 429.
+    expiry; each host's DNS answer for a minute; the keep-alive connections, their TLS
+    handshakes done; the pauses services asked for with 429.
 
-``flask webpush worker`` (``AppWorker``, the default: a work horse forked per job)
+``flask webpush worker --fork`` (``AppWorker``: a work horse forked per job)
     The state is built in the worker before any fork, so every horse starts with the VAPID
     key already loaded and the subject checked, the TLS context with its CA certificates
     read, and the guard's and sender's settings. Their caches are inherited too, but the

@@ -1,9 +1,10 @@
 """The worker's sending state: built once per worker process, reused by every job.
 
 Each case runs the jobs of one notification (two batches) in a real process on the real
-Redis, against the local push service: a `--simple` worker, the default forking worker,
-and jobs called directly (no worker). Spies in that process note, with their pid, every
-VAPID key load, VAPID signature, connection pool made, batch run and state closed.
+Redis, against the local push service: the default worker (jobs in its own process), the
+`--fork` worker (a work horse per job), and jobs called directly (no worker). Spies in that
+process note, with their pid, every VAPID key load, VAPID signature, connection pool made,
+batch run and state closed.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def assert_one_process_kept_everything(make_host: Any, mode: str, tmp_path: Path
     assert noted["close"] == [process]
 
 
-def test_a_simple_worker_reuses_one_connection_and_one_vapid_header_for_two_batches(
+def test_the_default_worker_reuses_one_connection_and_one_vapid_header_for_two_batches(
     make_host: Any, tmp_path: Path,
 ) -> None:
     # closed when the worker stopped, and not again at exit

@@ -175,14 +175,14 @@ class PushSender:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            loop.run_until_complete(coroutine)
+            _run_to_end(loop, coroutine)
             return
         context = contextvars.copy_context()
         failure: list[BaseException] = []
 
         def target() -> None:
             try:
-                context.run(loop.run_until_complete, coroutine)
+                context.run(_run_to_end, loop, coroutine)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
 
@@ -201,6 +201,8 @@ class PushSender:
         in_flight = 0
         wake: asyncio.Future[None] | None = None  # set when an answer comes
 
+        stopped: list[BaseException] = []  # what ended the batch early, if anything did
+
         async def one(message: Message) -> None:
             nonlocal in_flight
             try:
@@ -209,10 +211,15 @@ class PushSender:
                 log.exception("webpush: message %s could not be sent", message.key)
                 result = PushResult(Outcome.FAILED,
                                     reason=f"error: {type(exc).__name__}: {exc}"[:255])
-            answered.append((message.key, result))
-            in_flight -= 1
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+            except BaseException as exc:  # a job's timeout (worker.py) or a cancel: no result
+                stopped.append(exc)
+                raise
+            else:
+                answered.append((message.key, result))
+            finally:
+                in_flight -= 1
+                if wake is not None and not wake.done():
+                    wake.set_result(None)
 
         # A slot is freed only once its answer is recorded: at any moment at most
         # `concurrency` messages are sent but unrecorded, which bounds what a killed
@@ -220,6 +227,8 @@ class PushSender:
         waiting = iter(messages)
         try:
             while True:
+                if stopped:
+                    raise stopped[0]
                 while in_flight + len(answered) < self.concurrency:
                     message = next(waiting, None)
                     if message is None:
@@ -293,6 +302,22 @@ class PushSender:
         if result.status_code == 429 and result.retry_after:
             self._paused[origin] = self._clock() + result.retry_after
         return result
+
+
+def _run_to_end(loop: asyncio.AbstractEventLoop, coroutine: Any) -> None:
+    """``loop.run_until_complete(coroutine)``, and when something interrupts it from outside
+    the loop (a job's timeout raised by SIGALRM while the loop waits), the coroutine is
+    cancelled and run to its end before that is raised: nothing of this batch may go on
+    sending during the next batch on the same loop (the default worker's jobs share it)."""
+    task = loop.create_task(coroutine)
+    try:
+        loop.run_until_complete(task)
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(task)
+        raise
 
 
 def classify(code: int, retry_after: str | None, text: str = "", *,
