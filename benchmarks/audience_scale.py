@@ -31,6 +31,7 @@ from harness import (
     bench_app,
     key_pool,
     push_sink,
+    rss_mb,
     start_workers,
     stop_workers,
     wait_done,
@@ -54,30 +55,17 @@ run_simple("127.0.0.1", int(sys.argv[1]), create_app(), threaded=True)
 """
 
 
-def rss_mb(pid: int) -> float:
-    """The RSS of a process and its children (a forking worker's work horse), in MB."""
-    total = 0.0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) / 1024
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except (FileNotFoundError, ProcessLookupError):  # ended between two reads
-        return total
-    return total + sum(rss_mb(int(child)) for child in children)
-
-
 class Sampler:
     """The highest RSS of a process, read every 50 ms while it runs."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, rss_mb(pid), threading.Event()
+        self.pid, self.peak, self._stop = pid, rss_mb(pid, children=True), threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb(self.pid))
+            self.peak = max(self.peak, rss_mb(self.pid, children=True))
             time.sleep(0.05)
 
     def stop(self) -> float:
@@ -132,7 +120,7 @@ def main() -> None:
                 except requests.ConnectionError:
                     time.sleep(0.1)
             time.sleep(0.5)
-            web_idle = rss_mb(server.pid)
+            web_idle = rss_mb(server.pid, children=True)
             web = Sampler(server.pid)
             started = time.perf_counter()
             with csv_file.open("rb") as body:
@@ -146,7 +134,7 @@ def main() -> None:
             [worker] = start_workers(app, 1)
             wait_for_workers(app, 1)
             time.sleep(0.5)
-            worker_idle = rss_mb(worker.pid)
+            worker_idle = rss_mb(worker.pid, children=True)
             sampler = Sampler(worker.pid)
             called = time.perf_counter()
             sent = requests.post(f"{base}/notifications", headers=headers, timeout=60, json={

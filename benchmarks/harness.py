@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from hostapp import VAPID_PRIVATE as VAPID_PRIVATE  # noqa: E402 - re-exported
 from hostapp import VAPID_PUBLIC, make_host_app  # noqa: E402
 
+from flask_webpush_targeted.testing.push_service import self_signed_certificate  # noqa: E402
 from flask_webpush_targeted.transport.b64url import b64url_encode  # noqa: E402
 
 POSTGRES_URL = os.environ.get("WEBPUSH_BENCH_POSTGRES_URL",
@@ -40,29 +41,10 @@ def tls_files(folder: Path) -> tuple[Path, Path]:
     cert.pem and key.pem. The certificate is its own CA: point a client at cert.pem
     (SSL_CERT_FILE for the worker's ``ssl.create_default_context()``, REQUESTS_CA_BUNDLE for
     pywebpush, NODE_EXTRA_CA_CERTS for Node) and it trusts the sink."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())  # what push services' certificates use
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "benchmark push sink")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert_pem, key_pem = self_signed_certificate("benchmark push sink")
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_file.write_bytes(cert_pem)
+    key_file.write_bytes(key_pem)
     return cert_file, key_file
 
 
@@ -187,6 +169,20 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
         w.terminate()
     for w in workers:
         w.wait(10)
+
+
+def rss_mb(pid: int, *, children: bool = False) -> float:
+    """A process's RSS in MB, from /proc; ``children``: with its children's (a forking
+    worker's work horse, RQ's scheduler) added."""
+    total = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if children else []
+    except (FileNotFoundError, ProcessLookupError):  # ended between two reads
+        return total
+    return total + sum(rss_mb(int(kid), children=True) for kid in kids)
 
 
 def wait_for_workers(app: Any, count: int, timeout: float = 60) -> None:

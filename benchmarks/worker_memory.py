@@ -12,25 +12,18 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from pathlib import Path
 
 from harness import (
     add_subscriptions,
     bench_app,
     push_sink,
+    rss_mb,
     start_workers,
     stop_workers,
     wait_done,
     wait_for_workers,
     write_result,
 )
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:

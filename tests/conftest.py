@@ -460,6 +460,16 @@ class SendingHost:
             return n
 
 
+def admin_http(host: SendingHost) -> Any:
+    """A test client of the host logged in as its administrator (user 9), who is allowed
+    the statistics pages."""
+    @host.webpush.stats_access
+    def admins(user: Any) -> bool:
+        return bool(user.is_admin)
+
+    return LoggedInClient(host.app, "9").http
+
+
 @pytest.fixture
 def make_host(db_url: str, push_service: Any, redis_conn: Any,
               ) -> Iterator[Callable[..., SendingHost]]:

@@ -356,13 +356,9 @@ def test_the_cli_creates_lists_and_deletes_audiences(make_host: Any, tmp_path: A
 
 def test_staff_see_the_audience_and_the_placeholders_on_the_notification_page(
         make_host: Any, push_service: Any) -> None:
-    from conftest import LoggedInClient
+    from conftest import admin_http
 
     host = make_host()
-
-    @host.webpush.stats_access
-    def admins(user: Any) -> bool:
-        return bool(user.is_admin)
 
     host.subscribe("1")
     with host.app.app_context():
@@ -372,7 +368,7 @@ def test_staff_see_the_audience_and_the_placeholders_on_the_notification_page(
                                         vars={"flight": "LO123"}).id
         audience_id = audience.id
     host.run_worker()
-    admin = LoggedInClient(host.app, "9").http
+    admin = admin_http(host)
     page = admin.get(f"/webpush/admin/notifications/{nid}").get_data(as_text=True)
     assert (f"Passengers &lt;LO123&gt; (audience {audience_id}, 1 member now)") in page
     assert "for everyone: <code>flight</code> = LO123." in page

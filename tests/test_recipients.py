@@ -165,13 +165,9 @@ def test_staff_and_the_customer_see_the_title_each_recipient_got(
     import csv
     import io
 
-    from conftest import LoggedInClient
+    from conftest import admin_http
 
     host = make_host()
-
-    @host.webpush.stats_access
-    def admins(user: Any) -> bool:
-        return bool(user.is_admin)
 
     one, two = host.subscribe("1"), host.subscribe("2")
     with host.app.app_context():
@@ -180,7 +176,7 @@ def test_staff_and_the_customer_see_the_title_each_recipient_got(
                         {"user": "2", "vars": {"flight": "=HYPERLINK(\"x\")", "gate": "1"}}],
             title=FLIGHT).id
     host.run_worker()
-    admin = LoggedInClient(host.app, "9").http
+    admin = admin_http(host)
     page = admin.get(f"/webpush/admin/notifications/{nid}").get_data(as_text=True)
     assert "Flight {flight} boards at gate {gate}" in page  # the notification's template
     assert f'data-delivery-id="{host.deliveries(nid)[0].id}"' in page
@@ -206,13 +202,9 @@ def test_a_title_that_starts_with_a_formula_once_filled_is_text_in_the_csv(
     import csv
     import io
 
-    from conftest import LoggedInClient
+    from conftest import admin_http
 
     host = make_host()
-
-    @host.webpush.stats_access
-    def admins(user: Any) -> bool:
-        return bool(user.is_admin)
 
     host.subscribe("1")
     with host.app.app_context():
@@ -220,7 +212,7 @@ def test_a_title_that_starts_with_a_formula_once_filled_is_text_in_the_csv(
             recipients=[{"user": "1", "vars": {"code": "=cmd|' /C calc'!A0"}}],
             title="{code} is your code").id
     host.run_worker()
-    admin = LoggedInClient(host.app, "9").http
+    admin = admin_http(host)
     [row] = csv.DictReader(io.StringIO(
         admin.get(f"/webpush/admin/notifications/{nid}/deliveries.csv").get_data(as_text=True)))
     assert row["title"] == "'=cmd|' /C calc'!A0 is your code"

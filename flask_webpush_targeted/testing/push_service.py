@@ -232,20 +232,19 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _Reply(status, reply_headers, json.dumps(body).encode())
 
 
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a new self-signed certificate for 127.0.0.1 and localhost,
-    and a client context that trusts that certificate alone."""
+def self_signed_certificate(name: str = "local push service") -> tuple[bytes, bytes]:
+    """A new self-signed certificate for 127.0.0.1 and localhost, its own CA, and its key
+    (PKCS #8), both PEM: what a client told to trust the certificate alone accepts."""
     import datetime
     import ipaddress
-    import tempfile
 
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "local push service")])
+    key = ec.generate_private_key(ec.SECP256R1())  # what push services' certificates use
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
@@ -254,10 +253,17 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
                 critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a new self-signed certificate for 127.0.0.1 and localhost,
+    and a client context that trusts that certificate alone."""
+    import tempfile
+
+    cert_pem, key_pem = self_signed_certificate()
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.TemporaryDirectory() as folder:  # load_cert_chain reads files only
         cert_file, key_file = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
