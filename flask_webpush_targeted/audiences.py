@@ -201,12 +201,6 @@ def audience_fields(audience: AudienceRow) -> dict[str, Any]:
             "vars": sorted(audience.var_lengths or ())}
 
 
-def members(db: SQLAlchemy, m: Models, audience_id: int) -> Iterator[list[str]]:
-    """The audience's user ids, a chunk at a time, in the order of their ids."""
-    for chunk in members_with_vars(db, m, audience_id, with_vars=False):
-        yield [user_id for user_id, _ in chunk]
-
-
 def members_with_vars(db: SQLAlchemy, m: Models, audience_id: int, *, with_vars: bool = True,
                       ) -> Iterator[list[tuple[str, dict[str, str] | None]]]:
     """The audience's members and their vars, a chunk at a time."""

@@ -115,7 +115,9 @@ def fan_out(notification_id: int) -> None:
         vars_from = _vars_audience(db, m, n)
         without: list[str] = []
         opted: list[str] = []
-        for chunk, found in targets(db, m, n.targeting):
+        # An audience's vars come with its members; recipients' from their own audience.
+        with_members = vars_from is not None and "audience_id" in n.targeting
+        for chunk, found, member_vars in targets(db, m, n.targeting, member_vars=with_members):
             covered = {row[1] for row in found}
             without.extend(u for u in chunk if u not in covered)
             out = opted_out(db, m, rules.category, covered)
@@ -126,7 +128,9 @@ def fan_out(notification_id: int) -> None:
                 continue
             if notification_status(nid) == NotificationStatus.CANCELLED:
                 return  # cancel() skipped what was written; nothing more is written
-            own = vars_of(db, m, vars_from, covered) if vars_from is not None else None
+            own = member_vars
+            if vars_from is not None and not with_members:
+                own = vars_of(db, m, vars_from, covered)
             with rules.cap_lock():
                 _write_chunk(db, m, nid, now, found, rules, own)
             # Each chunk's batches go out at once: other workers send while this one

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from .audiences import members
+from .audiences import members_with_vars
 from .models import Models
 from .sql import dialect_of
 
@@ -21,14 +21,18 @@ _CHUNK = 1000
 Target = tuple[int, str, str | None, str | None]
 
 
-def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
-    """Yield (chunk of requested user ids, [(subscription id, user id, user agent, time zone)])
-    per chunk."""
+def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any], *,
+            member_vars: bool = False) -> Any:
+    """Yield (chunk of requested user ids, [(subscription id, user id, user agent, time zone)],
+    the chunk's vars) per chunk; the vars ({user id: vars} of the members that have any) only
+    for an audience and with ``member_vars``, read with the members, else None."""
     Sub = m.Subscription
     mode = targeting["devices"]
     if "audience_id" in targeting:  # the audience's members, streamed a chunk at a time
-        for chunk in members(db, m, targeting["audience_id"]):
-            yield chunk, _devices(db, m, chunk, mode)
+        for pairs in members_with_vars(db, m, targeting["audience_id"], with_vars=member_vars):
+            chunk = [user_id for user_id, _ in pairs]
+            own = {user_id: v for user_id, v in pairs if v} if member_vars else None
+            yield chunk, _devices(db, m, chunk, mode), own
         return
     user_ids: list[str] = targeting["user_ids"]
     if mode == "ids":
@@ -39,11 +43,11 @@ def targets(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> Any:
                 sa.select(Sub.id, Sub.user_id, Sub.user_agent, Sub.timezone).where(
                     Sub.id.in_(ids[start:start + _CHUNK]), Sub.revoked_at.is_(None))).all())
         wanted = set(user_ids)
-        yield user_ids, [tuple(r) for r in found if r[1] in wanted]
+        yield user_ids, [tuple(r) for r in found if r[1] in wanted], None
         return
     for start in range(0, len(user_ids), _CHUNK):
         chunk = user_ids[start:start + _CHUNK]
-        yield chunk, _devices(db, m, chunk, mode)
+        yield chunk, _devices(db, m, chunk, mode), None
 
 
 def _devices(db: SQLAlchemy, m: Models, chunk: list[str], mode: str) -> list[Target]:
@@ -70,7 +74,7 @@ def users_without(db: SQLAlchemy, m: Models, targeting: dict[str, Any]) -> list[
     if "audience_id" in targeting:
         return None
     without: list[str] = []
-    for chunk, found in targets(db, m, targeting):
+    for chunk, found, _vars in targets(db, m, targeting):
         covered = {row[1] for row in found}
         without.extend(u for u in chunk if u not in covered)
     return without
