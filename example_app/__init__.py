@@ -3,7 +3,8 @@
 ``create_app()`` runs on embedded defaults: a SQLite file and VAPID keys in the
 instance folder, created on first start. Environment variables override them:
 DATABASE_URL, SECRET_KEY, WEBPUSH_REDIS_URL, WEBPUSH_QUEUE, WEBPUSH_EXTRA_PUSH_SERVICES
-(comma-separated origins), WEBPUSH_VAPID_PRIVATE_KEY / _PUBLIC_KEY / _SUBJECT. A worker
+(comma-separated origins), WEBPUSH_VAPID_PRIVATE_KEY / _PUBLIC_KEY / _SUBJECT, WEBPUSH_SITE_URL
+(default http://127.0.0.1:$PORT, PORT defaulting to 5000). A worker
 started with the same variables (``flask --app example_app webpush worker``) shares the
 web process's database, queue and keys.
 """
@@ -92,6 +93,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["WEBPUSH_VAPID_SUBJECT"] = env.get("WEBPUSH_VAPID_SUBJECT",
                                                   "mailto:shop-admin@example.com")
     app.config["WEBPUSH_BASE_TEMPLATE"] = "base.html"
+    # Where customers reach the shop: a clicked notification opens a URL on it.
+    app.config["WEBPUSH_SITE_URL"] = env.get(
+        "WEBPUSH_SITE_URL", f"http://127.0.0.1:{env.get('PORT', '5000')}")
     app.config["WEBPUSH_CATEGORIES"] = CATEGORIES
     app.config["WEBPUSH_QUIET_HOURS"] = QUIET_HOURS
     if env.get("WEBPUSH_EXTRA_PUSH_SERVICES"):

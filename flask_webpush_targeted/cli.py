@@ -70,6 +70,9 @@ def generate_vapid_keys_command() -> None:
     click.echo(f'WEBPUSH_VAPID_PRIVATE_KEY = "{private}"')
     click.echo(f'WEBPUSH_VAPID_PUBLIC_KEY = "{public}"')
     click.echo('WEBPUSH_VAPID_SUBJECT = "mailto:you@example.com"  # who push services may contact')
+    if not current_app.config.get("WEBPUSH_SITE_URL"):
+        click.echo('WEBPUSH_SITE_URL = "https://shop.example"  # your site\'s origin: a clicked '
+                   'notification opens a page of it')
 
 
 @webpush_cli.command("export-user")

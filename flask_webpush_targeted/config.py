@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -10,20 +11,31 @@ from cryptography.hazmat.primitives import serialization
 
 from .categories import parse_categories, parse_quiet_hours
 from .exceptions import ConfigurationError
+from .languages import is_language, normalized
 from .local_time import is_zone
 from .transport.b64url import b64url_decode
 from .transport.origins import web_origin
+from .transport.services import RULES_BY_NAME
 
 # generate_vapid_keys is documented under this module's name (docs/browser-testing.md)
 from .transport.vapid import generate_vapid_keys as generate_vapid_keys
 from .transport.vapid import load_vapid_private_key, vapid_subject
 
-DEFAULT_CONSENT_TEXT = (
-    "I agree to receive notifications from this shop in this browser, and I agree "
-    "that this browser is linked to my customer account so that messages meant for "
-    "me (orders, deliveries, service) reach me here. I can withdraw this consent at "
-    "any time on my devices page; the link is then removed."
-)
+#: the consent text of WEBPUSH_CONSENT_TEXT's default, in each language the package speaks
+DEFAULT_CONSENT_TEXT: dict[str, str] = {
+    "en": "I agree to receive notifications from this shop in this browser, and I agree "
+          "that this browser is linked to my customer account so that messages meant for "
+          "me (orders, deliveries, service) reach me here. I can withdraw this consent at "
+          "any time on my devices page; the link is then removed.",
+    "pl": "Zgadzam się na otrzymywanie powiadomień z tego sklepu w tej przeglądarce oraz na "
+          "powiązanie tej przeglądarki z moim kontem klienta, aby przeznaczone dla mnie "
+          "wiadomości (o zamówieniach, dostawach i obsłudze) docierały do mnie tutaj. Mogę w "
+          "każdej chwili wycofać tę zgodę na stronie moich urządzeń; powiązanie zostanie "
+          "wtedy usunięte.",
+}
+
+#: the values of WEBPUSH_PAYLOAD_FORMAT
+PAYLOAD_FORMATS = ("declarative", "legacy")
 
 DEFAULTS: dict[str, Any] = {
     #: base64url of the raw 32-byte P-256 private scalar, or a path to a PEM file.
@@ -47,7 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_SW_SCOPE": None,
     #: Validity period of a notification in seconds when a call gives none (never 0).
     "WEBPUSH_DEFAULT_TTL": 86400,
-    #: What the customer agrees to, shown by the opt-in widget.
+    #: What the customer agrees to, shown by the opt-in widget: one text, or a dict of
+    #: language -> text (the widget shows the customer's language, else the default one's).
     "WEBPUSH_CONSENT_TEXT": DEFAULT_CONSENT_TEXT,
     #: Version of that text; a consent given for another version is refused.
     "WEBPUSH_CONSENT_VERSION": "1",
@@ -112,6 +125,18 @@ DEFAULTS: dict[str, Any] = {
     "WEBPUSH_QUIET_HOURS": None,
     #: The time zone of a device whose browser did not say (an IANA name).
     "WEBPUSH_DEFAULT_TIMEZONE": "UTC",
+    #: What a push message holds: "declarative" (Declarative Web Push, which Safari 18.4
+    #: shows without running the service worker; the service worker reads it elsewhere)
+    #: or "legacy" (the package's own JSON, for service workers of a host's own that read
+    #: it). Declarative needs WEBPUSH_SITE_URL: its ``navigate`` URL must be absolute.
+    "WEBPUSH_PAYLOAD_FORMAT": "declarative",
+    #: The language of a device whose browser did not say, and the text a notification in
+    #: several languages must have (a BCP 47 tag such as "en" or "pl").
+    "WEBPUSH_DEFAULT_LANGUAGE": "en",
+    #: Which browser push service an origin of WEBPUSH_EXTRA_PUSH_SERVICES stands for, so
+    #: that service's rules apply to it (a proxy, a test's local push service): a dict
+    #: origin -> "fcm", "mozilla", "apple" or "wns". Other origins are known by their host.
+    "WEBPUSH_EXTRA_PUSH_SERVICE_KINDS": {},
 }
 
 
@@ -140,8 +165,9 @@ def keys_pending(config: dict[str, Any]) -> bool:
         validate_config(config)
         return False
     # Only a new app has neither key: its CLI must run, so that generate-vapid-keys can
-    # print them. One key without the other is a mistake, refused by validate_config.
-    validate_settings(config)
+    # print them. One key without the other is a mistake, refused by validate_config. The
+    # site's URL is asked for once the keys are in (generate-vapid-keys prints its line).
+    validate_settings(config, new_app=True)
     log.warning("webpush: %s Until then every other use raises this error.", MISSING_KEYS)
     return True
 
@@ -189,8 +215,9 @@ def validate_config(config: dict[str, Any]) -> None:
     validate_settings(config)
 
 
-def validate_settings(config: dict[str, Any]) -> None:
-    """Check every setting but the VAPID ones."""
+def validate_settings(config: dict[str, Any], *, new_app: bool = False) -> None:
+    """Check every setting but the VAPID ones (``new_app``: nor the ones a new app's first
+    steps set with them, WEBPUSH_SITE_URL)."""
     ttl = config.get("WEBPUSH_DEFAULT_TTL")
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= 28 * 86400:
         raise ConfigurationError(
@@ -212,8 +239,7 @@ def validate_settings(config: dict[str, Any]) -> None:
             raise ConfigurationError(f"{name} must be a positive number of seconds.")
     if not str(config.get("WEBPUSH_CONSENT_VERSION") or "").strip():
         raise ConfigurationError("WEBPUSH_CONSENT_VERSION must be a non-empty string.")
-    if not str(config.get("WEBPUSH_CONSENT_TEXT") or "").strip():
-        raise ConfigurationError("WEBPUSH_CONSENT_TEXT must be a non-empty string.")
+    _validate_consent_text(config)
     prefix = config.get("WEBPUSH_URL_PREFIX")
     if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
         raise ConfigurationError("WEBPUSH_URL_PREFIX must start with '/' and not end with '/'.")
@@ -230,7 +256,100 @@ def validate_settings(config: dict[str, Any]) -> None:
                 f"WEBPUSH_EXTRA_PUSH_SERVICES entry {origin!r} is not an origin "
                 "(scheme://host[:port], nothing after it)."
             ) from exc
+    _validate_service_kinds(config)
     _validate_targeting_rules(config)
+    _validate_reach(config, require_site=not new_app)
+
+
+def _validate_reach(config: dict[str, Any], *, require_site: bool) -> None:
+    form = config.get("WEBPUSH_PAYLOAD_FORMAT")
+    if form not in PAYLOAD_FORMATS:
+        raise ConfigurationError(
+            f"WEBPUSH_PAYLOAD_FORMAT must be 'declarative' or 'legacy', not {form!r}.")
+    site = config.get("WEBPUSH_SITE_URL")
+    if site is not None:
+        try:
+            if not isinstance(site, str) or "?" in site or "#" in site:
+                raise ValueError(site)
+            _extra_origin(site)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"WEBPUSH_SITE_URL must be the site's origin, such as 'https://shop.example' "
+                f"(scheme://host[:port], nothing after it), not {site!r}.") from exc
+    elif form == "declarative" and require_site:
+        raise ConfigurationError(
+            "WEBPUSH_SITE_URL must be set (the site's origin, such as "
+            "'https://shop.example'): WEBPUSH_PAYLOAD_FORMAT 'declarative', the default, "
+            "opens an absolute URL when a notification is clicked. Set WEBPUSH_SITE_URL, or "
+            "set WEBPUSH_PAYLOAD_FORMAT = 'legacy' to keep the package's own JSON.")
+    if not is_language(config.get("WEBPUSH_DEFAULT_LANGUAGE")):
+        raise ConfigurationError(
+            "WEBPUSH_DEFAULT_LANGUAGE must be a BCP 47 language tag such as 'en' or 'pl'.")
+
+
+def consent_texts(config: Mapping[str, Any]) -> dict[str, str]:
+    """WEBPUSH_CONSENT_TEXT as language -> text: one text is the default language's."""
+    text = config["WEBPUSH_CONSENT_TEXT"]
+    if isinstance(text, Mapping):
+        return {normalized(key): value for key, value in text.items()}
+    return {normalized(config["WEBPUSH_DEFAULT_LANGUAGE"]): text}
+
+
+def _validate_consent_text(config: dict[str, Any]) -> None:
+    text = config.get("WEBPUSH_CONSENT_TEXT")
+    if not isinstance(text, Mapping):
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigurationError(
+                "WEBPUSH_CONSENT_TEXT must be a non-empty string, or a dict of language "
+                "-> non-empty string such as {'en': '...', 'pl': '...'}.")
+        return
+    seen: set[str] = set()
+    for key, value in text.items():
+        if not is_language(key):
+            raise ConfigurationError(
+                f"WEBPUSH_CONSENT_TEXT: {str(key)[:40]!r} is not a language tag such as "
+                "'en' or 'pl'.")
+        if normalized(key) in seen:
+            raise ConfigurationError(f"WEBPUSH_CONSENT_TEXT has the language {key!r} twice.")
+        seen.add(normalized(key))
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigurationError(
+                f"WEBPUSH_CONSENT_TEXT[{key!r}] must be a non-empty string.")
+    default = config.get("WEBPUSH_DEFAULT_LANGUAGE")
+    if is_language(default) and normalized(str(default)) not in seen:
+        raise ConfigurationError(
+            f"WEBPUSH_CONSENT_TEXT must have a text in WEBPUSH_DEFAULT_LANGUAGE {default!r}: "
+            "a customer whose language it lacks is shown that one.")
+
+
+def _validate_service_kinds(config: dict[str, Any]) -> None:
+    kinds = config.get("WEBPUSH_EXTRA_PUSH_SERVICE_KINDS")
+    names = ", ".join(repr(name) for name in RULES_BY_NAME)
+    example = "e.g. {'http://127.0.0.1:8765': 'wns'}"
+    if not isinstance(kinds, Mapping):
+        raise ConfigurationError(
+            f"WEBPUSH_EXTRA_PUSH_SERVICE_KINDS must be a dict of origin -> kind ({names}), "
+            f"{example}.")
+    listed = set()
+    for origin in config.get("WEBPUSH_EXTRA_PUSH_SERVICES") or ():
+        try:
+            listed.add(_extra_origin(origin))
+        except (ValueError, TypeError):
+            continue  # refused above
+    for origin, kind in kinds.items():
+        try:
+            spelled = _extra_origin(origin)
+        except (ValueError, TypeError):
+            spelled = None
+        if spelled is None or spelled not in listed:
+            raise ConfigurationError(
+                f"WEBPUSH_EXTRA_PUSH_SERVICE_KINDS names {origin!r}, which is not an origin "
+                "listed in WEBPUSH_EXTRA_PUSH_SERVICES: list it there too (a kind applies "
+                "only to an admitted extra push service).")
+        if kind not in RULES_BY_NAME:
+            raise ConfigurationError(
+                f"WEBPUSH_EXTRA_PUSH_SERVICE_KINDS gives {origin!r} the kind {kind!r}; a kind "
+                f"is one of {names}.")
 
 
 def _validate_targeting_rules(config: dict[str, Any]) -> None:
@@ -254,3 +373,10 @@ def _validate_targeting_rules(config: dict[str, Any]) -> None:
 def extra_push_origins(config: dict[str, Any]) -> frozenset[str]:
     """The origins of WEBPUSH_EXTRA_PUSH_SERVICES, spelled by ``web_origin``."""
     return frozenset(_extra_origin(o) for o in config["WEBPUSH_EXTRA_PUSH_SERVICES"])
+
+
+def extra_push_service_kinds(config: dict[str, Any]) -> dict[str, str]:
+    """WEBPUSH_EXTRA_PUSH_SERVICE_KINDS with its origins spelled by ``web_origin``, as the
+    sender compares them."""
+    return {_extra_origin(origin): kind
+            for origin, kind in config["WEBPUSH_EXTRA_PUSH_SERVICE_KINDS"].items()}

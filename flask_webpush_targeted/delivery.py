@@ -30,8 +30,9 @@ from .context import app_state
 from .counters import add, bucket, bump, new_increments, platform_of, send_start
 from .ledger import finish_if_complete, notification_status, skip_claimed, skip_pending
 from .local_time import Window, quiet_until, zone
+from .localized import TEXTS, claimed, language_for, localize
 from .models import Models
-from .payload import encode_payload, payload_encoder
+from .payload import MAX_PLAINTEXT, message_format
 from .placeholders import filler
 from .preferences import TURNED_OFF, opted_out
 from .redis_queue import SEND_BATCH, enqueue_at, get_queue, redis_connection
@@ -61,6 +62,9 @@ TOKEN_GRACE = timedelta(days=7)
 VAPID_REFUSALS = frozenset({400, 401, 403})
 #: the size of the reason column
 REASON_SIZE = 255
+#: the reason of a delivery whose message outgrew the limit after notify_users checked it
+TOO_LARGE = (f"payload over {MAX_PLAINTEXT} bytes in the format sent (WEBPUSH_PAYLOAD_FORMAT "
+             "or WEBPUSH_SITE_URL changed since the notification was made)")
 
 
 def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, int]:
@@ -113,7 +117,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     rows = db.session.execute(
         sa.select(D.id, D.subscription_id, D.attempts, D.due_at, D.user_id, D.vars, Sub.endpoint,
                   Sub.p256dh, Sub.auth, Sub.revoked_at, Sub.user_agent,
-                  Sub.consecutive_failures, Sub.timezone)
+                  Sub.consecutive_failures, Sub.timezone, Sub.language)
         .outerjoin(Sub, Sub.id == D.subscription_id)
         .where(*in_batch, D.claimed_by == claim)).all()  # in_batch: no index on claimed_by
     if not rows:
@@ -150,9 +154,23 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         _hold(db, m, nid, claim, held, first_id, last_id)
 
     payload, urgency, topic = n.payload, n.urgency, n.topic
-    with_token = payload_encoder(payload)
-    # A payload with placeholders is filled per recipient (checked when notify_users ran).
-    own_payload = filler(payload, n.vars) if n.vars is not None else None
+    form = message_format()
+    multilingual = bool(payload.get(TEXTS))
+    # One text, or each language's, encoded (or, with placeholders, filled per recipient:
+    # checked when notify_users ran) by what is made here once per batch and language.
+    encoders: dict[str | None, Any] = {}
+    fillers: dict[str | None, Any] = {}
+
+    def encoder(language: str | None) -> Any:
+        if language not in encoders:
+            encoders[language] = form.encoder(localize(payload, language))
+        return encoders[language]
+
+    def own_payload(language: str | None, own: Any) -> Any:
+        if language not in fillers:
+            fillers[language] = filler(localize(payload, language), n.vars)
+        return fillers[language](own)
+
     counts: dict[str, int] = {}
     notifier = _Notifier(current_app._get_current_object())  # type: ignore[attr-defined]
     batch = _Batch(deadline, notifier)
@@ -176,8 +194,17 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
                 ttl = int(left)
             expiry = (own_deadline + TOKEN_GRACE).timestamp()
             token = make_token(row.id, expiry, key)
-            text = (with_token(token) if own_payload is None
-                    else encode_payload(own_payload(row.vars), token))
+            language = None
+            if multilingual:
+                language = language_for(payload, row.language)
+                batch.languages[row.id] = claimed(payload, language)
+            text = (encoder(language)(token) if n.vars is None
+                    else form.encoder(own_payload(language, row.vars))(token))
+            if len(text) > MAX_PLAINTEXT:
+                # Checked when notify_users ran, in the format then: WEBPUSH_PAYLOAD_FORMAT
+                # or the site's URL changed while it waited. It cannot be sent as it is.
+                batch.too_large.append(row.id)
+                continue
             yield Message(row.id, row.endpoint, row.p256dh, row.auth, text, ttl, urgency, topic)
 
     by_id = {row.id: row for row in rows}
@@ -210,6 +237,8 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         if batch.expired_late:
             record([(i, PushResult(Outcome.EXPIRED, reason="validity period (ttl) passed"))
                     for i in batch.expired_late])
+        if batch.too_large:
+            record([(i, PushResult(Outcome.FAILED, reason=TOO_LARGE)) for i in batch.too_large])
     finally:
         notifier.close()
     if batch.cancelled:
@@ -407,6 +436,9 @@ class _Batch:
     cancelled: bool = False  # seen by a flush: no new message is taken
     claim_expired: bool = False  # the claim grew too old: what is left goes back
     expired_late: list[int] = field(default_factory=list)  # validity ended while sending
+    too_large: list[int] = field(default_factory=list)  # over the limit in the format sent
+    #: delivery id -> the language of the texts it was sent with (several languages only)
+    languages: dict[int, str | None] = field(default_factory=dict)
 
 
 # -- deciding what one flush's answers mean ---------------------------------------------------
@@ -438,6 +470,7 @@ class Written:
     sent_at: datetime | None
     claimed_by: str | None  # None lets the retry's batch claim it
     give_back: bool  # nothing was sent (a paused origin): the claim's attempt is undone
+    language: str | None = None  # sent ones of a notification in several languages
 
 
 @dataclass(frozen=True)
@@ -447,6 +480,7 @@ class Count:
     counter: DeliveryStatus
     at: tuple[str, str] | None = None  # the time bucket (sent ones)
     platform: str | None = None  # sent ones
+    language: str | None = None  # sent ones of a notification in several languages
     reason: tuple[int | None, str | None] | None = None  # status code, reason (the others)
 
 
@@ -496,13 +530,14 @@ def retry_delay(attempts: int, hinted: float | None, base: float, maximum: float
 def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
            results: Mapping[int, PushResult], *, now: datetime, start: datetime,
            deadline: datetime, claim: str, max_attempts: int, retry_base_delay: float,
-           retry_max_delay: float) -> Plan:
+           retry_max_delay: float, languages: Mapping[int, str | None] | None = None) -> Plan:
     """Decide what one flush of answers means, without a database, an app or Redis.
 
     ``rows`` hold each claimed delivery's attempts (the claim's own included) and
     subscription; ``start`` is when sending the notification began (the counters' time
-    bucket), ``deadline`` the end of its validity (a delivery due later keeps its own). The
-    plan covers the deliveries' values, the counters, the subscriptions' health, the signals
+    bucket), ``deadline`` the end of its validity (a delivery due later keeps its own),
+    ``languages`` the language each delivery's texts were in (several languages). The plan
+    covers the deliveries' values, the counters, the subscriptions' health, the signals
     and the retry jobs.
     """
     written: dict[int, Written] = {}
@@ -544,16 +579,19 @@ def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
             status = DeliveryStatus(outcome)
         if reason is not None:
             reason = reason[:REASON_SIZE]  # the column's size, whatever was added in front
+        sent = status == DeliveryStatus.SENT
+        language = (languages or {}).get(delivery_id) if sent else None
         values = Written(status, result.status_code, reason, next_at,
-                         now if status == DeliveryStatus.SENT else None,
+                         now if sent else None,
                          None if status == DeliveryStatus.PENDING else claim,
-                         not result.requested)
+                         not result.requested, language)
         written[delivery_id] = values
         # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
         # the database's work per delivery is what limits several workers on one server.
         groups.setdefault(values, []).append(delivery_id)
         if status == DeliveryStatus.SENT:
-            counts[delivery_id] = Count(status, at=at, platform=platform_of(row.user_agent))
+            counts[delivery_id] = Count(status, at=at, platform=platform_of(row.user_agent),
+                                        language=language)
         elif status in FINAL:
             counts[delivery_id] = Count(status, reason=(result.status_code, reason))
 
@@ -600,7 +638,8 @@ def _record(nid: int, start: datetime, rows: Mapping[int, Any],
     plan = decide(nid, rows, results, now=utcnow(), start=start, deadline=batch.deadline,
                   claim=claim, max_attempts=config["WEBPUSH_MAX_ATTEMPTS"],
                   retry_base_delay=config["WEBPUSH_RETRY_BASE_DELAY"],
-                  retry_max_delay=config["WEBPUSH_RETRY_MAX_DELAY"])
+                  retry_max_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
+                  languages=batch.languages)
     mine = _write(nid, plan, claim, batch)
     _after_commit(nid, plan, mine, batch)
     return plan.tally()
@@ -621,6 +660,8 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
             "status": values.status, "status_code": values.status_code,
             "reason": values.reason, "next_attempt_at": values.next_attempt_at,
             "sent_at": values.sent_at, "claimed_by": values.claimed_by}
+        if values.language is not None:
+            columns["language"] = values.language
         if values.give_back:
             # Nothing was sent (the origin is paused): the claim's attempt is given back,
             # or a paused service would use up attempts it never received.
@@ -637,7 +678,8 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
     inc = new_increments()
     for delivery_id, count in plan.counts.items():
         if delivery_id in mine:
-            add(inc, count.counter, at=count.at, platform=count.platform, reason=count.reason)
+            add(inc, count.counter, at=count.at, platform=count.platform, reason=count.reason,
+                language=count.language)
     bump(db, m, nid, inc)
     Sub = m.Subscription
     if plan.gone:

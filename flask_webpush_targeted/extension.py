@@ -14,7 +14,14 @@ from . import audiences, notifications, preferences, privacy
 from .audience_files import iterable_rows
 from .categories import Category, parse_categories, parse_quiet_hours
 from .cli import webpush_cli
-from .config import DEFAULTS, PendingState, extra_push_origins, keys_pending, refuse_without_keys
+from .config import (
+    DEFAULTS,
+    PendingState,
+    consent_texts,
+    extra_push_origins,
+    keys_pending,
+    refuse_without_keys,
+)
 from .context import AppState, app_state
 from .csrf import csrf_token
 from .exceptions import (
@@ -23,6 +30,8 @@ from .exceptions import (
     InvalidAudience,
     InvalidNotification,
 )
+from .i18n import LocaleSelector, pick_language, template_globals
+from .languages import normalized
 from .ledger import cancel_notification
 from .models import Models, get_models
 from .notifications import NotificationOptions
@@ -32,6 +41,7 @@ from .stats import get_notification, notification_stats, prune
 from .subscriptions import SubscriptionStore
 from .users import SESSION_SUBSCRIPTIONS, notification_id_of, user_id_of
 from .views import create_blueprint
+from .views.widget import widget_strings
 
 #: the longest retention ``prune`` takes
 MAX_PRUNE = timedelta(days=36_500)
@@ -45,6 +55,7 @@ class WebPush:
         self._models: Models | None = None
         self._stats_access: Callable[[Any], bool] | None = None
         self._user_display: Callable[[str], str | None] | None = None
+        self._locale_selector: LocaleSelector | None = None
         if app is not None:
             self.init_app(app, db=db)
 
@@ -65,7 +76,9 @@ class WebPush:
         self.db = db
         self._models = get_models(db)
         for key, value in DEFAULTS.items():
-            app.config.setdefault(key, list(value) if isinstance(value, list) else value)
+            # a copy of a list or dict default: a host's change to it stays in its app
+            app.config.setdefault(key, type(value)(value) if isinstance(value, (list, dict))
+                                  else value)
         # Both VAPID keys unset (a new app): everything is registered, so that the CLI and
         # url_for work, but every other use raises the ConfigurationError (docs/config.md).
         pending = keys_pending(app.config)
@@ -88,6 +101,8 @@ class WebPush:
         app.cli.add_command(webpush_cli)
         app.add_template_global(self.optin_widget, "webpush_optin")
         app.add_template_global(csrf_token, "webpush_csrf_token")
+        for name, func in template_globals().items():
+            app.add_template_global(func, name)
         user_logged_out.connect(_unbind_on_logout, app)
 
     # -- state reached through the current app -------------------------------------------
@@ -116,6 +131,13 @@ class WebPush:
         self._user_display = func
         return func
 
+    def locale_selector(self, func: LocaleSelector) -> LocaleSelector:
+        """Register the language of the package's pages and widget for a request: a
+        function returning a language tag ("pl", "en-GB") or None to let Flask-Babel or the
+        request's Accept-Language decide."""
+        self._locale_selector = func
+        return func
+
     # -- the opt-in widget -----------------------------------------------------------------
 
     def optin_widget(self, template: str = "webpush/optin.html") -> Markup:
@@ -129,10 +151,16 @@ class WebPush:
         # Withdrawal is offered only to a customer who has consent to withdraw (a device on).
         has_consent = signed_in and bool(
             self.store.user_subscriptions(user_id_of(current_user), active_only=True))
+        # The consent text in the customer's language (else the default one's); the opt-in
+        # says which one they were shown, and the ledger keeps it.
+        texts = consent_texts(config)
+        consent_language = pick_language(list(texts),
+                                         normalized(config["WEBPUSH_DEFAULT_LANGUAGE"]))
         # render_template autoescapes; the result is HTML already.
         return Markup(render_template(  # noqa: S704
             template,
-            consent_text=config["WEBPUSH_CONSENT_TEXT"],
+            consent_text=texts[consent_language], consent_language=consent_language,
+            strings=widget_strings(),
             consent_version=config["WEBPUSH_CONSENT_VERSION"],
             csrf_token=csrf_token(),
             vapid_public_key=config["WEBPUSH_VAPID_PUBLIC_KEY"],
@@ -151,7 +179,8 @@ class WebPush:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def notify_user(self, user: Any, *, title: str, body: str = "", url: str | None = None,
+    def notify_user(self, user: Any, *, title: str | Mapping[str, str],
+                    body: str | Mapping[str, str] = "", url: str | None = None,
                     devices: Any = "all", **options: Any) -> Any:
         """Send to one user's chosen devices; returns the stored Notification at once."""
         return self.notify_users([user], title=title, body=body, url=url, devices=devices,
@@ -160,7 +189,8 @@ class WebPush:
     def notify_users(
         self, users: Iterable[Any] | None = None, *, audience: int | None = None,
         recipients: Iterable[Mapping[str, Any]] | None = None,
-        title: str, body: str = "", url: str | None = None,
+        title: str | Mapping[str, str], body: str | Mapping[str, str] = "",
+        url: str | None = None,
         devices: Any = "all", ttl: int | timedelta | None = None, urgency: str = "normal",
         topic: str | None = None, send_at: datetime | None = None,
         idempotency_key: str | None = None, category: str | None = None,

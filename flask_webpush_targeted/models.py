@@ -111,6 +111,9 @@ class SubscriptionRow(_Row):
     consecutive_failures: Mapped[int] = mapped_column(nullable=False, default=0)
     #: the browser's IANA time zone (quiet hours, local-time sends); None: the default one
     timezone: Mapped[str | None] = mapped_column(sa.String(64))
+    #: the browser's language (BCP 47, ``navigator.language``): which text of a notification
+    #: in several languages it gets; None: WEBPUSH_DEFAULT_LANGUAGE
+    language: Mapped[str | None] = mapped_column(sa.String(35))
 
     @property
     def active(self) -> bool:
@@ -150,6 +153,8 @@ class ConsentRow(_Row):
     notifications: Mapped[bool] = mapped_column(nullable=False)
     link_to_account: Mapped[bool] = mapped_column(nullable=False)
     text_version: Mapped[str | None] = mapped_column(sa.String(64))
+    #: the language of the consent text the customer was shown (a WEBPUSH_CONSENT_TEXT key)
+    language: Mapped[str | None] = mapped_column(sa.String(35))
     user_agent: Mapped[str | None] = mapped_column(sa.String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     #: what the entry is about: None for notifications and the link to the account (the
@@ -297,6 +302,9 @@ class DeliveryRow(_Row):
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: the recipient's own vars, filled into the notification's placeholders when sent
     vars: Mapped[dict[str, str] | None] = mapped_column(sa.JSON)
+    #: the language whose text this delivery carries, for a notification written in several
+    #: (None: one text for everyone)
+    language: Mapped[str | None] = mapped_column(sa.String(35))
 
 
 class StatRow(_Row):

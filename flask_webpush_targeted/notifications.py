@@ -33,6 +33,7 @@ from .exceptions import (
 )
 from .limits import EARLIEST_SEND_AT, LATEST, MAX_ROW_ID
 from .local_time import parse_clock
+from .localized import languages_of, localize
 from .models import Models
 from .payload import (
     MAX_URL,
@@ -77,8 +78,8 @@ _CHUNK = 1000
 
 #: the JSON type of an option in the push API's body: ``json`` in the option's field metadata
 #: (None there for an option the body does not take)
-JsonKind = Literal["string", "boolean", "integer", "date-time", "devices", "actions", "any",
-                   "vars"]
+JsonKind = Literal["string", "text", "boolean", "integer", "date-time", "devices", "actions",
+                   "any", "vars"]
 
 
 def _option(default: Any, json: JsonKind | None) -> Any:
@@ -95,8 +96,9 @@ class NotificationOptions:
     metadata, and its OpenAPI document describes those fields.
     """
 
-    title: str = field(metadata={"json": "string"})
-    body: str = _option("", "string")
+    #: a text, or a dict language -> text (localized.py): "text" in the push API's body
+    title: str | Mapping[str, str] = field(metadata={"json": "text"})
+    body: str | Mapping[str, str] = _option("", "text")
     url: str | None = _option(None, "string")
     devices: Any = _option("all", "devices")
     ttl: int | timedelta | None = _option(None, "integer")
@@ -260,8 +262,10 @@ def _check_filled(payload: dict[str, Any], values: dict[str, str], where: str) -
                                   " (in the recipient's vars or the notification's vars).")
     filled = fill_payload(payload, values)
     try:
-        if not filled["title"].strip():
-            raise InvalidNotification("the title is empty once filled.")
+        for language in (None, *languages_of(filled)):
+            if not localize(filled, language)["title"].strip():
+                where_language = f" in {language!r}" if language is not None else ""
+                raise InvalidNotification(f"the title{where_language} is empty once filled.")
         if names(payload["url"]):
             check_url("url", filled["url"])
         check_payload_size(filled)
@@ -296,7 +300,8 @@ def _fits_at_worst(payload: dict[str, Any], needed: set[str], wide: dict[str, st
     """True when every member's payload passes without reading them: it fits with every
     placeholder at its longest value, its URL is short enough then, and its title has
     text of its own (a title of placeholders alone is blank for a blank value)."""
-    if not literal(payload["title"]).strip():
+    if any(not literal(localize(payload, language)["title"]).strip()
+           for language in (None, *languages_of(payload))):
         return False
     longest = {name: max(lengths.get(name, 0), json_width(wide.get(name, "")))
                for name in needed}

@@ -6,12 +6,15 @@ import functools
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, has_request_context, request
 
 from .exceptions import InvalidNotification, PayloadTooLarge
+from .languages import MAX_LANGUAGE, normalized
+from .localized import DEFAULT, TEXTS, localize, split
 from .tracking import MAX_TOKEN_LENGTH
 from .transport.origins import web_origin
 from .transport.text import storable
@@ -110,13 +113,13 @@ def _check_actions(actions: Any) -> list[dict[str, str]]:
 def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: Any = None,
                   badge: Any = None, tag: Any = None, actions: Any = None, data: Any = None,
                   require_interaction: bool = False, silent: bool = False) -> dict[str, Any]:
-    """The JSON object the service worker receives, without its token; validated."""
-    if not isinstance(title, str) or not title.strip():
-        raise InvalidNotification("title must be a non-empty string.")
-    if body is not None and not isinstance(body, str):
-        raise InvalidNotification("body must be a string.")
-    check_text("title", title)
-    check_text("body", body)
+    """The JSON object the service worker receives, without its token; validated.
+
+    ``title``, ``body`` and action titles may be dicts language -> text (localized.py)."""
+    default = current_app.config["WEBPUSH_DEFAULT_LANGUAGE"]
+    title, body, actions, others = split(title, body, actions, default)
+    _check_title("title", title)
+    _check_body("body", body)
     payload: dict[str, Any] = {"title": title, "body": body or "",
                                "url": _check_url("url", url, allow_none=False) if url else "/"}
     for name, value in (("icon", icon), ("image", image), ("badge", badge)):
@@ -144,11 +147,35 @@ def build_payload(*, title: Any, body: Any, url: Any, icon: Any = None, image: A
             raise InvalidNotification(f"{name} must be True or False.")
         if flag:
             payload[name] = True
+    if others:
+        for language, texts in others.items():
+            if "title" in texts:
+                _check_title(f"title[{language!r}]", texts["title"])
+            if "body" in texts:
+                _check_body(f"body[{language!r}]", texts["body"])
+            for index, text in enumerate(texts.get("actions") or ()):
+                if text is not None:
+                    _check_title(f"actions[{index}].title[{language!r}]", text)
+        payload[TEXTS] = others
+        payload[DEFAULT] = normalized(default)
     return payload
 
 
+def _check_title(name: str, title: Any) -> None:
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidNotification(f"{name} must be a non-empty string.")
+    check_text(name, title)
+
+
+def _check_body(name: str, body: Any) -> None:
+    if body is not None and not isinstance(body, str):
+        raise InvalidNotification(f"{name} must be a string.")
+    check_text(name, body)
+
+
 def encode_payload(payload: dict[str, Any], token: str) -> bytes:
-    """The plaintext a browser decrypts: the payload with this delivery's token."""
+    """The plaintext a browser decrypts, in the legacy format: the (localized) payload with
+    this delivery's token."""
     return json.dumps({**payload, "token": token}, separators=(",", ":"),
                       ensure_ascii=False).encode("utf-8")
 
@@ -162,17 +189,94 @@ def payload_encoder(payload: dict[str, Any]) -> Callable[[str], bytes]:
     return functools.partial(encode_payload, payload)
 
 
+@dataclass(frozen=True)
+class MessageFormat:
+    """How a batch's messages are written: WEBPUSH_PAYLOAD_FORMAT and, for "declarative",
+    the site and the click route its absolute URLs are made of."""
+
+    declarative: bool
+    site: str = ""  # the site's origin, "https://shop.example"
+    click_base: str = ""  # "https://shop.example/webpush/c/": a token completes it
+
+    def encoder(self, payload: dict[str, Any]) -> Callable[[str], bytes]:
+        """The plaintext of one localized payload (``localized.localize``), for each token
+        of a batch."""
+        if not self.declarative:
+            return payload_encoder(payload)
+        return functools.partial(encode_declarative, payload, self)
+
+
+def message_format() -> MessageFormat:
+    """The current app's MessageFormat (read once per batch)."""
+    config = current_app.config
+    if config["WEBPUSH_PAYLOAD_FORMAT"] != "declarative":
+        return MessageFormat(False)
+    site = web_origin(urlsplit(config["WEBPUSH_SITE_URL"]))
+    return MessageFormat(True, site, f"{site}{config['WEBPUSH_URL_PREFIX']}/c/")
+
+
+#: the fields of the package's payload that go inside a declarative notification's own
+#: fields (the rest go in its ``data``, which the service worker reads)
+_DECLARED = ("title", "body", "tag", "icon", "silent", "lang")
+
+
+def declarative(payload: dict[str, Any], token: str, form: MessageFormat) -> dict[str, Any]:
+    """The Declarative Web Push message of a payload (WebKit's format, ``web_push: 8030``):
+    ``navigate`` opens the click route, which counts the click and redirects to ``url``."""
+    note: dict[str, Any] = {"title": payload["title"], "body": payload.get("body", ""),
+                            "navigate": form.click_base + token}
+    if payload.get("lang") is not None:  # a notification in several languages
+        note["lang"] = payload["lang"]
+    if payload.get("tag") is not None:
+        note["tag"] = payload["tag"]
+    if payload.get("icon") is not None:
+        note["icon"] = _absolute(payload["icon"], form.site)
+    if payload.get("silent"):
+        note["silent"] = True
+    # A service worker's push event may still rewrite it: it adds the actions, the image
+    # and the displayed beacon, which the declarative format has no place for.
+    note["mutable"] = True
+    own = {key: value for key, value in payload.items() if key not in _DECLARED}
+    own["token"] = token
+    note["data"] = own
+    return {"web_push": 8030, "notification": note}
+
+
+def encode_declarative(payload: dict[str, Any], form: MessageFormat, token: str) -> bytes:
+    """The plaintext a browser decrypts, in the declarative format."""
+    # Built and dumped per message like the legacy one: 15.5 µs against 10.9 µs for a
+    # 385-byte legacy payload (546 bytes declared), 2-core VM, 2026-12-01 (timeit, best of
+    # 5), beside the ~350 µs of CPU a message costs the worker: not worth a template.
+    return json.dumps(declarative(payload, token, form), separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def _absolute(url: str, site: str) -> str:
+    """``url`` (checked by ``_check_url``: a path on the site or a URL on its origin) as an
+    absolute URL: WebKit's parser has no base URL to resolve a path against."""
+    return site + url if url.startswith("/") else url
+
+
 def default_tag(notification_id: int) -> str:
     """The tag of a notification that has none: a rare duplicate then replaces, not stacks."""
     return f"webpush-{notification_id}"
 
 
 def check_payload_size(payload: dict[str, Any]) -> None:
-    """Raise PayloadTooLarge unless the payload fits with the longest possible token."""
+    """Raise PayloadTooLarge unless the payload fits, in every language it has and in the
+    format that will be sent, with the longest possible token."""
     # The default tag (added once the id is known) counts too, at its longest.
     worst = payload if "tag" in payload else {**payload, "tag": default_tag(10**19)}
-    size = len(encode_payload(worst, "x" * MAX_TOKEN_LENGTH))
-    if size > MAX_PLAINTEXT:
-        raise PayloadTooLarge(
-            f"The payload is {size} bytes with its tracking token; Web Push allows "
-            f"{MAX_PLAINTEXT}. Shorten the body or data.")
+    form = message_format()
+    token = "x" * MAX_TOKEN_LENGTH
+    others = list(payload.get(TEXTS) or ())
+    for language in (None, *others):
+        localized = localize(worst, language)
+        if "lang" in localized:  # the language it says it is in, at its longest
+            localized["lang"] = "x" * MAX_LANGUAGE
+        text = form.encoder(localized)(token)
+        if len(text) > MAX_PLAINTEXT:
+            where = f" in {language!r}" if language is not None else ""
+            raise PayloadTooLarge(
+                f"The payload{where} is {len(text)} bytes with its tracking token; Web Push "
+                f"allows {MAX_PLAINTEXT}. Shorten the body or data.")

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .exceptions import InvalidNotification
+from .localized import TEXTS, localize
 from .transport.text import storable
 
 #: a placeholder's name: what a CSV column or a JSON field is called, kept plain
@@ -128,6 +129,13 @@ def payload_names(payload: Mapping[str, Any]) -> set[str]:
             found |= names(payload[key])
     for action in payload.get("actions") or ():
         found |= names(action["title"])
+    for texts in (payload.get(TEXTS) or {}).values():  # the other languages' (localized.py)
+        for key in ("title", "body"):
+            if isinstance(texts.get(key), str):
+                found |= names(texts[key])
+        for title in texts.get("actions") or ():
+            if isinstance(title, str):
+                found |= names(title)
     return found
 
 
@@ -139,6 +147,14 @@ def fill_payload(payload: Mapping[str, Any], values: Mapping[str, str]) -> dict[
             filled[key] = fill(payload[key], values, in_url=key == "url")
     if payload.get("actions"):
         filled["actions"] = [{**a, "title": fill(a["title"], values)} for a in payload["actions"]]
+    if payload.get(TEXTS):
+        filled[TEXTS] = {
+            language: {**{key: fill(texts[key], values) for key in ("title", "body")
+                          if isinstance(texts.get(key), str)},
+                       **({"actions": [fill(t, values) if isinstance(t, str) else t
+                                       for t in texts["actions"]]}
+                          if texts.get("actions") else {})}
+            for language, texts in payload[TEXTS].items()}
     return filled
 
 
@@ -159,10 +175,11 @@ class _Blank(dict[str, str]):
 
 
 def title_for(payload: Mapping[str, Any], wide: Mapping[str, str] | None,
-              own: Mapping[str, str] | None) -> str:
-    """The title one recipient got: the template filled with their vars (``wide`` None:
-    the notification has no placeholders, its title is as written)."""
-    title = str(payload.get("title", ""))
+              own: Mapping[str, str] | None, language: str | None = None) -> str:
+    """The title one recipient got: the template, in the language they got it in, filled
+    with their vars (``wide`` None: the notification has no placeholders, its title is as
+    written)."""
+    title = str(localize(payload, language).get("title", ""))
     if wide is None:
         return title
     try:

@@ -56,13 +56,14 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
              "user_agent": s.user_agent, "consent_version": s.consent_version,
              "created_at": iso(s.created_at), "last_seen_at": iso(s.last_seen_at),
              "revoked_at": iso(s.revoked_at), "revoked_reason": s.revoked_reason,
-             "timezone": s.timezone}
+             "timezone": s.timezone, "language": s.language}
             for s in subs
         ],
         "consents": [
             {"action": c.action, "reason": c.reason, "device_id": c.subscription_id,
              "notifications": c.notifications, "link_to_account": c.link_to_account,
-             "text_version": c.text_version, "user_agent": c.user_agent,
+             "text_version": c.text_version, "language": c.language,
+             "user_agent": c.user_agent,
              "scope": c.scope, "source": c.source, "at": iso(c.created_at)}
             for c in consents
         ],
@@ -73,7 +74,7 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
         "audiences": memberships(db, m, user_id),
         "notifications_received": [
             {"notification_id": d.notification_id, "device_id": d.subscription_id,
-             "title": title_for(payload, wide, d.vars), "status": d.status,
+             "title": title_for(payload, wide, d.vars, d.language), "status": d.status,
              "sent_at": iso(d.sent_at),
              "displayed_at": iso(d.displayed_at), "clicked_at": iso(d.clicked_at),
              "closed_at": iso(d.closed_at)}

@@ -88,7 +88,8 @@ def get_notification(db: SQLAlchemy, m: Models, notification_id: int) -> Notific
 
 
 def notification_stats(db: SQLAlchemy, m: Models, notification_id: int) -> dict[str, Any]:
-    """The full figures of one notification: funnel, rates, failure reasons, platforms."""
+    """The full figures of one notification: funnel, rates, failure reasons, platforms,
+    languages."""
     n = get_notification(db, m, notification_id)
     S = m.Stat
     stats = _funnel(n, _counts(db, m, [n.id])[n.id])
@@ -99,6 +100,11 @@ def notification_stats(db: SQLAlchemy, m: Models, notification_id: int) -> dict[
             sa.select(S).where(S.notification_id == n.id, S.dimension == "platform")
             .order_by(S.deliveries.desc(), S.key).limit(20))
     ]
+    # Deliveries sent per language, for a notification written in several (else empty).
+    stats["languages"] = {
+        row.key: row.sent for row in db.session.scalars(
+            sa.select(S).where(S.notification_id == n.id, S.dimension == "language")
+            .order_by(S.sent.desc(), S.key))}
     stats["pruned"] = bool(n.totals)
     stats["failure_reasons"] = (n.totals.get("failure_reasons", []) if n.totals
                                 else _failure_reasons(db, m, n.id, stats))

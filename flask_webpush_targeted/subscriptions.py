@@ -18,6 +18,8 @@ from flask import current_app
 
 from . import signals
 from .exceptions import BadRequestError, ConsentRequired, SubscriptionNotFound
+from .i18n import gettext
+from .languages import MAX_LANGUAGE, is_language, normalized
 from .limits import MAX_ROW_ID
 from .local_time import ZONE_NAME, is_zone
 from .models import Models, SubscriptionRow, endpoint_hash, utcnow
@@ -48,6 +50,11 @@ class SubscribeRequest:
     timezone: str | None = None
     #: the categories chosen in the widget ({} when none were offered)
     categories: Mapping[str, object] | None = None
+    #: the browser's language (``navigator.language``), normalized; None when it sent none
+    language: str | None = None
+    #: the language of the consent text the customer was shown (a WEBPUSH_CONSENT_TEXT
+    #: key); None when the client did not say
+    consent_language: str | None = None
 
 
 def parse_subscription(data: object, extra_origins: Iterable[str]) -> SubscriptionInfo:
@@ -69,13 +76,17 @@ def parse_subscription(data: object, extra_origins: Iterable[str]) -> Subscripti
 
 
 def parse_subscribe_request(
-    body: object, consent_version: str, extra_origins: Iterable[str]
+    body: object, consent_version: str, extra_origins: Iterable[str],
+    consent_languages: Iterable[str] | None = None,
 ) -> SubscribeRequest:
-    """Validate the whole subscribe body: shape (400), consent (403), then endpoint (422)."""
+    """Validate the whole subscribe body: shape (400), consent (403), then endpoint (422).
+
+    ``consent_languages`` are the languages of WEBPUSH_CONSENT_TEXT: ``consent.language``
+    must name one of them (None: any language tag)."""
     if not isinstance(body, Mapping):
         raise BadRequestError("The body must be a JSON object.")
     unknown = set(body) - {"subscription", "consent", "device_label", "user_id", "timezone",
-                           "categories"}
+                           "categories", "language"}
     if unknown:
         raise BadRequestError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
     consent = body.get("consent")
@@ -94,6 +105,7 @@ def parse_subscribe_request(
             raise BadRequestError(f"consent.{key} must be true or false.")
     if "text_version" in consent and not isinstance(consent["text_version"], str):
         raise BadRequestError("consent.text_version must be a string.")
+    shown = parse_consent_language(consent.get("language"), consent_languages)
     if consent.get("notifications") is not True or consent.get("link_to_account") is not True:
         raise ConsentRequired("Both consents are required: to notifications and to linking "
                               "this browser to your account.")
@@ -104,9 +116,40 @@ def parse_subscribe_request(
     if categories is not None and not isinstance(categories, Mapping):
         raise BadRequestError("'categories' must be an object of category -> true/false.")
     zone_name = parse_timezone(body.get("timezone"))
+    language = parse_language(body.get("language"))
     info = parse_subscription(body["subscription"], extra_origins)
     return SubscribeRequest(info, consent_version, clean_text(label, 200), zone_name,
-                            categories)
+                            categories, language, shown)
+
+
+def parse_language(value: object) -> str | None:
+    """The ``language`` a browser sent (``navigator.language``, BCP 47), normalized
+    ("pl-pl" -> "pl-PL"); None when absent; anything else shaped otherwise: 400."""
+    if value is None:
+        return None
+    if not is_language(value):
+        raise BadRequestError("'language' must be a BCP 47 language tag such as 'pl' or "
+                              "'en-GB' (navigator.language), at most "
+                              f"{MAX_LANGUAGE} characters.")
+    return normalized(str(value))
+
+
+def parse_consent_language(value: object, available: Iterable[str] | None) -> str | None:
+    """``consent.language``: the WEBPUSH_CONSENT_TEXT language the customer was shown, as
+    that setting spells it; None when absent; a tag of no text there: 400."""
+    if value is None:
+        return None
+    if not is_language(value):
+        raise BadRequestError("consent.language must be a language tag such as 'pl'.")
+    tag = normalized(str(value))
+    if available is None:
+        return tag
+    keys = list(available)
+    for key in keys:
+        if key.lower() == tag.lower():
+            return key
+    raise BadRequestError(f"consent.language must be the language of a consent text shown: "
+                          f"one of {', '.join(keys)}.")
 
 
 def parse_timezone(value: object) -> str | None:
@@ -134,12 +177,12 @@ class SubscriptionStore:
 
     def _ledger(self, user_id: str, action: str, *, subscription_id: int | None = None,
                 reason: str | None = None, text_version: str | None = None,
-                user_agent: str | None = None) -> None:
+                user_agent: str | None = None, language: str | None = None) -> None:
         granted = action == "granted"
         self.db.session.add(self.m.Consent(
             user_id=user_id, subscription_id=subscription_id, action=action, reason=reason,
             notifications=granted, link_to_account=granted, text_version=text_version,
-            user_agent=clean_text(user_agent, 512),
+            user_agent=clean_text(user_agent, 512), language=language,
         ))
 
     def subscribe(self, user_id: str, req: SubscribeRequest,
@@ -188,9 +231,11 @@ class SubscriptionStore:
         sub.consecutive_failures = 0
         if req.timezone is not None:
             sub.timezone = req.timezone
+        if req.language is not None:
+            sub.language = req.language
         self.db.session.flush()
         self._ledger(user_id, "granted", subscription_id=sub.id, text_version=req.text_version,
-                     user_agent=user_agent)
+                     user_agent=user_agent, language=req.consent_language)
         self.db.session.commit()
         if moved_from is not None:
             signals.subscription_moved.send(app, subscription=sub, from_user_id=moved_from,
@@ -309,9 +354,13 @@ def label_from_user_agent(user_agent: str | None) -> str | None:
         ("Edg/", "Edge"), ("OPR/", "Opera"), ("SamsungBrowser", "Samsung Internet"),
         ("Firefox/", "Firefox"), ("Chrome/", "Chrome"), ("Chromium/", "Chromium"),
         ("Safari/", "Safari"),
-    ) if token in ua), "Browser")
+    ) if token in ua), None)
     system = next((name for token, name in (
         ("Android", "Android"), ("iPhone", "iPhone"), ("iPad", "iPad"), ("Windows", "Windows"),
         ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"),
     ) if token in ua), None)
-    return f"{browser} on {system}" if system else browser
+    # Stored as the label: in the language of the page the customer opted in on.
+    if browser is None:
+        return gettext("Browser on %(system)s", system=system) if system else gettext("Browser")
+    return gettext("%(browser)s on %(system)s", browser=browser, system=system) if system \
+        else browser

@@ -22,7 +22,8 @@ each process of ``--processes N`` likewise)
     key already loaded and the subject checked, the TLS context with its CA certificates
     read, and the guard's and sender's settings. Their caches are inherited too, but the
     worker itself sends nothing and nothing is signed ahead, so they are empty: each horse
-    signs its header per push service (one ECDSA signature), resolves hosts again, and
+    signs its header per push service (one ECDSA signature; the same header as the other
+    horses', ``VapidHeaders``), resolves hosts again, and
     opens its own connections on an event loop of its own (never the worker's sockets or
     loop, which it leaves untouched); what a horse learns ends with it.
 
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from .clock import monotonic
+from .config import extra_push_service_kinds
 from .context import app_state
 from .transport.guard import EndpointGuard
 from .transport.sender import PushSender
@@ -82,6 +84,7 @@ def build_sending_state(app: Flask) -> SendingState:
         per_origin=config["WEBPUSH_PER_ORIGIN_CONCURRENCY"],
         max_retry_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
         clock=monotonic,
+        service_kinds=extra_push_service_kinds(config),
     )
     return SendingState(vapid, guard, sender)
 

@@ -42,6 +42,8 @@ def make_host_app(db_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, WebPus
         SECRET_KEY="test-secret", TESTING=True, SQLALCHEMY_DATABASE_URI=db_url,
         WEBPUSH_VAPID_PRIVATE_KEY=VAPID_PRIVATE, WEBPUSH_VAPID_PUBLIC_KEY=VAPID_PUBLIC,
         WEBPUSH_VAPID_SUBJECT="mailto:ops@shop.example", WEBPUSH_REDIS_URL=REDIS_URL,
+        # The default, declarative, format makes absolute URLs of the site's origin.
+        WEBPUSH_SITE_URL="https://shop.example",
     )
     app.config.update(config)
     db = SQLAlchemy(model_class=Base)

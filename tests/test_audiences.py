@@ -196,8 +196,8 @@ def test_one_notification_to_an_uploaded_audience_fills_each_members_vars(
     host.run_worker(timeout=120)
     for i in range(120):
         [push] = push_service.received_for(subs[str(i)].endpoint)
-        assert push.json()["title"] == f"Flight LO123: gate {i % 9 + 1}"
-        assert push.json()["body"] == f"Seat {i + 1}A"
+        assert push.notification()["title"] == f"Flight LO123: gate {i % 9 + 1}"
+        assert push.notification()["body"] == f"Seat {i + 1}A"
     with host.app.app_context():
         figures = host.webpush.stats(accepted["id"])
         n = host.webpush.get_notification(accepted["id"])
@@ -218,8 +218,8 @@ def test_an_audience_without_vars_sends_texts_as_written(
         n = host.webpush.notify_users(audience=audience.id, title="50% {off}", devices="latest")
         assert n.target_count == 3
     host.run_worker()
-    assert [p.json()["title"] for s in (a, b) for p in push_service.received_for(s.endpoint)] == [
-        "50% {off}", "50% {off}"]
+    assert [p.notification()["title"] for s in (a, b)
+            for p in push_service.received_for(s.endpoint)] == ["50% {off}", "50% {off}"]
 
 
 def test_a_member_without_a_needed_var_is_refused_at_call_time_naming_it(

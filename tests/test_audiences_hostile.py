@@ -109,7 +109,7 @@ def test_pruning_an_old_notification_keeps_a_waiting_notifications_recipients_va
                                         title="Gate {gate}").id
         host.webpush.prune(timedelta(days=30))
     host.run_worker()
-    titles = [p.json()["title"] for p in push_service.received_for(sub.endpoint)]
+    titles = [p.notification()["title"] for p in push_service.received_for(sub.endpoint)]
     assert titles == ["Gate A1", "Gate B7"], (old, new, host.notification(old).audience_id,
                                               host.notification(new).audience_id)
 
@@ -144,7 +144,7 @@ def test_forget_user_before_the_fan_out_leaves_nothing_of_a_recipient_or_member(
             n = host.webpush.get_notification(nid)
             assert '"1"' not in json.dumps([n.targeting, n.users_without_devices])
             assert host.webpush.stats(nid)["sent"] == 1
-    assert [p.json()["title"] for p in push_service.received_for(two.endpoint)] == [
+    assert [p.notification()["title"] for p in push_service.received_for(two.endpoint)] == [
         "Seat 2B", "Seat 2B"]
     assert {d.user_id for nid in (by_audience, by_recipients) for d in host.deliveries(nid)} == {
         "2"}

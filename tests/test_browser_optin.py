@@ -20,7 +20,7 @@ def test_customer_opts_in_in_firefox_and_the_subscription_is_stored_for_them(
 ) -> None:
     firefox_log_in(firefox, live_shop, "alice@example.com", "alice-pass")
     page = firefox.client
-    assert live_shop.app.config["WEBPUSH_CONSENT_TEXT"] in page.find_element(
+    assert live_shop.app.config["WEBPUSH_CONSENT_TEXT"]["en"] in page.find_element(
         By.CSS_SELECTOR, "[data-webpush-consent-text]").text
     assert widget_state(firefox, "off")["state"] == "off"
 

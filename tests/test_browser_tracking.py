@@ -87,7 +87,7 @@ def test_chromium_service_worker_shows_a_devtools_push_and_reports_displayed(
         nid = webpush.notify_user(carol, title="Gate change", body="Now gate 14.", url="/").id
     run_jobs(live_shop)
     [delivery] = [d for d in _deliveries(live_shop, nid)]
-    payload = [r for r in push_service.received if r.payload and r.json().get("title")
+    payload = [r for r in push_service.received if r.payload and r.notification().get("title")
                == "Gate change"][-1].payload.decode()
 
     chromium.grant_permissions(["notifications"], origin=live_shop.url)

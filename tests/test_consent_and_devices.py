@@ -301,7 +301,7 @@ def test_widget_renders_consent_text_version_token_key_checkboxes_and_disabled_b
 def test_widget_in_the_conftest_host_shows_the_default_consent_text(
         app: Flask, client: LoggedInClient) -> None:
     html = client.http.get("/widget").get_data(as_text=True)
-    assert app.config["WEBPUSH_CONSENT_TEXT"] in html
+    assert app.config["WEBPUSH_CONSENT_TEXT"]["en"] in html  # the English of the default
     assert f'data-csrf-token="{client.csrf}"' in html
 
 

@@ -241,7 +241,7 @@ def test_send_answers_202_with_status_url_and_users_without_devices_then_a_worke
     assert body["status_url"].endswith(f"{NOTIFICATIONS}/{body['id']}")
     api.host.run_worker()
     [push] = api.host.push_service.received_for(phone.endpoint)
-    payload = push.json()
+    payload = push.notification()
     assert (payload["title"], payload["body"], payload["url"]) == (
         "Flight LO123 boards at gate 12", "Boarding closes 10:40.", "/trips/42")
     assert payload["data"] == {"trip": 42} and payload["token"]
@@ -609,4 +609,4 @@ def test_the_crm_job_of_docs_api_md_runs_against_a_live_server(
     assert api.count("Notification") == 1
     api.host.run_worker()
     [push] = api.host.push_service.received_for(sub.endpoint)
-    assert push.json()["title"] == "LO123 now boards at gate 12" and push.urgency == "high"
+    assert push.notification()["title"] == "LO123 now boards at gate 12" and push.urgency == "high"

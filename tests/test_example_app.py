@@ -95,7 +95,7 @@ def test_account_page_needs_login_and_shows_the_optin_widget(shop: Flask) -> Non
     log_in(client, "alice@example.com", "alice-pass")
     html = client.get("/account").get_data(as_text=True)
     assert "data-webpush-optin" in html
-    assert shop.config["WEBPUSH_CONSENT_TEXT"] in html
+    assert shop.config["WEBPUSH_CONSENT_TEXT"]["en"] in html
     assert f'data-vapid-key="{VAPID_PUBLIC}"' in html
 
 

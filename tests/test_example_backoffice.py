@@ -489,7 +489,7 @@ def test_back_office_send_reaches_the_push_service(make_shop: Callable[..., Flas
     make_worker(shop, simple=True).work(burst=True)
 
     [push] = push_service.wait_for(1, endpoint_or_id=subscription, timeout=10)
-    message = push.json()
+    message = push.notification()
     assert (message["title"], message["body"], message["url"]) == (title, body, "/products/3")
     assert message["token"]
     assert push.urgency == "high" and 0 < push.ttl <= 3600
@@ -683,7 +683,7 @@ def test_customers_who_turned_the_category_off_are_named_and_not_sent_to(
     make_worker(shop, simple=True).work(burst=True)
 
     [push] = push_service.wait_for(1, endpoint_or_id=endpoints["bob@example.com"], timeout=10)
-    assert push.json()["title"] == "New in the shop"
+    assert push.notification()["title"] == "New in the shop"
     assert push_service.received_for(endpoints["alice@example.com"]["endpoint"]) == []
     html = admin.get(page).get_data(as_text=True)
     assert stat(html, "opted_out") == 1 and stat(html, "sent") == 1

@@ -67,6 +67,18 @@ def text_or_wrong() -> st.SearchStrategy[Any]:
     return st.one_of(nasty_text(), wrong_types())
 
 
+def texts_by_language() -> st.SearchStrategy[Any]:
+    """A text in several languages: good and bad tags, good and bad texts."""
+    tags = st.one_of(st.sampled_from(["en", "pl", "pl-PL", "EN", "zh-Hant-TW", "x" * 36, ""]),
+                     nasty_text(), wrong_types())
+    return st.dictionaries(tags, st.one_of(st.just("Cześć"), text_or_wrong()), max_size=4)
+
+
+def titles() -> st.SearchStrategy[Any]:
+    return st.one_of(st.just("Sale"), text_or_wrong(), texts_by_language(),
+                     st.just({"en": "Sale", "pl": "Wyprzedaż"}))
+
+
 def urls() -> st.SearchStrategy[Any]:
     return st.one_of(st.sampled_from(["/orders/7", "https://shop.example/p?x=1", "/i.png"]),
                      st.sampled_from(SPECIAL_TEXT), text_or_wrong())
@@ -79,12 +91,13 @@ def user_values() -> st.SearchStrategy[Any]:
 
 
 OPTIONS: dict[str, st.SearchStrategy[Any]] = {
-    "body": text_or_wrong(),
+    "body": st.one_of(text_or_wrong(), texts_by_language()),
     "url": urls(), "icon": urls(), "image": urls(), "badge": urls(),
     "tag": text_or_wrong(),
     "actions": st.one_of(
         st.lists(st.dictionaries(st.sampled_from(["action", "title", "icon", "x"]),
-                                 st.one_of(urls(), text_or_wrong()), max_size=4), max_size=3),
+                                 st.one_of(urls(), text_or_wrong(), texts_by_language()),
+                                 max_size=4), max_size=3),
         wrong_types()),
     "data": st.one_of(json_values(), wrong_types()),
     "ttl": st.one_of(huge_integers(), nasty_floats(), wrong_types(),
@@ -129,7 +142,7 @@ def counts(app: Flask, webpush: WebPush) -> tuple[int, int]:
 
 
 @given(users=st.one_of(st.lists(user_values(), max_size=4), wrong_types()),
-       title=st.one_of(st.just("Sale"), text_or_wrong()),
+       title=titles(),
        options=st.fixed_dictionaries({}, optional=OPTIONS))
 @fuzz_settings(4)
 def test_fuzz_notify_users_raises_only_webpush_errors(
@@ -150,7 +163,7 @@ def test_fuzz_notify_users_raises_only_webpush_errors(
         assert counts(app, webpush) == before  # a refused call stores nothing
 
 
-@given(user=user_values(), title=st.one_of(st.just("Sale"), text_or_wrong()),
+@given(user=user_values(), title=titles(),
        url=urls())
 @fuzz_settings()
 def test_fuzz_notify_user_raises_only_webpush_errors(

@@ -283,3 +283,21 @@ def test_json_nested_10000_deep_is_refused_by_every_json_route(make_app: Any, te
         response = post_raw(customer, url, text.encode())
         assert response.status_code == 400, (url, response.get_data(as_text=True)[:200])
         assert response.get_json()["error"] == "bad_request"
+
+
+# -- the click route ---------------------------------------------------------------------------
+
+
+@given(token=st.one_of(id_segment(), nasty_text().map(url_quoted)), action=query_value(),
+       valid_token=st.booleans())
+@fuzz_settings(2)
+def test_fuzz_click_route(site: dict[str, Any], token: str, action: str,
+                          valid_token: bool) -> None:
+    # Whatever the path and query, a person's click ends on the site: a redirect to one of
+    # its pages, never an error page and never another origin.
+    path = site["token"] if valid_token else token
+    response = site["app"].test_client().get(f"/webpush/c/{path}?action={action}")
+    check(response, json_route=False)
+    if response.status_code != 404:  # a path werkzeug cannot route (an empty one) is a 404
+        assert response.status_code == 302, response.status_code
+        assert response.headers["Location"].startswith("https://shop.example/")

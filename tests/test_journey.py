@@ -230,7 +230,7 @@ def opt_in(journey: Journey, device: Device) -> None:
     firefox_log_in(firefox, shop, *ALICE)
     page = firefox.client
     consent_text = page.find_element(By.CSS_SELECTOR, "[data-webpush-consent-text]").text
-    assert shop.app.config["WEBPUSH_CONSENT_TEXT"] in consent_text
+    assert shop.app.config["WEBPUSH_CONSENT_TEXT"]["en"] in consent_text
     assert widget_state(firefox, "off", "on")["state"] == "off"
     enable = page.find_element(By.CSS_SELECTOR, "[data-webpush-enable]")
     assert not enable.is_enabled(), "enable must wait for both consents"

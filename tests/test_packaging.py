@@ -11,11 +11,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "flask_webpush_targeted"
-DATA_FOLDERS = ("templates", "static")
+DATA_FOLDERS = ("templates", "static", "translations")
 
 
 def data_files_on_disk() -> set[str]:
-    """Every file under the package's template and static folders, as wheel paths."""
+    """Every file under the package's template, static and translation folders, as wheel
+    paths."""
     found = set()
     for folder in DATA_FOLDERS:
         for path in (ROOT / PACKAGE / folder).rglob("*"):
@@ -50,6 +51,8 @@ def test_wheel_holds_every_template_and_static_file_without_warnings(tmp_path: P
     assert {f"{PACKAGE}/templates/webpush/optin.html", f"{PACKAGE}/templates/webpush/sw.js",
             f"{PACKAGE}/static/webpush/webpush.js"} <= expected
     assert any(name.startswith(f"{PACKAGE}/templates/webpush/admin/") for name in expected)
+    # the compiled catalogs: an installed package speaks Polish without a build step
+    assert f"{PACKAGE}/translations/pl/LC_MESSAGES/messages.mo" in expected
     missing = sorted(expected - names)
     assert not missing, f"the wheel lacks {missing}"
     assert f"{PACKAGE}/py.typed" in names

@@ -5,10 +5,11 @@ hours, throttled or not), customers changing their choice of category, cancel (b
 jobs and in the middle of a batch), jobs run,
 workers killed mid-batch, time passing in the middle of a batch, jobs run while Redis is
 down or with receivers that raise, recover, scripted
-push-service faults per subscription (429 with any Retry-After, 5xx, 404/410, timeouts)
-and time passing. Time is a ManualClock;
+push-service faults per subscription (429 with any Retry-After, WNS's 406, 5xx, 404/410,
+timeouts) and time passing. Time is a ManualClock;
 jobs run in this process (pipeline_driver) on the real Redis, on SQLite and PostgreSQL,
-against the local push service, which decrypts what it receives.
+against the local push service, which decrypts what it receives. It poses as WNS, and
+WEBPUSH_EXTRA_PUSH_SERVICE_KINDS says so: its 406 is a throttle, retried as a 429 is.
 
 A worker killed mid-batch is emulated: an exception no code catches (a BaseException)
 raised when a flush of answers is about to be written, so the answers in that flush are
@@ -28,7 +29,12 @@ Invariants, after every step:
   hours, in the device's time zone;
 - no user gets more notifications of the capped category than its cap in any period;
 - a throttled notification's messages each wait for a slot of its budget, and the slots
-  are at least 60 / rate seconds apart.
+  are at least 60 / rate seconds apart;
+- a notification written in English and Polish reaches each device in its own language
+  (pl-PL and pl: Polish; en-GB, de-DE and none: English), and its ``languages`` figure
+  counts exactly its sent deliveries by language (one text for everyone: empty);
+- a click through the click route (once or twice, any received notification) lands on
+  the notification's URL and counts once: clicked equals the rows clicked.
 At the end, time runs on (recover every minute, jobs as they come due) for the longest
 validity plus 2 x WEBPUSH_CLAIM_TIMEOUT plus WEBPUSH_RETRY_MAX_DELAY: by then every
 delivery is final and every notification done or cancelled.
@@ -41,11 +47,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from conftest import SendingHost
 from hypothesis import HealthCheck, settings
@@ -64,6 +73,8 @@ from flask_webpush_targeted import delivery
 from flask_webpush_targeted.clock import ManualClock, use_clock
 from flask_webpush_targeted.local_time import in_window, parse_window
 from flask_webpush_targeted.payload import default_tag
+from flask_webpush_targeted.testing import LocalPushService
+from flask_webpush_targeted.tracking import read_token
 
 FINAL = ("sent", "failed", "gone", "expired", "skipped")
 CONCURRENCY = 4
@@ -74,6 +85,11 @@ USERS = ["1", "2", "3"]
 #: two devices on UTC, whose quiet hours start half a minute after the run starts, three on
 #: Tokyo's time (the same window is at midday UTC there: never reached)
 ZONES = ["UTC", "Asia/Tokyo", "Europe/London", "Asia/Tokyo", "Asia/Tokyo"]
+#: what each device's browser said of its language (None: nothing)
+LANGUAGES = ["pl-PL", "en-GB", None, "pl", "de-DE"]
+#: a notification's texts in two languages, and the one each device language gets
+TEXTS = {"en": "Sale", "pl": "Wyprzedaż"}
+EXPECTED_LANGUAGE = {"pl-PL": "pl", "pl": "pl", "en-GB": "en", "de-DE": "en", None: "en"}
 START = datetime(2026, 12, 1, 20, 59, 30, tzinfo=UTC)
 QUIET = ("21:00", "21:20")
 CAP = (1, timedelta(minutes=30))
@@ -111,9 +127,18 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 WEBPUSH_BATCH_SIZE=3, WEBPUSH_MAX_ATTEMPTS=3, WEBPUSH_RETRY_BASE_DELAY=5,
                 WEBPUSH_RETRY_MAX_DELAY=RETRY_MAX, WEBPUSH_CLAIM_TIMEOUT=CLAIM_TIMEOUT,
                 WEBPUSH_READ_TIMEOUT=READ_TIMEOUT, WEBPUSH_CONNECT_TIMEOUT=1,
-                WEBPUSH_CATEGORIES=CATEGORIES, WEBPUSH_QUIET_HOURS=QUIET)
+                WEBPUSH_CATEGORIES=CATEGORIES, WEBPUSH_QUIET_HOURS=QUIET,
+                WEBPUSH_EXTRA_PUSH_SERVICE_KINDS={push_service.origin: "wns"})
             self.queue = InProcessQueue(self.host.app, self.clock)
             self.subs = [self.host.subscribe(USERS[i % 3], timezone=ZONES[i]) for i in range(5)]
+            S = self.host.webpush.models.Subscription
+            with self.host.app.app_context():
+                for sub, language in zip(self.subs, LANGUAGES, strict=True):
+                    self.host.db.session.execute(
+                        sa.update(S).where(S.id == sub.id).values(language=language))
+                self.host.db.session.commit()
+            self.language_of = {s.id: LANGUAGES[i] for i, s in enumerate(self.subs)}
+            self.multilingual: set[int] = set()
             self.zone_of = {s.id: ZoneInfo(ZONES[i]) for i, s in enumerate(self.subs)}
             self.offers_on = {user: True for user in USERS}
             self.seen_sent: set[tuple[int, int]] = set()
@@ -150,7 +175,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 sub = self.by_endpoint.get(push.endpoint)
                 if sub is None or not push.ok or push.payload is None:
                     continue
-                nid = tags.get(push.json().get("tag"))
+                nid = tags.get(push.notification().get("tag"))
                 if nid is not None:
                     seen[(nid, sub.id)] += 1
             return seen
@@ -237,6 +262,44 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                     "{Flight} LO1 gate " + person["vars"]["gate"])
             self.max_ttl = max(self.max_ttl, 300 + 25 * 60)
 
+        @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
+              category=st.sampled_from(["orders", "offers"]))
+        def notify_in_languages(self, users: list[str], category: str) -> None:
+            """A title in English and Polish: each device gets its own language's."""
+            with self.host.app.app_context():
+                nid = int(self.host.webpush.notify_users(users, title=TEXTS, ttl=300,
+                                                         url="/sale", category=category).id)
+            self.notifications.append(nid)
+            self.multilingual.add(nid)
+            self.category_of[nid] = category
+            if category == "offers":
+                self.quiet_kept.add(nid)
+            self.max_ttl = max(self.max_ttl, 300 + 25 * 60)
+
+        @precondition(lambda self: self.notifications)
+        @rule(pick=st.integers(0, 1000), twice=st.booleans())
+        def click_through_the_route(self, pick: int, twice: bool) -> None:
+            """A customer clicks a received notification (its navigate URL, the click
+            route), once or twice: it lands on the notification's URL, counted once."""
+            pushes = [p for p in push_service.received if p.ok and p.payload is not None
+                      and p.endpoint in self.by_endpoint]
+            if not pushes:
+                return
+            # An index, not sampled_from(pushes): what was received is not the strategy's.
+            message = pushes[pick % len(pushes)].notification()
+            path = urlsplit(message["navigate"]).path
+            http = self.host.app.test_client()
+            for _ in range(2 if twice else 1):
+                answer = http.get(path)
+                assert answer.status_code == 302, answer.status_code
+                assert answer.headers["Location"] == "https://shop.example" + message["url"]
+            D = self.host.webpush.models.Delivery
+            with self.host.app.app_context():
+                clicked = self.host.db.session.scalar(
+                    sa.select(D.clicked_at).where(D.id == read_token(message["token"])))
+                self.host.db.session.commit()
+            assert clicked is not None, message
+
         @rule(user=st.sampled_from(USERS), on=st.booleans())
         def choose_offers(self, user: str, on: bool) -> None:
             with self.host.app.app_context():
@@ -253,8 +316,8 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 self.cancelled_at[nid] = (self._received_of(nid), 0)
 
         @rule(index=st.integers(0, 4),
-              fault=st.sampled_from(["429", "429-huge", "500", "503", "404", "410",
-                                     "timeout", "clear"]),
+              fault=st.sampled_from(["429", "429-huge", "406-wns", "500", "503", "404",
+                                     "410", "timeout", "clear"]),
               retry_after=st.sampled_from([0, 1, 7, 45]))
         def push_service_fault(self, index: int, fault: str, retry_after: int) -> None:
             sub = self.subs[index]
@@ -262,6 +325,8 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             self.timing_out.discard(sub.id)
             if fault == "429":
                 push_service.respond(sub.endpoint, 429, retry_after=retry_after, times=2)
+            elif fault == "406-wns":  # WNS throttling: retried with backoff, never final
+                push_service.throttle(sub.endpoint, times=2)
             elif fault == "429-huge":
                 push_service.respond(sub.endpoint, 429, retry_after=99999999999, times=1)
             elif fault in ("500", "503"):
@@ -436,11 +501,51 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                 sub = self.by_endpoint.get(push.endpoint)
                 if sub is None or not push.ok or push.payload is None:
                     continue
-                payload = push.json()
+                payload = push.notification()
                 nid = tags.get(payload.get("tag"))
                 if nid is not None and (nid, sub.user_id) in self.title_for:
                     assert payload["title"] == self.title_for[(nid, sub.user_id)], (
                         nid, sub.user_id, payload["title"])
+
+        @invariant()
+        def each_device_gets_its_own_language(self) -> None:
+            tags = {default_tag(nid): nid for nid in self.multilingual}
+            for push in push_service.received:
+                sub = self.by_endpoint.get(push.endpoint)
+                if sub is None or not push.ok or push.payload is None:
+                    continue
+                message = push.notification()
+                if message.get("tag") in tags:
+                    wanted = EXPECTED_LANGUAGE[self.language_of[sub.id]]
+                    assert (message["title"], message["lang"]) == (TEXTS[wanted], wanted), (
+                        sub.id, message)
+
+        @invariant()
+        def languages_count_what_was_sent(self) -> None:
+            D = self.host.webpush.models.Delivery
+            with self.host.app.app_context():
+                for nid in self.notifications:
+                    sent = Counter(self.host.db.session.scalars(sa.select(D.language).where(
+                        D.notification_id == nid, D.status == "sent")))
+                    languages = self.host.webpush.stats(nid)["languages"]
+                    if nid in self.multilingual:
+                        assert languages == {k: v for k, v in sent.items() if k}, (nid, sent)
+                        assert None not in sent, (nid, sent)
+                    else:
+                        assert languages == {} and set(sent) <= {None}, (nid, languages)
+                self.host.db.session.commit()
+
+        @invariant()
+        def a_click_counts_once(self) -> None:
+            D = self.host.webpush.models.Delivery
+            with self.host.app.app_context():
+                for nid in self.notifications:
+                    clicked = self.host.db.session.scalar(sa.select(sa.func.count()).where(
+                        D.notification_id == nid, D.clicked_at.is_not(None)))
+                    stats = self.host.webpush.stats(nid)
+                    assert stats["clicked"] == clicked, (nid, stats["clicked"], clicked)
+                    assert stats["displayed"] >= clicked, (nid, stats)
+                self.host.db.session.commit()
 
         @invariant()
         def counters_equal_rows(self) -> None:
@@ -555,9 +660,16 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
     return Pipeline
 
 
+@pytest.fixture
+def wns_push_service() -> Iterator[LocalPushService]:
+    """A local push service of this test's own, posing as WNS (406 when it throttles)."""
+    with LocalPushService(pose_as="wns") as service:
+        yield service
+
+
 def test_the_delivery_pipeline_keeps_its_invariants_under_faults(
-        db_url: str, push_service: Any, redis_conn: Any) -> None:
-    machine = make_machine(db_url, push_service)
+        db_url: str, wns_push_service: LocalPushService, redis_conn: Any) -> None:
+    machine = make_machine(db_url, wns_push_service)
 
     class Ended(machine):  # type: ignore[valid-type, misc]
         def teardown(self) -> None:

@@ -231,7 +231,7 @@ def test_forget_user_leaves_neither_their_id_nor_their_label_in_any_table(
     to_all = notify([FORGOTTEN, "2", "3"])
     later = notify(["2", FORGOTTEN], send_at=datetime.now(UTC) + timedelta(hours=1))
     run_worker()
-    token = host.push_service.received_for(endpoint)[0].json()["token"]
+    token = host.push_service.received_for(endpoint)[0].notification()["token"]
     address = "10.{}.{}.{}".format(*(random.randint(1, 254) for _ in range(3)))
     assert host.app.test_client().post(
         "/webpush/events", json={"token": token, "event": "clicked", "action": "open"},

@@ -138,14 +138,14 @@ def test_readme_steps_followed_literally_give_a_working_app(tmp_path: Path) -> N
     # ... then edited as the README's block shows: its subject, Redis, base template
     wanted = dict(re.findall(r'^(WEBPUSH_\w+) = "([^"]*)"', config_code, re.M))
     assert set(wanted) == {"WEBPUSH_VAPID_PRIVATE_KEY", "WEBPUSH_VAPID_PUBLIC_KEY",
-                           "WEBPUSH_VAPID_SUBJECT", "WEBPUSH_REDIS_URL",
+                           "WEBPUSH_VAPID_SUBJECT", "WEBPUSH_SITE_URL", "WEBPUSH_REDIS_URL",
                            "WEBPUSH_BASE_TEMPLATE"}
     printed = dict(re.findall(r'^(WEBPUSH_\w+) = "([^"]*)"', result.stdout, re.M))
     assert set(printed) == {"WEBPUSH_VAPID_PRIVATE_KEY", "WEBPUSH_VAPID_PUBLIC_KEY",
-                            "WEBPUSH_VAPID_SUBJECT"}
-    text = re.sub(r'^WEBPUSH_VAPID_SUBJECT = .*$',
-                  f'WEBPUSH_VAPID_SUBJECT = "{wanted["WEBPUSH_VAPID_SUBJECT"]}"',
-                  result.stdout, flags=re.M)
+                            "WEBPUSH_VAPID_SUBJECT", "WEBPUSH_SITE_URL"}
+    text = result.stdout
+    for name in ("WEBPUSH_VAPID_SUBJECT", "WEBPUSH_SITE_URL"):  # the lines the README edits
+        text = re.sub(rf'^{name} = .*$', f'{name} = "{wanted[name]}"', text, flags=re.M)
     # the README's Redis URL names database 0; the test uses its own database
     text += f'WEBPUSH_REDIS_URL = "{REDIS_URL}"\n'
     text += f'WEBPUSH_BASE_TEMPLATE = "{wanted["WEBPUSH_BASE_TEMPLATE"]}"\n'

@@ -36,7 +36,7 @@ def test_three_hundred_passengers_each_get_their_own_gate_and_seat(
     host.run_worker(timeout=120)
     for i in range(300):
         [push] = push_service.received_for(subs[str(i)].endpoint)
-        payload = push.json()
+        payload = push.notification()
         assert payload["title"] == f"Flight LO123 boards at gate {i % 40 + 1}"
         assert payload["body"] == f"Seat {i % 30 + 1}C"
         assert payload["url"] == f"/trips/LO123?seat={i % 30 + 1}C"
@@ -57,9 +57,9 @@ def test_a_recipients_own_var_wins_over_the_notifications(
             recipients=[{"user": "late", "vars": {"gate": "B7"}}, {"user": "usual"}],
             title=FLIGHT, vars={"flight": "LO123", "gate": "A1"})
     host.run_worker()
-    assert push_service.received_for(late.endpoint)[0].json()["title"] == (
+    assert push_service.received_for(late.endpoint)[0].notification()["title"] == (
         "Flight LO123 boards at gate B7")
-    assert push_service.received_for(usual.endpoint)[0].json()["title"] == (
+    assert push_service.received_for(usual.endpoint)[0].notification()["title"] == (
         "Flight LO123 boards at gate A1")
 
 
@@ -71,7 +71,7 @@ def test_action_titles_are_filled_and_braces_escape(make_host: Any, push_service
             recipients=[{"user": "7", "vars": {"seat": "14C", "name": "{Ann}"}}],
             title="{{Hi}} {name}", actions=[{"action": "seat", "title": "Seat {seat}"}])
     host.run_worker()
-    payload = push_service.received_for(sub.endpoint)[0].json()
+    payload = push_service.received_for(sub.endpoint)[0].notification()
     # A value is never parsed again: "{Ann}" stays as the CRM wrote it.
     assert payload["title"] == "{Hi} {Ann}"
     assert payload["actions"] == [{"action": "seat", "title": "Seat 14C"}]
@@ -83,7 +83,8 @@ def test_without_vars_the_texts_are_sent_as_written(make_host: Any, push_service
     with host.app.app_context():
         host.webpush.notify_users(["7"], title="Use {CODE} at checkout")
     host.run_worker()
-    assert push_service.received_for(sub.endpoint)[0].json()["title"] == "Use {CODE} at checkout"
+    [push] = push_service.received_for(sub.endpoint)
+    assert push.notification()["title"] == "Use {CODE} at checkout"
 
 
 def test_a_missing_var_is_refused_at_call_time_naming_the_recipient(make_host: Any) -> None:
@@ -148,7 +149,8 @@ def test_a_url_value_cannot_lead_off_site(make_host: Any, push_service: Any) -> 
                                   title="t", url="/{p}")
     host.run_worker()
     # Percent-encoded in a URL: "//evil.example" (another site) can never come out.
-    assert push_service.received_for(sub.endpoint)[0].json()["url"] == "/%2Fevil.example%2Fx"
+    [push] = push_service.received_for(sub.endpoint)
+    assert push.notification()["url"] == "/%2Fevil.example%2Fx"
 
 
 def test_exactly_one_of_users_audience_and_recipients(make_host: Any) -> None:

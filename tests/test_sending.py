@@ -50,11 +50,12 @@ def test_notify_user_delivers_the_payload_decrypted_with_ttl_urgency_and_topic(
         nid = n.id
     sending.run_worker()
     [push] = sending.push_service.received_for(sub.endpoint)
-    payload = push.json()
+    payload = push.notification()
     assert payload["title"] == "Flight LO123 boards at gate 12"
     assert payload["body"] == "Boarding closes 10:40." and payload["url"] == "/trips/42"
+    # The declarative format (the default) makes the icon absolute: WebKit has no base URL.
     assert (payload["icon"], payload["image"], payload["badge"], payload["tag"]) == (
-        "/static/icon.png", "https://shop.example/img.png", "/b.png", "trip")
+        "https://shop.example/static/icon.png", "https://shop.example/img.png", "/b.png", "trip")
     assert payload["actions"] == [{"action": "open", "title": "Open"}]
     assert payload["data"] == {"trip": 42} and payload["require_interaction"] is True
     assert 3590 <= push.ttl <= 3600 and push.urgency == "high" and push.topic == "trip-42"
@@ -214,12 +215,13 @@ def test_a_user_id_that_cannot_be_stored_is_refused_before_anything_is_stored(
 
 
 def test_payload_limit_counts_the_tracking_token(sending: SendingHost) -> None:
-    from flask_webpush_targeted.payload import MAX_PLAINTEXT, encode_payload
+    from flask_webpush_targeted.payload import MAX_PLAINTEXT, message_format
     from flask_webpush_targeted.tracking import MAX_TOKEN_LENGTH
 
     sending.subscribe("1")
     base = {"title": "T", "body": "", "url": "/", "tag": "webpush-" + "9" * 20}
-    room = MAX_PLAINTEXT - len(encode_payload(base, "x" * MAX_TOKEN_LENGTH))
+    with sending.app.app_context():  # the format sent: declarative, the default
+        room = MAX_PLAINTEXT - len(message_format().encoder(base)("x" * MAX_TOKEN_LENGTH))
     # The body that fits exactly once the token is in, and one byte more that does not.
     with pytest.raises(PayloadTooLarge):
         notify(sending, ["1"], title="T", body="b" * (room + 1))
@@ -434,7 +436,7 @@ def test_send_command_notifies_users_from_options_and_a_file(
     sending.run_worker()
     for sub in subs:
         [push] = sending.push_service.received_for(sub.endpoint)
-        assert push.json()["title"] == "Shop closes early" and push.urgency == "high"
+        assert push.notification()["title"] == "Shop closes early" and push.urgency == "high"
     bad = runner.invoke(args=["webpush", "send", "--user", "1", "--title", "x",
                               "--url", "https://evil.example/"])
     assert bad.exit_code != 0 and "relative or on this site" in bad.output

@@ -298,7 +298,7 @@ def test_a_worker_killed_mid_batch_resends_only_what_was_in_flight(
         f"{len(twice)} duplicates ({sorted(twice)}); only the {concurrency} push(es) in "
         "flight at the kill may be sent again")
     for endpoint in subs:
-        tags = {p.json()["tag"] for p in push_service.received_for(endpoint)}
+        tags = {p.notification()["tag"] for p in push_service.received_for(endpoint)}
         assert tags == {default_tag(nid)}  # a duplicate replaces the shown one
     assert {d.status for d in host.deliveries(nid)} == {"sent"}
     assert status_of(host, nid) == "done"

@@ -97,7 +97,7 @@ def mix(db_url: str, push_service: Any, redis_conn: Any) -> Iterator[Mix]:
             [push] = [p for p in push_service.received_for(subs[user]) if p.ok]
             for event in events:
                 response = client.post("/webpush/events", environ_base={"REMOTE_ADDR": address},
-                                       json={"token": push.json()["token"], "event": event})
+                                       json={"token": push.notification()["token"], "event": event})
                 assert response.get_json() == {"counted": True}
         yield Mix(host, nid, expired_nid)
     finally:

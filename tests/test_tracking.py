@@ -67,7 +67,7 @@ def send_for_real(host: SendingHost, **kw: Any) -> Sent:
     [push] = host.push_service.received_for(sub.endpoint)
     [delivery] = host.deliveries(nid)
     assert delivery.status == "sent"
-    return Sent(host, nid, delivery.id, push.json()["token"])
+    return Sent(host, nid, delivery.id, push.notification()["token"])
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_events_count_under_the_platform_of_the_browsers_user_agent_never_its_la
         nid = int(sending.webpush.notify_user("1", title="Parcel ready").id)
     make_worker(sending.app, simple=True).work(burst=True)
     [push] = sending.push_service.received_for(endpoint)
-    sent = Sent(sending, nid, sending.deliveries(nid)[0].id, push.json()["token"])
+    sent = Sent(sending, nid, sending.deliveries(nid)[0].id, push.notification()["token"])
     for event in ("displayed", "clicked"):
         assert sent.post({"token": sent.token, "event": event}).get_json() == {"counted": True}
     with sending.app.app_context():

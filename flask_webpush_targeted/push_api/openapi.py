@@ -126,6 +126,12 @@ def _errors(*codes: str, **only: str) -> dict[str, Any]:
 
 _ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 _TIME = {"type": "string", "format": "date-time"}
+#: a text in several languages: language tag (BCP 47) -> text
+_TEXTS = {"type": "object", "minProperties": 1, "maxProperties": 50,
+          "description": "Texts by language tag (BCP 47: 'en', 'pl-PL'); each device gets "
+                         "its own language's, else the default language's.",
+          "additionalProperties": {"type": "string"},
+          "example": {"en": "Your parcel is on its way", "pl": "Twoja paczka jest w drodze"}}
 #: a time a client sends: RFC 3339 with an offset, before LATEST
 _TIME_IN = {**_TIME, "description": "RFC 3339 with an offset ('Z' or '+01:00'); a time "
             f"without one is refused (400), and so is one from {LATEST.year} on."}
@@ -187,8 +193,11 @@ SCHEMAS: dict[str, Any] = {
                           "properties": {"user_id": _USER_ID_ITEM,
                                          "vars": _nullable(_VARS)}},
             },
-            "title": {"type": "string", "minLength": 1, "pattern": "\\S"},
-            "body": _nullable({"type": "string"}),
+            "title": {"description": "The title: a text, or texts by language "
+                                     "(WEBPUSH_DEFAULT_LANGUAGE among them).",
+                      "anyOf": [{"type": "string", "minLength": 1, "pattern": "\\S"},
+                                _TEXTS]},
+            "body": _nullable({"anyOf": [{"type": "string"}, _TEXTS]}),
             "url": _nullable({**_URL, "minLength": 0,
                               "description": _URL_TEXT + " Empty or absent: '/'."}),
             "devices": _nullable({"anyOf": [
@@ -214,7 +223,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array", "maxItems": 2,
                 "items": {"type": "object", "additionalProperties": False,
                           "required": ["action", "title"], "properties": {
-                              "action": {"type": "string"}, "title": {"type": "string"},
+                              "action": {"type": "string"},
+                              "title": {"anyOf": [{"type": "string"}, _TEXTS]},
                               "icon": {"type": "string"}}},
             }),
             "data": {"description": f"Any JSON, nested at most {MAX_DEPTH} levels, handed to "
@@ -317,7 +327,8 @@ SCHEMAS: dict[str, Any] = {
     "Stats": {
         "type": "object", "additionalProperties": False,
         "description": "The funnel of docs/design.md; rates are null until their base is > 0. "
-                       "failure_reasons, by_platform and pruned come with one notification.",
+                       "failure_reasons, by_platform, languages and pruned come with one "
+                       "notification.",
         "required": [*_COUNTS, "display_rate", "click_rate", "click_through_rate",
                      "expected_finish_at"],
         "properties": {
@@ -335,6 +346,10 @@ SCHEMAS: dict[str, Any] = {
                                "while it is sending; null otherwise."},
             "failure_reasons": {"type": "array", "items": _ref("FailureReason")},
             "by_platform": {"type": "array", "items": _ref("PlatformFigures")},
+            "languages": {"type": "object", "additionalProperties": _COUNT,
+                          "description": "Deliveries sent per language, for a notification "
+                                         "written in several (else empty).",
+                          "example": {"en": 812, "pl": 390}},
             "pruned": {"type": "boolean"},
         },
     },

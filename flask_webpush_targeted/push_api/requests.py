@@ -33,7 +33,7 @@ _QUERY_INTEGER = re.compile(r"([0-9]+)(?:\.0*)?", re.ASCII)
 #: the body's options and their JSON types: NotificationOptions' fields the body takes
 OPTION_KINDS: dict[str, JsonKind] = {
     f.name: f.metadata["json"] for f in fields(NotificationOptions) if f.metadata["json"]}
-_TEXT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "string" and n != "title")
+_TEXT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "string")
 _BOOL_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "boolean")
 _INT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "integer")
 #: the body's fields that say who gets it: exactly one is given
@@ -140,10 +140,18 @@ def _actions(value: Any) -> list[dict[str, str]]:
     for index, item in enumerate(value):
         if (not isinstance(item, dict) or set(item) - {"action", "title", "icon"}
                 or not {"action", "title"} <= set(item)
-                or not all(isinstance(v, str) for v in item.values())):
+                or not all(isinstance(item[k], str) for k in item if k != "title")
+                or not _is_text(item["title"])):
             raise BadRequestError(f"actions[{index}] must be an object with the strings "
-                                  "'action' and 'title', and optionally 'icon'.")
+                                  "'action' and 'title' (or texts by language), and "
+                                  "optionally 'icon'.")
     return value
+
+
+def _is_text(value: Any) -> bool:
+    """A text, or an object of texts by language (their tags are sending.py's to check)."""
+    return isinstance(value, str) or (isinstance(value, dict) and all(
+        isinstance(v, str) for v in value.values()))
 
 
 def parse_notification(body: Any, max_users: int) -> NotifyRequest:
@@ -174,8 +182,11 @@ def parse_notification(body: Any, max_users: int) -> NotifyRequest:
             raise BadRequestError("audience_id must be an audience's id (a positive integer).")
     if "recipients" in body:
         recipients = _recipients(body["recipients"], max_users)
-    if not isinstance(body.get("title"), str):
-        raise BadRequestError("title is required and must be a string.")
+    if not _is_text(body.get("title")):
+        raise BadRequestError("title is required and must be a string, or an object of "
+                              "strings by language ({\"en\": ..., \"pl\": ...}).")
+    if body.get("body") is not None and not _is_text(body["body"]):
+        raise BadRequestError("body must be a string, or an object of strings by language.")
     # null means "not given": the library's default applies.
     given = {k: v for k, v in body.items() if v is not None and k not in TARGETS}
     options: dict[str, Any] = {"title": given.pop("title")}

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 if TYPE_CHECKING:
     from websockets.asyncio.server import Server, ServerConnection
 
-__all__ = ["Ack", "LocalPushService", "ReceivedPush", "Subscription"]
+__all__ = ["POSES", "Ack", "LocalPushService", "Pose", "ReceivedPush", "Subscription"]
 
 MAX_BODY = 4096  # RFC 8030 section 7.2: push services must accept at least 4096 bytes
 MAX_VAPID_LIFETIME = 24 * 3600  # RFC 8292 section 2: exp no more than 24 hours ahead
@@ -52,6 +52,31 @@ _READ_LIMIT = 1 << 20  # bodies beyond this are not even read
 URGENCIES = ("very-low", "low", "normal", "high")
 _TOPIC_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 ACK_DELIVERED, ACK_DECRYPTION_FAILED, ACK_NOT_DELIVERED = 100, 101, 102
+
+
+@dataclass(frozen=True)
+class Pose:
+    """What a real push service enforces, for ``LocalPushService(pose_as=...)``.
+
+    Written down here from the services' own behaviour, apart from the sender's table
+    (``transport/services.py``): a test then checks the table against the services.
+    """
+
+    #: a TTL above this is refused with 400; None: any TTL
+    max_ttl: int | None
+    #: what it answers when it throttles (``LocalPushService.throttle``)
+    throttle_status: int = 429
+    #: what it answers a VAPID JWT whose exp is more than 24 hours ahead
+    far_exp_status: int = 401
+
+
+#: The services ``pose_as`` takes.
+POSES: dict[str, Pose] = {
+    "fcm": Pose(max_ttl=2_419_200),  # 4 weeks
+    "mozilla": Pose(max_ttl=2_592_000),  # 30 days (autopush)
+    "apple": Pose(max_ttl=2_592_000, far_exp_status=403),  # refuses exp > a day with 403
+    "wns": Pose(max_ttl=None, throttle_status=406),  # 406 Not Acceptable: throttled
+}
 
 
 def b64url_encode(data: bytes) -> str:
@@ -92,6 +117,18 @@ class ReceivedPush:
         if self.payload is None:
             raise ValueError(f"push {self.message_id} has no decrypted payload")
         return json.loads(self.payload)
+
+    def notification(self) -> Any:
+        """The decrypted notification in one shape whichever WEBPUSH_PAYLOAD_FORMAT sent it:
+        the package's fields (title, body, url, token, actions, data...) at the top level.
+        A declarative message's own fields (navigate, lang, mutable) are kept beside them."""
+        message = self.json()
+        note = message.get("notification") if isinstance(message, dict) else None
+        if not isinstance(note, dict) or message.get("web_push") != 8030:
+            return message
+        data = note.get("data")
+        own: dict[str, Any] = data if isinstance(data, dict) else {}
+        return {**own, **{key: value for key, value in note.items() if key != "data"}}
 
 
 @dataclass
@@ -287,11 +324,20 @@ class LocalPushService:
         port: int = 0,
         websocket_port: int = 0,
         tls: ssl.SSLContext | None = None,
+        pose_as: str | None = None,
     ) -> None:
         """Ports 0 (the default) let the OS choose; fixed ones suit a demo's configuration.
 
         With ``tls`` (a server context, see ``tls_contexts()``) the push endpoints are https.
+        ``pose_as`` ("fcm", "mozilla", "apple" or "wns"; see ``POSES``) makes the service
+        enforce that real service's rules: a TTL above its cap is refused (400), Apple
+        refuses a VAPID JWT whose exp is more than a day ahead with 403, WNS throttles with
+        406 (``throttle()``). An app server learns what it stands for from
+        WEBPUSH_EXTRA_PUSH_SERVICE_KINDS.
         """
+        if pose_as is not None and pose_as not in POSES:
+            raise ValueError(f"pose_as must be one of {', '.join(POSES)} or None, not {pose_as!r}")
+        self.pose_as = pose_as
         self.decrypt = decrypt
         self._tls = tls
         self._ports = (port, websocket_port)
@@ -469,6 +515,14 @@ class LocalPushService:
                 _Fault(status, retry_after, times, delay)
             )
 
+    def throttle(self, endpoint_or_id: str | Mapping[str, Any], *, times: int | None = None,
+                 retry_after: float | str | None = None) -> None:
+        """Answer the next ``times`` requests (None: all) to a subscription as the posed
+        service throttles: 406 for WNS, 429 otherwise (``respond`` with that status)."""
+        pose = POSES.get(self.pose_as or "")
+        status = pose.throttle_status if pose is not None else HTTPStatus.TOO_MANY_REQUESTS
+        self.respond(endpoint_or_id, status, retry_after=retry_after, times=times)
+
     def clear_faults(self, endpoint_or_id: str | Mapping[str, Any] | None = None) -> None:
         """Forget injected answers for one subscription, or for all."""
         with self._lock:
@@ -590,7 +644,13 @@ class LocalPushService:
             return problem
         ttl_text = headers.get("ttl", "").strip()
         if not (ttl_text.isascii() and ttl_text.isdigit()):
-            return _error(HTTPStatus.BAD_REQUEST, "TTL header missing or not an integer >= 0")
+            required = " (WNS requires it)" if self.pose_as == "wns" else ""
+            return _error(HTTPStatus.BAD_REQUEST,
+                          f"TTL header missing or not an integer >= 0{required}")
+        pose = POSES.get(self.pose_as or "")
+        if pose is not None and pose.max_ttl is not None and int(ttl_text) > pose.max_ttl:
+            return _error(HTTPStatus.BAD_REQUEST,
+                          f"TTL {ttl_text} exceeds {self.pose_as}'s maximum of {pose.max_ttl}")
         urgency, topic = headers.get("urgency"), headers.get("topic")
         if urgency is not None and urgency not in URGENCIES:
             return _error(HTTPStatus.BAD_REQUEST, f"Urgency must be one of {', '.join(URGENCIES)}")
@@ -676,6 +736,9 @@ class LocalPushService:
         if not isinstance(exp, int) or exp <= now:
             return unauthorized("exp missing or in the past")
         if exp > now + MAX_VAPID_LIFETIME:
+            pose = POSES.get(self.pose_as or "")
+            if pose is not None and pose.far_exp_status != HTTPStatus.UNAUTHORIZED:
+                return _error(pose.far_exp_status, "VAPID: exp more than 24 hours ahead")
             return unauthorized("exp more than 24 hours ahead")
         sub_claim = claims.get("sub")
         if not isinstance(sub_claim, str) or not sub_claim.startswith(("mailto:", "https:")):

@@ -15,7 +15,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -25,6 +25,7 @@ from .encryption import encrypt
 from .guard import EndpointGuard
 from .http11 import Pool, ProtocolError
 from .origins import origin_of, origin_prefix
+from .services import DEFAULT_RULE, PushServiceRule, rule_for_origin
 from .text import clean_text
 from .vapid import VapidHeaders
 
@@ -91,13 +92,20 @@ class PushSender:
     not stall the others; that pause, and the retry time any Retry-After hints, are at most
     ``max_retry_delay`` seconds (WEBPUSH_RETRY_MAX_DELAY): a service cannot silence itself
     for the life of the process.
+
+    Each push service's rule (``services.py``) is applied here: a TTL beyond its cap is sent
+    as the cap, its throttling answer (WNS: 406) is a 429, its VAPID JWT lifetime is kept.
+    ``service_kinds`` (WEBPUSH_EXTRA_PUSH_SERVICE_KINDS, origins spelled by ``web_origin``)
+    names the service an extra origin stands for; any other origin is known by its host.
     """
 
     def __init__(self, vapid: VapidHeaders, guard: EndpointGuard, *,
                  timeout: tuple[float, float], concurrency: int, per_origin: int,
                  ssl_context: ssl.SSLContext | None = None, max_retry_delay: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 service_kinds: Mapping[str, str] | None = None) -> None:
         self.vapid = vapid
+        self.service_kinds = dict(service_kinds or {})
         self.guard = guard
         self.concurrency = concurrency
         self.max_retry_delay = max_retry_delay
@@ -112,8 +120,10 @@ class PushSender:
         self._pool: Pool | None = None
         self._owner = 0  # the pid of the process that made them
         self._inherited: list[tuple[asyncio.AbstractEventLoop, Pool | None]] = []
-        self._paused: dict[str, float] = {}
-        self._origins: dict[str, str] = {}  # origin_prefix -> origin_of
+        self._paused: dict[str, tuple[float, int]] = {}  # origin -> (until, the status)
+        # origin_prefix -> (origin_of, its service's rule): worked out once per origin, not
+        # per message (thousands a second)
+        self._origins: dict[str, tuple[str, PushServiceRule]] = {}
         self._headers: dict[tuple[str, int, str, str | None], dict[str, str]] = {}
 
     def send_many(self, messages: Iterable[Message],
@@ -209,8 +219,8 @@ class PushSender:
                 result = await self._send_one(pool, message)
             except Exception as exc:  # an encryption bug must not leave a batch claimed
                 log.exception("webpush: message %s could not be sent", message.key)
-                result = PushResult(Outcome.FAILED,
-                                    reason=f"error: {type(exc).__name__}: {exc}"[:255])
+                answered.append((message.key, PushResult(
+                    Outcome.FAILED, reason=f"error: {type(exc).__name__}: {exc}"[:255])))
             except BaseException as exc:  # a job's timeout (worker.py) or a cancel: no result
                 stopped.append(exc)
                 raise
@@ -259,26 +269,31 @@ class PushSender:
         if route.lookup_error:
             return PushResult(Outcome.RETRY, reason=route.lookup_error[:255])
         prefix = origin_prefix(message.endpoint)
-        origin = self._origins.get(prefix) if prefix else None
-        if origin is None:
+        known = self._origins.get(prefix) if prefix else None
+        if known is None:
             origin = origin_of(message.endpoint)
+            known = (origin, rule_for_origin(origin, self.service_kinds))
             if prefix and len(self._origins) < 10_000:
-                self._origins[prefix] = origin
-        paused = self._paused.get(origin, 0.0) - self._clock()
+                self._origins[prefix] = known
+        origin, rule = known
+        until, status = self._paused.get(origin, (0.0, 429))
+        paused = until - self._clock()
         if paused > 0:
-            return PushResult(Outcome.RETRY, 429, "push service asked to slow down", paused,
+            return PushResult(Outcome.RETRY, status, "push service asked to slow down", paused,
                               requested=False)
         body = encrypt(message.payload, message.p256dh, message.auth)
-        authorization = self.vapid.header(origin)
+        authorization = self.vapid.header(origin, rule=rule)
+        # Only the header is capped: the delivery's validity (its expiry) stays the stored one.
+        ttl = rule.ttl_header(message.ttl)
         # One dict for all the messages of a batch: the pool encodes it once.
-        shape = (authorization, message.ttl, message.urgency, message.topic)
+        shape = (authorization, ttl, message.urgency, message.topic)
         headers = self._headers.get(shape)
         if headers is None:
             headers = {
                 "Authorization": authorization,
                 "Content-Encoding": "aes128gcm",
                 "Content-Type": "application/octet-stream",
-                "TTL": str(message.ttl),
+                "TTL": str(ttl),
                 "Urgency": message.urgency,
             }
             if message.topic:
@@ -298,9 +313,9 @@ class PushSender:
         # PostgreSQL refuses in text and which failed the whole flush; no control character).
         text = clean_text(response.body[:200].decode("utf-8", "replace"), 200) or ""
         result = classify(response.status, response.headers.get("retry-after"), text,
-                          max_delay=self.max_retry_delay)
-        if result.status_code == 429 and result.retry_after:
-            self._paused[origin] = self._clock() + result.retry_after
+                          max_delay=self.max_retry_delay, throttle=rule.throttle_statuses)
+        if result.retry_after and result.status_code in rule.throttle_statuses:
+            self._paused[origin] = (self._clock() + result.retry_after, response.status)
         return result
 
 
@@ -321,15 +336,17 @@ def _run_to_end(loop: asyncio.AbstractEventLoop, coroutine: Any) -> None:
 
 
 def classify(code: int, retry_after: str | None, text: str = "", *,
-             max_delay: float = 3600.0) -> PushResult:
+             max_delay: float = 3600.0,
+             throttle: frozenset[int] = DEFAULT_RULE.throttle_statuses) -> PushResult:
     """Map a push service's status code to an outcome (see the README's table); a
-    Retry-After counts for at most ``max_delay`` seconds."""
+    Retry-After counts for at most ``max_delay`` seconds. ``throttle`` holds the statuses
+    the service slows senders down with (its rule's; WNS: 406 too), each taken as a 429."""
     reason = f"{code} {text}".strip()[:255]
     if 200 <= code < 300:
         return PushResult(Outcome.SENT, code)
     if code in (404, 410):
         return PushResult(Outcome.GONE, code, reason)
-    if code == 429:
+    if code in throttle:
         return PushResult(Outcome.RETRY, code, reason,
                           parse_retry_after(retry_after, min(60.0, max_delay), max_delay))
     if code >= 500:

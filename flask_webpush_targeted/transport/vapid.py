@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import threading
@@ -10,12 +11,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from py_vapid import Vapid02
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..exceptions import ConfigurationError
 from .b64url import b64url_decode, b64url_encode
+from .services import DEFAULT_RULE, PushServiceRule
 
 
 def generate_vapid_keys() -> tuple[str, str]:
@@ -131,11 +134,27 @@ def _subject_host(host: str, refuse: Callable[[str], ConfigurationError], what: 
     return host
 
 
-#: A VAPID JWT may live up to 24 h (RFC 8292); sign for 12 h, renew an hour early.
+#: A VAPID JWT may live up to 24 h (RFC 8292); sign for 12 h, renew an hour early. A
+#: service's rule (``services.py``) may shorten the lifetime and lengthen the reuse.
 VAPID_LIFETIME = 12 * 3600
 
 
 VAPID_RENEW_MARGIN = 3600
+
+
+#: the JOSE header of every VAPID JWT, as py_vapid writes it
+_JWT_HEADER = b64url_encode(b'{"typ":"JWT","alg":"ES256"}')
+
+
+def _ecdsa(key: ec.EllipticCurvePrivateKey) -> ec.ECDSA:
+    """ECDSA with SHA-256, deterministic (RFC 6979) where cryptography and OpenSSL offer it
+    (cryptography 43+, OpenSSL 3.2+): the same claims then sign to the same JWT."""
+    try:
+        deterministic = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+        key.sign(b"probe", deterministic)
+    except (TypeError, UnsupportedAlgorithm):
+        return ec.ECDSA(hashes.SHA256())
+    return deterministic
 
 
 class VapidHeaders:
@@ -143,24 +162,59 @@ class VapidHeaders:
 
     ``subject`` is WEBPUSH_VAPID_SUBJECT, normalised as ``config.vapid_subject`` does
     (``https://shop.example/`` signs as ``https://shop.example``).
+
+    A JWT's ``exp`` is on a grid (a multiple of a step of hours) and its signature is
+    deterministic, so every process signing for an origin within one step signs the same
+    header: the work horses of ``flask webpush worker --fork``, the processes of
+    ``--processes N`` and other hosts with the same key send one JWT, not one per job.
+    Apple asks that a JWT be renewed at most once an hour.
     """
 
     def __init__(self, private_key: ec.EllipticCurvePrivateKey, subject: str) -> None:
-        self._vapid = Vapid02(private_key=private_key)
+        self._key = private_key
+        self._algorithm = _ecdsa(private_key)
+        self._public = b64url_encode(private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
         self._subject = vapid_subject(subject)
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[str, float, float]] = {}  # origin -> header, exp, renew at
         self._lock = threading.Lock()
 
-    def header(self, origin: str, now: float | None = None) -> str:
-        """The Authorization header for ``origin``."""
+    @property
+    def deterministic(self) -> bool:
+        """Whether signatures are deterministic: then processes share each header."""
+        return bool(getattr(self._algorithm, "deterministic_signing", False))
+
+    def header(self, origin: str, now: float | None = None,
+               rule: PushServiceRule = DEFAULT_RULE) -> str:
+        """The Authorization header for ``origin``, whose push service follows ``rule``.
+
+        Its JWT's ``exp`` is at most ``rule.vapid_max_lifetime`` ahead, and the header is
+        reused for at least ``rule.vapid_min_reuse`` seconds (Apple: a day, an hour), never
+        signed again per batch or message.
+        """
         now = time.time() if now is None else now
         with self._lock:
             cached = self._cache.get(origin)
-            if cached and cached[1] - VAPID_RENEW_MARGIN > now:
+            if cached and cached[2] > now:
                 return cached[0]
-            expires = int(now) + VAPID_LIFETIME
-            # A fresh dict every time: pywebpush and py_vapid mutate the claims they get.
-            claims = {"aud": origin, "exp": expires, "sub": self._subject}
-            value: str = self._vapid.sign(claims)["Authorization"]
-            self._cache[origin] = (value, expires)
+            lifetime = min(VAPID_LIFETIME, rule.vapid_max_lifetime)
+            # Renewed an hour before it expires, unless that would cut the reuse the
+            # service asks for short: then later, at worst at its expiry.
+            margin = max(0, min(VAPID_RENEW_MARGIN, lifetime - rule.vapid_min_reuse))
+            usable = lifetime - margin
+            # exp rounded down to the grid: at most `lifetime` ahead, and more than
+            # `usable - step` of use left, which is at least half of it and the reuse asked.
+            step = max(1, int(min(usable / 2, usable - rule.vapid_min_reuse)))
+            expires = int(now + lifetime) // step * step
+            value = self._sign({"aud": origin, "exp": expires, "sub": self._subject})
+            self._cache[origin] = (value, expires, expires - margin)
             return value
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        """``vapid t=<JWT>,k=<public key>`` for ``claims``, in py_vapid's form (claims
+        sorted, compact JSON: Chrome wants them sorted)."""
+        body = b64url_encode(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        token = f"{_JWT_HEADER}.{body}"
+        r, s = decode_dss_signature(self._key.sign(token.encode(), self._algorithm))
+        signature = b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        return f"vapid t={token}.{signature},k={self._public}"

@@ -8,7 +8,7 @@ import os
 from flask import Blueprint
 
 from ..push_api import views as push_api
-from . import admin, events, pages, service_worker, subscriptions
+from . import admin, clicks, events, pages, service_worker, subscriptions
 
 _PACKAGE = os.path.dirname(os.path.dirname(__file__))
 
@@ -24,6 +24,7 @@ def create_blueprint() -> Blueprint:
     service_worker.register(bp)
     subscriptions.register(bp)
     events.register(bp)
+    clicks.register(bp)
     pages.register(bp)
     admin.register(bp)
     push_api.register(bp)

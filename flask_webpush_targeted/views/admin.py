@@ -46,6 +46,8 @@ from ..exceptions import (
     LoginRequired,
     NotificationNotFound,
 )
+from ..i18n import N_, gettext, ngettext
+from ..i18n import lazy_gettext as _l
 from ..limits import LATEST, MAX_PAGE, MAX_PER_PAGE
 from ..local_time import Window
 from ..notifications import notification_fields
@@ -113,18 +115,23 @@ def _refusal(json: bool) -> ResponseReturnValue | None:
     if check is None or not check(current_user):
         if json:
             raise AccessDenied("You may not see these statistics.")
-        error_page(403, "You may not see these statistics.")
+        error_page(403, gettext("You may not see these statistics."))
     return None
 
 
-ERROR_TITLES = {403: "Not for your account", 404: "Not found"}
+ERROR_TITLES = {400: _l("This could not be done"), 403: _l("Not for your account"),
+                404: _l("Not found")}
 
 
 def error_page(status: int, message: str) -> NoReturn:
     """Stop with a page in the host's layout that says what went wrong and links back."""
     html = render_template("webpush/admin/error.html", status=status, message=message,
-                           title=ERROR_TITLES.get(status, "Something went wrong"))
+                           title=ERROR_TITLES.get(status, _l("Something went wrong")))
     abort(Response(html, status, mimetype="text/html"))
+
+
+def _not_found(nid: int) -> NoReturn:
+    error_page(404, gettext("No notification has id %(nid)s.", nid=nid))
 
 
 def customer_name(user_id: str) -> str:
@@ -207,14 +214,15 @@ def _int_arg(name: str, default: int, json: bool = False, *, top: int = MAX_PAGE
     if len(digits) > len(str(top)) or int(digits) > top:
         if clamp:
             return top
-        _bad_filter(json, f"{name} must be at most {top}.")
+        _bad_filter(json, N_("%(name)s must be at most %(top)s."), name=name, top=top)
     return int(digits)
 
 
-def _bad_filter(json: bool, message: str) -> NoReturn:
+def _bad_filter(json: bool, message: str, **variables: Any) -> NoReturn:
+    """A 400: in English for JSON (code reads it), in the page's language for a page."""
     if json:
-        raise BadRequestError(message)  # the JSON error shape
-    abort(400, message)
+        raise BadRequestError(message % variables)  # the JSON error shape
+    error_page(400, gettext(message, **variables))
 
 
 def _date_arg(name: str, json: bool) -> datetime | None:
@@ -225,19 +233,21 @@ def _date_arg(name: str, json: bool) -> datetime | None:
         parsed = datetime.fromisoformat(value)
         parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):  # 0001-01-01T00:00+05:00 is before datetime.min
-        _bad_filter(json, f"{name} must be a date like 2026-11-26.")
+        _bad_filter(json, N_("%(name)s must be a date like 2026-11-26."), name=name)
     if not EARLIEST <= parsed < LATEST:
-        _bad_filter(json, f"{name} must be between the years {EARLIEST.year} and {LATEST.year}.")
+        _bad_filter(json, N_("%(name)s must be between the years %(first)s and %(last)s."),
+                    name=name, first=EARLIEST.year, last=LATEST.year)
     return parsed
 
 
 def _filters(json: bool = False) -> dict[str, Any]:
     status = request.args.get("status") or None
     if status is not None and status not in NOTIFICATION_STATUSES:
-        _bad_filter(json, f"status must be one of {', '.join(NOTIFICATION_STATUSES)}.")
+        _bad_filter(json, N_("status must be one of %(statuses)s."),
+                    statuses=", ".join(NOTIFICATION_STATUSES))
     category = request.args.get("category") or None
     if category is not None and "\x00" in category:  # PostgreSQL refuses NUL in text
-        _bad_filter(json, "category must not contain NUL characters.")
+        _bad_filter(json, N_("category must not contain NUL characters."))
     return {"status": status, "category": category,
             "since": _date_arg("since", json), "until": _date_arg("until", json)}
 
@@ -257,34 +267,107 @@ def _notification_json(n: Any) -> dict[str, Any]:
 #: The funnel's figures as staff read them, here and in a host's own back-office (one
 #: vocabulary: "customers", and one explanation of "skipped").
 FIGURE_LABELS = {
-    "targeted_users": "Targeted customers",
-    "users_without_devices": "Customers without a device",
-    "deliveries": "Deliveries (one per device)",
-    "pending": "Pending (waiting or being sent)",
-    "sent": "Sent (accepted by the push service)",
-    "failed": "Failed",
-    "gone": "Gone (the device unsubscribed)",
-    "expired": "Expired (validity period passed)",
-    "skipped": "Skipped (cancelled, device removed, category turned off or frequency cap)",
-    "opted_out": "Opted out (turned the category off)",
-    "capped": "Not sent: frequency cap of the category",
-    "held": "Held for quiet hours",
-    "displayed": "Displayed",
-    "clicked": "Clicked",
-    "closed": "Closed",
+    "targeted_users": _l("Targeted customers"),
+    "users_without_devices": _l("Customers without a device"),
+    "deliveries": _l("Deliveries (one per device)"),
+    "pending": _l("Pending (waiting or being sent)"),
+    "sent": _l("Sent (accepted by the push service)"),
+    "failed": _l("Failed"),
+    "gone": _l("Gone (the device unsubscribed)"),
+    "expired": _l("Expired (validity period passed)"),
+    "skipped": _l("Skipped (cancelled, device removed, category turned off or frequency cap)"),
+    "opted_out": _l("Opted out (turned the category off)"),
+    "capped": _l("Not sent: frequency cap of the category"),
+    "held": _l("Held for quiet hours"),
+    "displayed": _l("Displayed"),
+    "clicked": _l("Clicked"),
+    "closed": _l("Closed"),
 }
+
+
+def _weeks(count: int) -> str:
+    return ngettext("%(num)s week", "%(num)s weeks", count)
+
+
+def _days(count: int) -> str:
+    return ngettext("%(num)s day", "%(num)s days", count)
+
+
+def _hours(count: int) -> str:
+    return ngettext("%(num)s hour", "%(num)s hours", count)
+
+
+def _minutes(count: int) -> str:
+    return ngettext("%(num)s minute", "%(num)s minutes", count)
+
+
 #: Units a validity period is said in, largest first: a period in one of them is whole.
-_DURATION_UNITS = ((7 * 86400, "week"), (86400, "day"), (3600, "hour"), (60, "minute"))
+_DURATION_UNITS = ((7 * 86400, _weeks), (86400, _days), (3600, _hours), (60, _minutes))
 
 
 def duration_words(seconds: int) -> str:
     """A validity period for staff: '1 day', '2 hours', '30 minutes'; seconds only when
     it is not a whole number of minutes ('90 seconds')."""
-    for unit, name in _DURATION_UNITS:
+    for unit, words in _DURATION_UNITS:
         if seconds and seconds % unit == 0:
-            count = seconds // unit
-            return f"{count} {name}{'s' if count != 1 else ''}"
-    return f"{seconds} second{'s' if seconds != 1 else ''}"
+            return words(seconds // unit)
+    return ngettext("%(num)s second", "%(num)s seconds", seconds)
+
+
+#: the statuses of notifications and deliveries, and the reasons the package stores, as
+#: staff read them (a push service's own reason is shown as it came)
+STATUS_WORDS = {
+    "scheduled": _l("scheduled"), "queued": _l("queued"), "sending": _l("sending"),
+    "done": _l("done"), "cancelled": _l("cancelled"), "pending": _l("pending"),
+    "sent": _l("sent"), "failed": _l("failed"), "gone": _l("gone"), "expired": _l("expired"),
+    "skipped": _l("skipped"),
+}
+REASON_WORDS = {
+    "notification cancelled": _l("notification cancelled"),
+    "device revoked or consent withdrawn": _l("device revoked or consent withdrawn"),
+    "validity period (ttl) passed": _l("validity period (ttl) passed"),
+    "category turned off": _l("category turned off"),
+    "frequency cap": _l("frequency cap"),
+    "timeout": _l("timeout"),
+}
+#: why a device was revoked (its revoked_reason), as staff read it
+REVOKED_WORDS = {
+    "device_revoked": _l("removed by the customer"),
+    "consent_withdrawn": _l("consent withdrawn"),
+    "gone": _l("gone"),
+    "logout": _l("logged out"),
+    "rotated": _l("replaced by a new subscription"),
+}
+DEVICE_WORDS = {"all": _l("all"), "latest": _l("the latest")}
+URGENCY_WORDS = {"very-low": _l("very low"), "low": _l("low"), "normal": _l("normal"),
+                 "high": _l("high")}
+
+
+def state_words(status: str | None) -> str:
+    """A notification's or delivery's status as staff read it."""
+    return str(STATUS_WORDS.get(status or "", status or ""))
+
+
+def reason_words(reason: str | None) -> str:
+    """A stored reason in the page's language when the package wrote it, else as stored."""
+    return str(REASON_WORDS.get(reason or "", reason or ""))
+
+
+def platform_words(key: str) -> str:
+    """A platform figure's key ("Chrome mobile", "unknown") as staff read it."""
+    if key == "unknown":
+        return gettext("unknown")
+    family, _, form = key.rpartition(" ")
+    if form == "desktop":
+        return gettext("%(browser)s desktop", browser=family)
+    if form == "mobile":
+        return gettext("%(browser)s mobile", browser=family)
+    return key
+
+
+def revoked_words(reason: str | None) -> str:
+    """Why a device was revoked, in the page's language (an unknown reason as stored)."""
+    return str(REVOKED_WORDS.get(reason or "", reason or ""))
 
 
 
@@ -301,7 +384,8 @@ def category_label(name: str | None) -> str:
 
 def _window_words(window: Window) -> str:
     start, end = window
-    return f"nothing is sent from {start:%H:%M} to {end:%H:%M} in each customer's time zone"
+    return gettext("nothing is sent from %(start)s to %(end)s in each customer's time zone",
+                   start=f"{start:%H:%M}", end=f"{end:%H:%M}")
 
 
 def _clock(at: datetime) -> str:
@@ -315,18 +399,19 @@ def _quiet_words(n: Any) -> str | None:
     state = app_state()
     category = _category(n.category)
     if n.quiet_hours is False:
-        return "Ignored: sent at any hour"
+        return gettext("Ignored: sent at any hour")
     window = quiet_window(category, state.quiet_hours, n.quiet_hours)
     if n.quiet_hours is True:
-        return f"Kept: {_window_words(window)}" if window else "Kept (none are set now)"
+        return (gettext("Kept: %(window)s", window=_window_words(window)) if window
+                else gettext("Kept (none are set now)"))
     configured = state.quiet_hours is not None or any(
         isinstance(c.quiet_hours, tuple) for c in (state.categories or {}).values())
     if window is not None:
-        source = "the category" if category is not None and isinstance(
-            category.quiet_hours, tuple) else "the site"
-        return f"As set for {source}: {_window_words(window)}"
+        if category is not None and isinstance(category.quiet_hours, tuple):
+            return gettext("As set for the category: %(window)s", window=_window_words(window))
+        return gettext("As set for the site: %(window)s", window=_window_words(window))
     if configured:
-        return "None for this category"
+        return gettext("None for this category")
     return None
 
 
@@ -335,19 +420,23 @@ def rules_in_words(n: Any, funnel: dict[str, Any]) -> list[tuple[str, str, str]]
     rules: list[tuple[str, str, str]] = []
     category = _category(n.category)
     if category is not None:
-        rules.append(("category", "Category", category.label))
+        rules.append(("category", gettext("Category"), category.label))
     quiet = _quiet_words(n)
     if quiet is not None:
-        rules.append(("quiet_hours", "Quiet hours", quiet))
+        rules.append(("quiet_hours", gettext("Quiet hours"), quiet))
     if n.send_at_local:
-        rules.append(("send_at_local", "Local time",
-                      f"Sent at {n.send_at_local} in each customer's time zone"))
+        rules.append(("send_at_local", gettext("Local time"),
+                      gettext("Sent at %(time)s in each customer's time zone",
+                              time=n.send_at_local)))
     if n.rate_per_minute is not None:
-        words = f"At most {n.rate_per_minute:,} a minute"
+        rate = f"{n.rate_per_minute:,}"
         if funnel.get("expected_finish_at"):
             finish = datetime.fromisoformat(funnel["expected_finish_at"])
-            words += f"; expected to finish at {_clock(finish)}"
-        rules.append(("rate_per_minute", "Pace", words))
+            words = gettext("At most %(rate)s a minute; expected to finish at %(time)s",
+                            rate=rate, time=_clock(finish))
+        else:
+            words = gettext("At most %(rate)s a minute", rate=rate)
+        rules.append(("rate_per_minute", gettext("Pace"), words))
     return rules
 
 
@@ -357,35 +446,35 @@ def extra_figures(n: Any, funnel: dict[str, Any]) -> list[tuple[str, str, int]]:
     category = _category(n.category)
     figures: list[tuple[str, str, int]] = []
     if funnel["opted_out"] or (category is not None and not category.required):
-        figures.append(("opted_out", FIGURE_LABELS["opted_out"], funnel["opted_out"]))
+        figures.append(("opted_out", str(FIGURE_LABELS["opted_out"]), funnel["opted_out"]))
     if funnel["capped"] or (category is not None and category.cap is not None):
-        figures.append(("capped", FIGURE_LABELS["capped"], funnel["capped"]))
+        figures.append(("capped", str(FIGURE_LABELS["capped"]), funnel["capped"]))
     if funnel["held"]:
-        figures.append(("held", FIGURE_LABELS["held"], funnel["held"]))
+        figures.append(("held", str(FIGURE_LABELS["held"]), funnel["held"]))
     return figures
 
 
 def status_words(n: Any) -> str:
     """A notification's status as staff read it: a scheduled one says when it goes out."""
     if n.status == NotificationStatus.SCHEDULED and n.send_at is not None:
-        return f"Scheduled for {_clock(n.send_at)}"
-    return str(n.status)
+        return gettext("Scheduled for %(time)s", time=_clock(n.send_at))
+    return state_words(n.status)
 
 
 def topic_words(n: Any) -> str:
     """The push topic: "automatic" for the one the extension gave it (``n<id>``)."""
     if n.topic is None:
         return "–"
-    return "automatic" if n.topic == f"n{n.id}" else str(n.topic)
+    return gettext("automatic") if n.topic == f"n{n.id}" else str(n.topic)
 
 
 def no_device_words(n: Any, funnel: dict[str, Any]) -> str | None:
     """Words instead of the "customers without a device" figure while none exists (None: the
     figure): it is counted when the notification is fanned out."""
     if n.status in WAITING:
-        return "known once sent"
+        return gettext("known once sent")
     if n.status == NotificationStatus.CANCELLED and not funnel["deliveries"]:
-        return "not sent (cancelled)"
+        return gettext("not sent (cancelled)")
     return None
 
 
@@ -414,7 +503,8 @@ def notifications_page() -> ResponseReturnValue:
     return render_template("webpush/admin/notifications.html", items=items, total=total,
                            page=page, pages=max(1, -(-total // PER_PAGE)),
                            statuses=NOTIFICATION_STATUSES, args=request.args,
-                           category_label=category_label, status_words=status_words)
+                           category_label=category_label, status_words=status_words,
+                           notification_status_words=state_words)
 
 
 @stats_access_required(json=True)
@@ -436,7 +526,7 @@ def notification_page(nid: int) -> ResponseReturnValue:
     try:
         n = webpush.get_notification(nid)
     except NotificationNotFound:
-        error_page(404, f"No notification has id {nid}.")
+        _not_found(nid)
     page = _int_arg("page", 1)
     rows, total = stats.deliveries_page(webpush.db, webpush.models, nid, page=page)
     series = stats.time_series(webpush.db, webpush.models, nid)
@@ -449,10 +539,14 @@ def notification_page(nid: int) -> ResponseReturnValue:
         extra_figures=extra_figures(n, funnel), releases=hold_releases(n),
         category_label=category_label, customer_name=customer_name,
         status_words=status_words(n), topic=topic_words(n),
+        delivery_status_words=state_words, reason_words=reason_words,
+        platform_words=platform_words,
+        devices_words=devices_words(n), urgency_words=str(URGENCY_WORDS.get(n.urgency, n.urgency)),
         no_device_words=no_device_words(n, funnel), labels=FIGURE_LABELS,
         validity=duration_words(n.ttl), live=n.status in LIVE,
         live_interval_ms=LIVE_INTERVAL_MS,
-        title_of=lambda d: title_for(n.payload, n.vars, d.vars), audience_words=audience_words(n))
+        title_of=lambda d: title_for(n.payload, n.vars, d.vars, d.language),
+        audience_words=audience_words(n))
 
 
 def audience_words(n: Any) -> str | None:
@@ -464,9 +558,18 @@ def audience_words(n: Any) -> str | None:
     webpush = ext()
     audience = webpush.db.session.get(webpush.models.Audience, audience_id)
     if audience is None:
-        return f"Audience {audience_id}, deleted since it was sent."
-    members = "member" if audience.size == 1 else "members"
-    return f"{audience.name} (audience {audience.id}, {audience.size:,} {members} now)"
+        return gettext("Audience %(id)s, deleted since it was sent.", id=audience_id)
+    return ngettext("%(name)s (audience %(id)s, %(size)s member now)",
+                    "%(name)s (audience %(id)s, %(size)s members now)", audience.size,
+                    name=audience.name, id=audience.id, size=f"{audience.size:,}")
+
+
+def devices_words(n: Any) -> str:
+    """Which devices of each customer it went to: all, the latest, or the ids chosen."""
+    devices = n.targeting.get("devices")
+    if isinstance(devices, str):
+        return str(DEVICE_WORDS.get(devices, devices))
+    return str(devices)
 
 
 @stats_access_required(json=True)
@@ -489,7 +592,7 @@ def _delivery_row(delivery: Any, label: str | None, n: Any) -> dict[str, Any]:
     row["customer"] = customer_name(delivery.user_id)
     row["device"] = label
     # With placeholders, what this customer saw: the title filled with their vars.
-    row["title"] = title_for(n.payload, n.vars, delivery.vars)
+    row["title"] = title_for(n.payload, n.vars, delivery.vars, delivery.language)
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
@@ -500,7 +603,7 @@ def deliveries_csv(nid: int) -> ResponseReturnValue:
     try:
         n = webpush.get_notification(nid)
     except NotificationNotFound:
-        error_page(404, f"No notification has id {nid}.")
+        _not_found(nid)
 
     def generate() -> Iterator[str]:
         buffer = io.StringIO()
@@ -540,9 +643,9 @@ def cancel(nid: int) -> ResponseReturnValue:
         check_csrf()
         ext().cancel(nid)
     except CSRFError:
-        abort(400, "The form has expired: reload the page and try again.")
+        error_page(400, gettext("The form has expired: reload the page and try again."))
     except NotificationNotFound:
-        error_page(404, f"No notification has id {nid}.")
+        _not_found(nid)
     return redirect(url_for("webpush.admin_notification", nid=nid), 303)
 
 
@@ -552,13 +655,13 @@ def _user_id_arg(user_id: str, json: bool) -> str:
     try:
         return user_id_of(user_id)
     except InvalidUserId as exc:
-        _bad_filter(json, f"Not a user id: {exc}.")
+        _bad_filter(json, N_("Not a user id: %(reason)s."), reason=exc)
 
 
 def _history(user_id: str) -> list[dict[str, Any]]:
     webpush = ext()
     return [{"delivery": d, "notification": n, "device": label,
-             "title": title_for(n.payload, n.vars, d.vars)}
+             "title": title_for(n.payload, n.vars, d.vars, d.language)}
             for d, n, label in stats.user_history(webpush.db, webpush.models, user_id)]
 
 
@@ -570,7 +673,8 @@ def user_page(user_id: str) -> ResponseReturnValue:
     return render_template("webpush/admin/user.html", user_id=user_id,
                            name=customer_name(user_id),
                            devices=webpush.store.user_subscriptions(user_id),
-                           history=_history(user_id))
+                           history=_history(user_id), delivery_status_words=state_words,
+                           revoked_words=revoked_words, reason_words=reason_words)
 
 
 @stats_access_required(json=True)

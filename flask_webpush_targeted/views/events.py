@@ -23,7 +23,9 @@ def register(bp: Blueprint) -> None:
     bp.add_url_rule("/events", "events", track_event, methods=["POST"])
 
 
-def _check_rate_limit() -> None:
+def check_events_rate_limit() -> None:
+    """Raise RateLimited when this address sent more than WEBPUSH_EVENTS_RATE_LIMIT events
+    (beacons and clicks) this minute."""
     # Named after the queue: apps sharing a Redis keep limits of their own.
     check_rate_limit(
         f"webpush:events-rate:{current_app.config['WEBPUSH_QUEUE']}:{request.remote_addr}",
@@ -43,7 +45,7 @@ def track_event() -> ResponseReturnValue:
     action = body.get("action")
     if action is not None and (not isinstance(action, str) or len(action) > 64):
         raise BadRequestError("action must be a string of at most 64 characters.")
-    _check_rate_limit()
+    check_events_rate_limit()
     try:
         delivery_id = read_token(body.get("token"))
     except InvalidToken as exc:

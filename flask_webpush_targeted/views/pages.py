@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     jsonify,
@@ -18,6 +21,8 @@ from flask_login import current_user
 from ..context import app_state
 from ..csrf import FORM_FIELD, check_csrf, csrf_token
 from ..exceptions import BadRequestError, CSRFError, InvalidPreferences, SubscriptionNotFound
+from ..i18n import gettext
+from ..i18n import lazy_gettext as _l
 from ..preferences import set_preferences
 from ..transport.text import clean_text
 from ..users import user_id_of
@@ -30,17 +35,32 @@ CATEGORY_FIELD = "categories"
 #: page's
 BROWSER_SOURCES = ("devices_page", "widget")
 
+#: what the devices page says after a change (``?done=``), in the customer's language
 MESSAGES = {
-    "revoked": "The device was removed: it will receive no more notifications.",
-    "withdrawn": "Your consent is withdrawn and every device was unlinked from your account.",
-    "saved": "Your choices are saved.",
-    "nothing": "You had not given your consent to notifications: there was nothing to "
-               "withdraw, and nothing was changed.",
+    "revoked": _l("The device was removed: it will receive no more notifications."),
+    "withdrawn": _l("Your consent is withdrawn and every device was unlinked from your "
+                    "account."),
+    "saved": _l("Your choices are saved."),
+    "nothing": _l("You had not given your consent to notifications: there was nothing to "
+                  "withdraw, and nothing was changed."),
 }
-#: the JSON answer's message when there was no consent to withdraw
+#: the JSON answer's message when there was no consent to withdraw (English, as every JSON
+#: message: the widget shows its own translated text)
 NOTHING_TO_WITHDRAW = ("You had not given your consent to notifications: there was nothing "
                        "to withdraw, and no device was revoked.")
-EXPIRED = "The form has expired: reload the devices page and try again."
+EXPIRED = _l("The form has expired: reload the devices page and try again.")
+
+
+#: the title of a customer's error page, by status
+ERROR_TITLES = {400: _l("This could not be done"), 404: _l("Not found")}
+
+
+def page_error(status: int, message: str) -> NoReturn:
+    """Stop with a page in the host's layout, in the customer's language, that says what
+    went wrong and links back to the devices page."""
+    html = render_template("webpush/error.html", status=status, message=message,
+                           title=ERROR_TITLES.get(status, _l("Something went wrong")))
+    abort(Response(html, status, mimetype="text/html"))
 
 
 def register(bp: Blueprint) -> None:
@@ -80,9 +100,9 @@ def revoke_device(subscription_id: int) -> ResponseReturnValue:
         ext().store.revoke(user_id_of(current_user), subscription_id,
                            user_agent=request.headers.get("User-Agent"))
     except CSRFError:
-        abort(400, EXPIRED)
+        page_error(400, str(EXPIRED))
     except SubscriptionNotFound:
-        abort(404, "You have no device with this id.")
+        page_error(404, gettext("You have no device with this id."))
     return redirect(url_for("webpush.devices", done="revoked"), 303)
 
 
@@ -103,7 +123,7 @@ def withdraw_consent() -> ResponseReturnValue:
     try:
         check_csrf()
     except CSRFError:
-        abort(400, EXPIRED)
+        page_error(400, str(EXPIRED))
     done = "nothing" if _withdraw(user_id_of(current_user)) is None else "withdrawn"
     return redirect(url_for("webpush.devices", done=done), 303)
 
@@ -134,11 +154,11 @@ def save_preferences() -> ResponseReturnValue:
     try:
         check_csrf()
     except CSRFError:
-        abort(400, EXPIRED)
+        page_error(400, str(EXPIRED))
     try:
         _save(user_id_of(current_user), _form_choices(), "devices_page")
     except InvalidPreferences as exc:
-        abort(400, exc.message)
+        page_error(400, gettext("These choices cannot be saved: %(reason)s", reason=exc.message))
     return redirect(url_for("webpush.devices", done="saved"), 303)
 
 
@@ -147,16 +167,16 @@ def _form_choices() -> dict[str, bool]:
     category it may turn off that is absent is turned off (a required one is left as is)."""
     categories = app_state().categories
     if not categories:
-        abort(400, "There are no categories to choose from on this site.")
+        page_error(400, gettext("There are no categories to choose from on this site."))
     unknown = set(request.form) - {FORM_FIELD, CATEGORY_FIELD}
     if unknown:
-        abort(400, f"The form has a field it should not have "
-                   f"({_shown(sorted(unknown)[0])}): reload the devices page.")
+        page_error(400, gettext("The form has a field it should not have (%(field)s): reload the "
+                           "devices page.", field=_shown(sorted(unknown)[0])))
     ticked = set(request.form.getlist(CATEGORY_FIELD))
     strangers = ticked - set(categories)
     if strangers:
-        abort(400, f"{_shown(sorted(strangers)[0])} is not a category of this "
-                   "site: reload the devices page and choose again.")
+        page_error(400, gettext("%(name)s is not a category of this site: reload the devices page "
+                           "and choose again.", name=_shown(sorted(strangers)[0])))
     return {name: name in ticked for name, c in categories.items() if not c.required}
 
 

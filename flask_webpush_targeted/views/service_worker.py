@@ -19,6 +19,8 @@ def service_worker() -> ResponseReturnValue:
         vapid_public_key=config["WEBPUSH_VAPID_PUBLIC_KEY"],
         rotate_url=url_for("webpush.rotate_subscription"),
         events_url=url_for("webpush.events"),
+        # the route's URL with a one-character token, less that character: the prefix
+        click_url=url_for("webpush.click", token="-")[:-1],  # noqa: S106 - not a secret
     )
     response = make_response(body)
     response.headers["Content-Type"] = "application/javascript; charset=utf-8"

@@ -7,6 +7,7 @@ from dataclasses import replace
 from flask import Blueprint, current_app, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
+from ..config import consent_texts
 from ..context import app_state
 from ..csrf import check_csrf
 from ..exceptions import BadRequestError
@@ -46,7 +47,7 @@ def subscribe() -> ResponseReturnValue:
     body = json_body()
     req = parse_subscribe_request(
         body, current_app.config["WEBPUSH_CONSENT_VERSION"],
-        app_state().extra_origins,
+        app_state().extra_origins, consent_texts(current_app.config),
     )
     user_agent = request.headers.get("User-Agent")
     state = app_state()

@@ -3,6 +3,8 @@
 const APP_SERVER_KEY = {{ vapid_public_key|tojson }};
 const ROTATE_URL = {{ rotate_url|tojson }};
 const EVENTS_URL = {{ events_url|tojson }};
+// The click route, completed by a delivery's token: it counts the click and redirects.
+const CLICK_URL = {{ click_url|tojson }};
 const STATE_KEY = new URL('__webpush_state__', self.registration.scope).href;
 
 function keyBytes(b64) {
@@ -51,6 +53,18 @@ self.addEventListener('message', (event) => {
   if (event.data && event.data.type === 'webpush:subscribed') event.waitUntil(remember());
 });
 
+// A Declarative Web Push message ({"web_push": 8030, "notification": {...}}, which Safari
+// shows without this worker) carries the package's own fields in notification.data.
+function fromDeclarative(n) {
+  const own = (n.data && typeof n.data === 'object') ? n.data : {};
+  const p = Object.assign({}, own, { title: n.title, body: n.body, navigate: n.navigate,
+                                     declarative: true });
+  for (const key of ['tag', 'icon', 'silent', 'lang', 'dir']) {
+    if (n[key] !== undefined && n[key] !== null) p[key] = n[key];
+  }
+  return p;
+}
+
 self.addEventListener('push', (event) => {
   let p;
   try {
@@ -58,9 +72,13 @@ self.addEventListener('push', (event) => {
   } catch (e) {
     p = { title: '', body: event.data ? event.data.text() : '' };
   }
+  if (p && p.web_push === 8030 && p.notification && typeof p.notification === 'object') {
+    p = fromDeclarative(p.notification);
+  }
   const options = {
     body: p.body || '',
-    data: { url: p.url || '/', token: p.token || null, data: p.data || null },
+    data: { url: p.url || '/', token: p.token || null, data: p.data || null,
+            declarative: !!p.declarative, navigate: p.navigate || null },
   };
   for (const key of ['icon', 'image', 'badge', 'tag', 'actions', 'silent', 'timestamp', 'lang', 'dir']) {
     if (p[key] !== undefined && p[key] !== null) options[key] = p[key];
@@ -76,6 +94,14 @@ self.addEventListener('push', (event) => {
 self.addEventListener('notificationclick', (event) => {
   const data = event.notification.data || {};
   event.notification.close();
+  if (data.declarative && data.token) {
+    // As Safari does without this worker: the click route counts the click, then
+    // redirects to the notification's URL (always on this site).
+    let target = CLICK_URL + encodeURIComponent(data.token);
+    if (event.action) target += '?action=' + encodeURIComponent(event.action);
+    event.waitUntil(self.clients.openWindow(target));
+    return;
+  }
   const url = sameOriginUrl(data.url);
   event.waitUntil(Promise.all([
     report(data.token, 'clicked', event.action || null),
