@@ -32,7 +32,7 @@ def shop(push_service: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     removed, a notification sent to them by a real worker, and an administrator (user 9)."""
     folder = tmp_path_factory.mktemp("polish-shop")
     host = SendingHost(f"sqlite:///{folder / 'shop.db'}", push_service,
-                       WEBPUSH_CATEGORIES=CATEGORIES)
+                       WEBPUSH_CATEGORIES=CATEGORIES, WEBPUSH_DEFAULT_LANGUAGE="pl")
     host.app.add_url_rule("/konto", "konto", lambda: render_template_string(ACCOUNT_PAGE))
     admin_http(host)  # registers @stats_access: administrators only
     phone = host.subscribe("1", "Telefon Ani")
@@ -44,9 +44,11 @@ def shop(push_service: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                 .values(language="pl-PL"))
         host.db.session.commit()
         host.webpush.store.revoke("1", old.id)
-        nid = host.webpush.notify_users(["1"], title="Paczka jest w drodze",
-                                        body="Dotrze w czwartek.", url="/",
-                                        category="orders").id
+        # Written in Polish and German: the pages show the languages and each title.
+        nid = host.webpush.notify_users(
+            ["1"], title={"pl": "Paczka jest w drodze", "de": "Ihr Paket ist unterwegs"},
+            body={"pl": "Dotrze w czwartek.", "de": "Kommt am Donnerstag."}, url="/",
+            category="orders").id
     host.run_worker()
     server = LiveServer(host.app)
     server.nid = int(nid)
@@ -144,7 +146,7 @@ def test_the_devices_page_is_polish(chromium_pl: Any, shop: Any) -> None:
 
 @pytest.mark.parametrize(("path", "shown"), [
     ("/webpush/admin/notifications", "1 powiadomienie."),
-    ("/webpush/admin/notifications/{nid}", "Doręczenia (jedno na urządzenie)"),
+    ("/webpush/admin/notifications/{nid}", "Według języka"),
     ("/webpush/admin/users/1", "wyłączone (usunięte przez klienta)"),
 ])
 def test_the_admin_pages_are_polish(chromium_pl: Any, shop: Any, path: str, shown: str) -> None:

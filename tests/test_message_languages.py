@@ -151,3 +151,23 @@ def test_the_push_api_takes_texts_by_language(sending: SendingHost) -> None:
         assert words in refused.body["message"]
     assert_error(api.send(key, {"user_ids": ["1"], "title": "Hi", "body": {"en": 5}}),
                  400, "bad_request", "body")
+
+
+def test_the_admin_page_shows_the_languages_and_each_title(sending: SendingHost) -> None:
+    from conftest import admin_http
+
+    subscribe_in(sending, "1", "en-GB")
+    subscribe_in(sending, "2", "pl-PL")
+    with sending.app.app_context():
+        nid = sending.webpush.notify_users(["1", "2"], title=TITLE, body=BODY).id
+    sending.run_worker()
+    http = admin_http(sending)
+    page = http.get(f"/webpush/admin/notifications/{nid}").text
+    assert "By language" in page and "In other languages" in page
+    assert f'<td class="webpush-text" lang="pl">{TITLE["pl"]}</td>' in page
+    assert f'<td class="webpush-text" lang="en">{TITLE["en"]}</td>' in page
+    polish = http.get(f"/webpush/admin/notifications/{nid}",
+                      headers={"Accept-Language": "pl"}).text
+    assert "Według języka" in polish and "Polski" in polish
+    figures = http.get(f"/webpush/admin/notifications/{nid}.json").get_json()
+    assert figures["stats"]["languages"] == {"en": 1, "pl": 1}
