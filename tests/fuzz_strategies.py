@@ -180,6 +180,18 @@ def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
     return st.one_of(tree, st.sampled_from([33, 200]).map(nested))
 
 
+def hashable(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Only the values of ``strategy`` that can be a dict's keys: a list or a set drawn as a
+    key makes hypothesis itself fail, not the code under test."""
+    def can_hash(value: Any) -> bool:
+        try:
+            hash(value)
+        except TypeError:
+            return False
+        return True
+    return strategy.filter(can_hash)
+
+
 def wrong_types() -> st.SearchStrategy[Any]:
     """A value of any type, for a parameter that expects one in particular."""
     return st.one_of(json_scalars(), st.lists(json_scalars(), max_size=3),

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import empty_queue
-from fuzz_strategies import fuzz_settings, huge_integers, json_values, nasty_floats, nasty_text
+from fuzz_strategies import (
+    fuzz_settings,
+    hashable,
+    huge_integers,
+    json_values,
+    nasty_floats,
+    nasty_text,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_cli import arg, run
@@ -41,8 +48,8 @@ def wrong() -> st.SearchStrategy[Any]:
 
 
 def var_maps() -> st.SearchStrategy[Any]:
-    return st.one_of(st.dictionaries(st.one_of(st.sampled_from(["gate", "seat", "0", "_"]),
-                                               nasty_text(), wrong()),
+    return st.one_of(st.dictionaries(hashable(st.one_of(st.sampled_from(["gate", "seat", "0", "_"]),
+                                                        nasty_text(), wrong())),
                                      st.one_of(nasty_text(), wrong()), max_size=3), wrong())
 
 

@@ -23,6 +23,7 @@ from fuzz_strategies import (
     SPECIAL_TEXT,
     extreme_datetimes,
     fuzz_settings,
+    hashable,
     huge_integers,
     json_values,
     nasty_floats,
@@ -69,8 +70,9 @@ def text_or_wrong() -> st.SearchStrategy[Any]:
 
 def texts_by_language() -> st.SearchStrategy[Any]:
     """A text in several languages: good and bad tags, good and bad texts."""
-    tags = st.one_of(st.sampled_from(["en", "pl", "pl-PL", "EN", "zh-Hant-TW", "x" * 36, ""]),
-                     nasty_text(), wrong_types())
+    # Keys of a dict: hashable ones only (a set or a list cannot be one).
+    tags = st.one_of(st.sampled_from(["en", "pl", "pl-PL", "EN", "zh-Hant-TW", "x" * 36, "", 7,
+                                      None, 1.5, True, b"pl"]), nasty_text())
     return st.dictionaries(tags, st.one_of(st.just("Cześć"), text_or_wrong()), max_size=4)
 
 
@@ -118,8 +120,8 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
                                text_or_wrong()),
     "rate_per_minute": st.one_of(huge_integers(), nasty_floats(), wrong_types()),
     "vars": st.one_of(
-        st.dictionaries(st.one_of(st.sampled_from(["gate", "seat", "0", "a b", "_"]),
-                                  nasty_text(), wrong_types()),
+        st.dictionaries(hashable(st.one_of(st.sampled_from(["gate", "seat", "0", "a b", "_"]),
+                                           nasty_text(), wrong_types())),
                         st.one_of(nasty_text(), huge_integers(), nasty_floats(), json_values(),
                                   wrong_types()), max_size=3),
         wrong_types()),
@@ -279,7 +281,8 @@ def shop_with_categories(make_app: Any) -> Any:
 
 @given(user=user_values(),
        choices=st.one_of(
-           st.dictionaries(st.one_of(st.sampled_from(["orders", "offers"]), text_or_wrong()),
+           st.dictionaries(hashable(st.one_of(st.sampled_from(["orders", "offers"]),
+                                              text_or_wrong())),
                            st.one_of(st.booleans(), json_values(), wrong_types()), max_size=3),
            wrong_types()),
        source=st.one_of(st.sampled_from(["host", "api", "widget"]), text_or_wrong()))
