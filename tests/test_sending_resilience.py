@@ -265,7 +265,9 @@ def test_a_worker_killed_mid_batch_resends_only_what_was_in_flight(
     users = [f"u{i}" for i in range(15)]
     subs = {host.subscribe(u).endpoint: u for u in users}
     for endpoint in subs:
-        push_service.respond(endpoint, 201, delay=0.3)  # slow but working
+        # Slow but working: 0.6 s a push leaves a batch of 5 three seconds, so the kill
+        # below lands inside one even when a loaded machine notices the 7th push late.
+        push_service.respond(endpoint, 201, delay=0.6)
 
     def received() -> Counter[str]:
         return Counter({e: len(push_service.received_for(e)) for e in subs})
@@ -277,7 +279,7 @@ def test_a_worker_killed_mid_batch_resends_only_what_was_in_flight(
                    "waited in vain for 7 pushes (mid second batch)", 60)
         # The worst moment: an answer is in but not yet written down (the database is busy).
         with database_busy(host):
-            time.sleep(0.6)  # > the 0.3 s a push takes: whatever was started has arrived
+            time.sleep(1.2)  # > the 0.6 s a push takes: whatever was started has arrived
             kill_worker_and_horse(worker.pid)
     finally:
         if worker.poll() is None:
