@@ -13,23 +13,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import sqlalchemy as sa
 from conftest import SendingHost
+from test_message_languages import subscribe_in as _subscribe_in
 
 from flask_webpush_targeted.exceptions import InvalidNotification, PayloadTooLarge
 from flask_webpush_targeted.transport.origins import web_origin
 
 SITE = "https://shop.example"
-
-
-def _subscribe_in(host: SendingHost, user_id: str, language: str | None) -> Any:
-    """A subscription of ``user_id`` whose stored language is ``language`` (as given)."""
-    sub = host.subscribe(user_id)
-    S = host.webpush.models.Subscription
-    with host.app.app_context():
-        host.db.session.execute(sa.update(S).where(S.id == sub.id).values(language=language))
-        host.db.session.commit()
-    return sub
 
 
 def _message(host: SendingHost, sub: Any) -> dict[str, Any]:
