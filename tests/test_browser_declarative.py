@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from browser import customer_id, firefox_log_in, firefox_opt_in, wait_until
-from test_browser_tracking import _deliveries, _Minter, chromium_log_in, run_jobs
+from test_browser_tracking import _deliveries, _Minter, devtools_push, run_jobs
 
 from flask_webpush_targeted.tracking import read_token
 
@@ -95,23 +95,8 @@ def _chromium_declarative(chromium: Any, live_shop: Any, push_service: Any, caro
                 if r.payload and r.notification().get("tag") == "declared-gate"][-1]
     navigate = received.json()["notification"]["navigate"]
 
-    chromium.grant_permissions(["notifications"], origin=live_shop.url)
-    page = chromium.new_page()
-    chromium_log_in(page, live_shop, "carol@example.com", "carol-pass")
-    page.wait_for_function("navigator.serviceWorker.getRegistration('/webpush/')"
-                           ".then(r => !!(r && r.active))")
-    cdp = chromium.new_cdp_session(page)
-    registrations: list[dict[str, Any]] = []
-    cdp.on("ServiceWorker.workerRegistrationUpdated",
-           lambda event: registrations.extend(event["registrations"]))
-    cdp.send("ServiceWorker.enable")
-    wait_until(lambda: page.wait_for_timeout(50) or [
-        r for r in registrations if r["scopeURL"].endswith("/webpush/")],
-        "no service worker registration reported by DevTools")
-    registration = [r for r in registrations if r["scopeURL"].endswith("/webpush/")][0]
-    cdp.send("ServiceWorker.deliverPushMessage", {
-        "origin": live_shop.url + "/", "registrationId": registration["registrationId"],
-        "data": received.payload.decode()})
+    page = devtools_push(chromium, live_shop, "carol@example.com", "carol-pass",
+                         received.payload.decode())
 
     def displayed() -> int:
         page.wait_for_timeout(50)

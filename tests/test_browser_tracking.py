@@ -90,9 +90,26 @@ def test_chromium_service_worker_shows_a_devtools_push_and_reports_displayed(
     payload = [r for r in push_service.received if r.payload and r.notification().get("title")
                == "Gate change"][-1].payload.decode()
 
-    chromium.grant_permissions(["notifications"], origin=live_shop.url)
+    page = devtools_push(chromium, live_shop, "carol@example.com", "carol-pass", payload)
+
+    def displayed() -> Any:
+        page.wait_for_timeout(50)
+        with live_shop.app.app_context():
+            return webpush.stats(nid)["displayed"]
+
+    wait_until(displayed, "Chromium's service worker did not report displayed")
+    titles = page.evaluate("navigator.serviceWorker.getRegistration('/webpush/')"
+                           ".then(r => r.getNotifications()).then(l => l.map(n => n.title))")
+    assert "Gate change" in titles
+    assert delivery.user_id == carol
+
+
+def devtools_push(chromium: Any, shop: Any, email: str, password: str, payload: str) -> Any:
+    """Log the customer in to Chromium, wait for the shop's service worker, and hand it
+    ``payload`` (decrypted plaintext) as a push through the DevTools protocol; the page."""
+    chromium.grant_permissions(["notifications"], origin=shop.url)
     page = chromium.new_page()
-    chromium_log_in(page, live_shop, "carol@example.com", "carol-pass")
+    chromium_log_in(page, shop, email, password)
     page.wait_for_function("navigator.serviceWorker.getRegistration('/webpush/')"
                            ".then(r => !!(r && r.active))")
     cdp = chromium.new_cdp_session(page)
@@ -106,19 +123,9 @@ def test_chromium_service_worker_shows_a_devtools_push_and_reports_displayed(
         "no service worker registration reported by DevTools")
     registration = [r for r in registrations if r["scopeURL"].endswith("/webpush/")][0]
     cdp.send("ServiceWorker.deliverPushMessage", {
-        "origin": live_shop.url + "/", "registrationId": registration["registrationId"],
+        "origin": shop.url + "/", "registrationId": registration["registrationId"],
         "data": payload})
-
-    def displayed() -> Any:
-        page.wait_for_timeout(50)
-        with live_shop.app.app_context():
-            return webpush.stats(nid)["displayed"]
-
-    wait_until(displayed, "Chromium's service worker did not report displayed")
-    titles = page.evaluate("navigator.serviceWorker.getRegistration('/webpush/')"
-                           ".then(r => r.getNotifications()).then(l => l.map(n => n.title))")
-    assert "Gate change" in titles
-    assert delivery.user_id == carol
+    return page
 
 
 def test_chromium_renders_the_admin_pages_and_refuses_a_customer(
