@@ -114,8 +114,14 @@ def test_processes_runs_that_many_app_workers_under_one_command_and_they_send(
             nid = sending.webpush.notify_users(users, title="Hello", body="From the pool").id
         wait_until(lambda: all(d.status == "sent" for d in sending.deliveries(nid))
                    and len(sending.deliveries(nid)) == 6, 30, "every delivery sent")
-    for sub in subs.values():
-        assert [p for p in sending.push_service.received_for(sub.endpoint) if p.ok]
+        rows = {d.subscription_id: (d.status, d.status_code, d.attempts)
+                for d in sending.deliveries(nid)}
+        log = log_tail(proc)
+    for user, sub in subs.items():
+        got = sending.push_service.received_for(sub.endpoint)
+        assert [p for p in got if p.ok], (
+            f"{user}: delivery {rows.get(sub.id)}, {sending.push_service.request_count(sub.endpoint)}"
+            f" request(s), received {[(p.status, p.error) for p in got]}; the pool's log:\n{log}")
 
 
 def test_a_child_killed_with_sigkill_is_replaced_and_its_batch_sent_again_within_the_bound(
