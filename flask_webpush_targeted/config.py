@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -137,7 +138,33 @@ DEFAULTS: dict[str, Any] = {
     #: that service's rules apply to it (a proxy, a test's local push service): a dict
     #: origin -> "fcm", "mozilla", "apple" or "wns". Other origins are known by their host.
     "WEBPUSH_EXTRA_PUSH_SERVICE_KINDS": {},
+    #: A conversion within this long after a click on a push counts as that push's
+    #: ("direct"); a timedelta or seconds, at most 90 days.
+    "WEBPUSH_ATTRIBUTION_WINDOW": 86400,
+    #: One with no click in its window, within this long after a push was displayed,
+    #: counts as influenced by it.
+    "WEBPUSH_INFLUENCE_WINDOW": 86400,
 }
+
+
+#: the longest a conversion window (WEBPUSH_ATTRIBUTION_WINDOW...) may be
+MAX_WINDOW = timedelta(days=90)
+
+
+def window(config: Any, name: str) -> timedelta:
+    """The conversion window ``name`` of the config (a timedelta or seconds), checked."""
+    value = config.get(name)
+    span: timedelta | None
+    if isinstance(value, timedelta):
+        span = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # compared before timedelta() sees it: a huge int would overflow it
+        span = timedelta(seconds=value) if 0 < value <= MAX_WINDOW.total_seconds() else None
+    else:
+        raise ValueError(f"{name} must be a timedelta or a whole number of seconds.")
+    if span is None or not timedelta(seconds=1) <= span <= MAX_WINDOW:
+        raise ValueError(f"{name} must be between 1 second and 90 days.")
+    return span
 
 
 def _extra_origin(url: Any) -> str:
@@ -257,6 +284,11 @@ def validate_settings(config: dict[str, Any], *, new_app: bool = False) -> None:
                 "(scheme://host[:port], nothing after it)."
             ) from exc
     _validate_service_kinds(config)
+    for name in ("WEBPUSH_ATTRIBUTION_WINDOW", "WEBPUSH_INFLUENCE_WINDOW"):
+        try:
+            window(config, name)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
     _validate_targeting_rules(config)
     _validate_reach(config, require_site=not new_app)
 

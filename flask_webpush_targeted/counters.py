@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 COUNTERS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
-            "clicked", "closed")
+            "clicked", "closed", "conversions", "influenced_conversions")
+#: what ``bump`` adds up: the counters, and the conversions' amounts (dimension "revenue")
+SUMS = (*COUNTERS, "amount")
 
 Increments = dict[tuple[str, str], dict[str, int]]
 
@@ -86,7 +88,7 @@ def reason_key(code: int | None, reason: str | None) -> str:
 def bump(db: SQLAlchemy, m: Models, notification_id: int, inc: Increments) -> None:
     """Add the increments to the counter rows (upsert), in the caller's transaction."""
     rows = [{"notification_id": notification_id, "dimension": d, "key": k,
-             **{c: int(values.get(c, 0)) for c in COUNTERS}}
+             **{c: int(values.get(c, 0)) for c in SUMS}}
             for (d, k), values in sorted(inc.items()) if any(values.values())]
     if not rows:
         return
@@ -95,7 +97,7 @@ def bump(db: SQLAlchemy, m: Models, notification_id: int, inc: Increments) -> No
     # Sorted rows: two workers bumping the same rows lock them in the same order.
     db.session.execute(stmt.on_conflict_do_update(
         index_elements=["notification_id", "dimension", "key"],
-        set_={c: table.c[c] + stmt.excluded[c] for c in COUNTERS}), rows)
+        set_={c: table.c[c] + stmt.excluded[c] for c in SUMS}), rows)
 
 
 def totals(db: SQLAlchemy, m: Models, ids: Iterable[int]) -> dict[int, dict[str, int]]:

@@ -129,6 +129,12 @@ class InvalidPreferences(APIError, UnprocessableEntity):
     error = "invalid_preferences"
 
 
+class InvalidConversion(APIError, UnprocessableEntity):
+    """A conversion's value, currency, order id or time is not acceptable."""
+
+    error = "invalid_conversion"
+
+
 class PayloadTooLarge(InvalidNotification):
     """The payload, tracking token included, exceeds the 3993-byte Web Push limit."""
 

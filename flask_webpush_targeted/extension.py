@@ -10,7 +10,7 @@ from flask import Flask, current_app, render_template, session, url_for
 from flask_login import current_user, user_logged_out
 from markupsafe import Markup
 
-from . import audiences, notifications, preferences, privacy
+from . import audiences, conversions, notifications, preferences, privacy
 from .audience_files import iterable_rows
 from .categories import Category, parse_categories, parse_quiet_hours
 from .cli import webpush_cli
@@ -259,6 +259,21 @@ class WebPush:
     def stats(self, notification_id: int) -> dict[str, Any]:
         """The funnel counts of one notification (see docs/design.md)."""
         return notification_stats(self.db, self.models, notification_id_of(notification_id))
+
+    def record_conversion(self, user: Any, *, value: Any = None, currency: str | None = None,
+                          order_id: str | None = None,
+                          at: datetime | None = None) -> dict[str, Any] | None:
+        """Record an order and attribute it to the push the user clicked (or saw) before it."""
+        conversion = conversions.check(user_id_of(user), value=value, currency=currency,
+                                       order_id=order_id, at=at)
+        return self._record(conversion)[1]
+
+    def _record(self, conversion: conversions.Conversion) -> tuple[int, dict[str, Any] | None]:
+        config = current_app.config
+        return conversions.record(
+            self.db, self.models, conversion,
+            attribution=conversions.window(config, "WEBPUSH_ATTRIBUTION_WINDOW"),
+            influence=conversions.window(config, "WEBPUSH_INFLUENCE_WINDOW"))
 
     def prune(self, older_than: timedelta) -> dict[str, int]:
         """Delete deliveries of notifications finished before ``older_than`` ago, keeping totals."""

@@ -17,10 +17,12 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from gettext import NullTranslations
 from typing import Any
 
 from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency
 from babel.support import LazyProxy, Translations
 from flask import current_app, g, has_request_context, request
 
@@ -166,7 +168,18 @@ def language_name(tag: str | None) -> str:
     return name[:1].upper() + name[1:] if name else tag
 
 
+def money(amount: str, currency: str) -> str:
+    """An exact amount (a decimal string) in its currency, as the current language writes
+    it: "1520.40", "EUR" -> "€1,520.40" in English, "1520,40 €" in Polish."""
+    try:
+        return str(format_currency(Decimal(amount), currency,
+                                   locale=current_language().replace("-", "_")))
+    except (ValueError, TypeError, ArithmeticError, UnknownLocaleError):
+        return f"{amount} {currency}"
+
+
 def template_globals() -> dict[str, Callable[..., Any]]:
     """The names the package's templates call: their own, so no host global is replaced."""
     return {"webpush_gettext": gettext, "webpush_ngettext": ngettext,
-            "webpush_language": current_language, "webpush_language_name": language_name}
+            "webpush_language": current_language, "webpush_language_name": language_name,
+            "webpush_money": money}

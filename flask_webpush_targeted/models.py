@@ -314,7 +314,8 @@ class StatRow(_Row):
     funnel; ``minute`` / ``hour`` (key = UTC bucket start), the time series;
     ``platform`` (key = browser family and form factor from the User-Agent, one of
     ``platforms.PLATFORMS``: never the label a customer typed); ``reason`` (key =
-    ``status code|reason``). Figures for a million deliveries are then a few rows
+    ``status code|reason``); ``language`` (key = language sent); ``revenue`` (key =
+    currency of the conversions counted in it). Figures for a million deliveries are then a few rows
     away, and survive pruning the deliveries and erasing a user.
     """
 
@@ -340,6 +341,12 @@ class StatRow(_Row):
     displayed: Mapped[int] = mapped_column(nullable=False, default=0)
     clicked: Mapped[int] = mapped_column(nullable=False, default=0)
     closed: Mapped[int] = mapped_column(nullable=False, default=0)
+    #: conversions attributed to a click on the notification, and to its display alone
+    conversions: Mapped[int] = mapped_column(nullable=False, default=0)
+    influenced_conversions: Mapped[int] = mapped_column(nullable=False, default=0)
+    #: dimension ``revenue`` (key = ISO 4217 currency): the sum of the direct conversions'
+    #: values, in ten-thousandths of the currency (``conversions.SCALE``)
+    amount: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
 
 
 class AudienceRow(_Row):
@@ -402,6 +409,42 @@ class ApiKeyRow(_Row):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ConversionRow(_Row):
+    """An order (or any goal) a customer reached, and the push it is attributed to.
+
+    ``kind`` is ``direct`` (the customer clicked that push within
+    WEBPUSH_ATTRIBUTION_WINDOW before), ``influenced`` (it was displayed within
+    WEBPUSH_INFLUENCE_WINDOW before, not clicked) or ``none`` (unattributed). A value is
+    kept as a whole number of ten-thousandths of its currency: exact on every database
+    (SQLite has no decimal type; SQLAlchemy's Numeric goes through a float there).
+    """
+
+    __tablename__ = "webpush_conversion"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """An order counts once; forget_user finds a user's conversions."""
+        return (sa.UniqueConstraint("order_id", name="uq_webpush_conversion_order"),
+                sa.Index("ix_webpush_conversion_user", "user_id"),
+                sa.Index("ix_webpush_conversion_notification", "notification_id"))
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(USER_ID, nullable=False)
+    #: the shop's order id (NULLs are distinct: conversions without one never collide)
+    order_id: Mapped[str | None] = mapped_column(sa.String(200))
+    kind: Mapped[str] = mapped_column(sa.String(10), nullable=False)
+    notification_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webpush_notification.id", ondelete="SET NULL"))
+    #: the delivery clicked or displayed; None once pruned or erased
+    delivery_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webpush_delivery.id", ondelete="SET NULL"))
+    amount: Mapped[int | None] = mapped_column(sa.BigInteger)
+    currency: Mapped[str | None] = mapped_column(sa.String(3))
+    #: when the customer converted (the attribution windows end here)
+    converted_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
 class ApiRequestRow(_Row):
     """A notification created through the push API: by which key, with which body."""
 
@@ -426,6 +469,9 @@ class ApiRequestRow(_Row):
     #: None while the request that claimed the idempotency key is still running
     notification_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("webpush_notification.id", ondelete="CASCADE"))
+    #: the conversion a ``POST /conversions`` recorded (stored with its key, at once)
+    conversion_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webpush_conversion.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
@@ -447,6 +493,8 @@ class Models:
     #: lists of user ids kept for sending (a CRM's segments), and their members
     Audience: type[AudienceRow]
     AudienceMember: type[AudienceMemberRow]
+    #: orders attributed to the pushes that led to them
+    Conversion: type[ConversionRow]
 
 
 _built: WeakKeyDictionary[SQLAlchemy, Models] = WeakKeyDictionary()
@@ -489,4 +537,5 @@ def _build(db: SQLAlchemy) -> Models:
         Preference=_model(PreferenceRow, base),
         Audience=_model(AudienceRow, base),
         AudienceMember=_model(AudienceMemberRow, base),
+        Conversion=_model(ConversionRow, base),
     )

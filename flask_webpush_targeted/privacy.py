@@ -1,7 +1,8 @@
 """GDPR: export and erase what the extension holds about one user.
 
-Erasing leaves nothing that names the person: their deliveries, consents, category
-choices, audience memberships (with their vars) and devices go, and their id leaves every
+Erasing leaves nothing that names the person: their deliveries, conversions (with their
+order ids), consents, category choices, audience memberships (with their vars) and devices
+go, and their id leaves every
 notification's lists (the targeting's ``user_ids`` and ``subscription_ids``,
 ``users_without_devices`` and ``users_opted_out``).
 What stays is anonymous: the running counters, and the sizes ``target_count`` and
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from . import conversions
 from .audiences import forget_member, memberships
 from .clock import iso
 from .context import app_state
@@ -80,6 +82,7 @@ def export_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, Any]:
              "closed_at": iso(d.closed_at)}
             for d, payload, wide in deliveries
         ],
+        "conversions": conversions.export(db, m, user_id),
     }
 
 
@@ -87,6 +90,9 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     """Delete the user's deliveries, consents and subscriptions; return what went."""
     D = m.Delivery
     # Children first, in one transaction: no foreign key is left dangling on any database.
+    # Conversions go whole (their order ids name purchases); the counters keep the counts.
+    erased_conversions = rowcount(db.session.execute(
+        sa.delete(m.Conversion).where(m.Conversion.user_id == user_id)))
     gone = db.session.execute(sa.delete(D).where(D.user_id == user_id)
                               .returning(D.notification_id, D.status)).all()
     # A delivery erased before its result is counted as skipped: the counters, which
@@ -99,7 +105,7 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
         inc = new_increments()
         add(inc, DeliveryStatus.SKIPPED, count, reason=(None, ERASED))
         bump(db, m, notification_id, inc)
-    counts = {"deliveries": len(gone)}
+    counts = {"deliveries": len(gone), "conversions": erased_conversions}
     result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))
     counts["consents"] = rowcount(result)
     result = db.session.execute(sa.delete(m.Preference).where(m.Preference.user_id == user_id))

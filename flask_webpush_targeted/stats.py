@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import sqlalchemy as sa
 from sqlalchemy.orm import defer
 
-from . import counters
+from . import conversions, counters
 from .audiences import delete_internal
 from .clock import iso, utcnow
 from .exceptions import NotificationNotFound
@@ -59,6 +59,7 @@ def _funnel(n: NotificationRow, counts: dict[str, int]) -> dict[str, Any]:
     funnel["display_rate"] = _rate(funnel["displayed"], funnel["sent"])
     funnel["click_rate"] = _rate(funnel["clicked"], funnel["displayed"])
     funnel["click_through_rate"] = _rate(funnel["clicked"], funnel["sent"])
+    funnel["conversion_rate"] = _rate(funnel["conversions"], funnel["sent"])
     return funnel
 
 
@@ -105,6 +106,7 @@ def notification_stats(db: SQLAlchemy, m: Models, notification_id: int) -> dict[
         row.key: row.sent for row in db.session.scalars(
             sa.select(S).where(S.notification_id == n.id, S.dimension == "language")
             .order_by(S.sent.desc(), S.key))}
+    stats["revenue"] = conversions.revenue(db, m, n.id)
     stats["pruned"] = bool(n.totals)
     stats["failure_reasons"] = (n.totals.get("failure_reasons", []) if n.totals
                                 else _failure_reasons(db, m, n.id, stats))
@@ -250,6 +252,12 @@ def prune(db: SQLAlchemy, m: Models, older_than: timedelta) -> dict[str, int]:
             continue
         reasons = _failure_reasons(db, m, nid, counters.totals(db, m, [nid])[nid])
         db.session.get_one(N, nid).totals = {"failure_reasons": reasons}
+        # A conversion keeps its notification, not the pruned delivery (SQLite neither
+        # enforces ON DELETE SET NULL nor keeps ids from being used again).
+        C = m.Conversion
+        db.session.execute(sa.update(C).where(C.notification_id == nid,
+                                              C.delivery_id.is_not(None))
+                           .values(delivery_id=None))
         deleted += rowcount(db.session.execute(sa.delete(D).where(D.notification_id == nid)))
         db.session.commit()
         pruned += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 from flask import request
@@ -39,12 +40,14 @@ def check_tree(value: Any, depth: int = 0) -> None:
             check_tree(item, depth + 1)
 
 
-def read_json_body(limit: int) -> Any:
-    """The request's JSON body, at most ``limit`` bytes, strict UTF-8 JSON with finite numbers."""
+def read_json_body(limit: int, *, decimals: bool = False) -> Any:
+    """The request's JSON body, at most ``limit`` bytes, strict UTF-8 JSON with finite numbers
+    (``decimals``: numbers with a fraction or exponent as exact Decimals, not floats)."""
     data = json_bytes(limit)
     try:
         value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
-                           parse_float=_finite, object_pairs_hook=_no_duplicates)
+                           parse_float=_finite_decimal if decimals else _finite,
+                           object_pairs_hook=_no_duplicates)
     except RecursionError as exc:
         raise BadRequestError(f"The body is nested deeper than {MAX_DEPTH} levels.") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our own checks
@@ -85,6 +88,13 @@ def _reject_constant(name: str) -> Any:
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
+        raise ValueError("a number is out of range")
+    return value
+
+
+def _finite_decimal(text: str) -> Decimal:
+    value = Decimal(text)
+    if not value.is_finite():
         raise ValueError("a number is out of range")
     return value
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the host's object, only annotated here
 #: What a key may be allowed: send and cancel its own notifications; read every
 #: notification's statistics; see a user's devices (support); read and change a user's
 #: choices of categories.
-SCOPES = ("send", "stats", "devices", "preferences")
+SCOPES = ("send", "stats", "devices", "preferences", "conversions")
 PREFIX = "wpk_"
 _KEY = re.compile(r"wpk_([1-9][0-9]{0,17})_([A-Za-z0-9_-]{43})")
 #: last_used_at is written at most this often per key

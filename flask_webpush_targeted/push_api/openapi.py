@@ -94,6 +94,8 @@ _ERRORS: dict[str, tuple[str, dict[str, dict[str, str]]]] = {
                               "notification's vars)."),
         "audience_name": _error("invalid_audience", "An audience's name is 1 to 200 "
                                 "characters."),
+        "conversion": _error("invalid_conversion", "a value needs its currency (an ISO 4217 "
+                             "code such as 'EUR')."),
     }),
     "429": ("Over the key's rate limit (WEBPUSH_API_RATE_LIMIT per minute).", {
         "limited": _error("rate_limited", "More than 600 requests this minute with this API "
@@ -139,10 +141,12 @@ _URL_TEXT = "A path on this site ('/trips/42') or a URL on its origin."
 _URL = {"type": "string", "minLength": 1, "maxLength": 2048, "description": _URL_TEXT}
 _COUNT = {"type": "integer", "minimum": 0}
 _RATE = {"type": ["number", "null"], "minimum": 0}
+#: an exact amount: a decimal string, at most 4 decimals
+_AMOUNT = {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2,4}$"}
 #: the counts of a notification's funnel (Stats), in the order of the answers
 _COUNTS = ("targeted_users", "users_without_devices", "opted_out", "capped", "deliveries",
            "pending", "held", "sent", "failed", "gone", "expired", "skipped", "displayed",
-           "clicked", "closed")
+           "clicked", "closed", "conversions", "influenced_conversions")
 _SEND_AT_LOCAL = {"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 
 _USER_ID_ITEM = {"anyOf": [
@@ -330,7 +334,7 @@ SCHEMAS: dict[str, Any] = {
                        "failure_reasons, by_platform, languages and pruned come with one "
                        "notification.",
         "required": [*_COUNTS, "display_rate", "click_rate", "click_through_rate",
-                     "expected_finish_at"],
+                     "conversion_rate", "expected_finish_at"],
         "properties": {
             **{k: _COUNT for k in _COUNTS},
             "opted_out": {**_COUNT, "description": "Targeted users skipped because they "
@@ -339,7 +343,14 @@ SCHEMAS: dict[str, Any] = {
                        "frequency cap."},
             "held": {**_COUNT, "description": "Deliveries quiet hours hold at this moment; "
                      "each goes out when its device's quiet hours end."},
+            "conversions": {**_COUNT, "description": "Conversions attributed to a click on "
+                            "this notification within WEBPUSH_ATTRIBUTION_WINDOW (direct)."},
+            "influenced_conversions": {**_COUNT, "description": "Conversions with no click "
+                                       "in their window, after this notification was "
+                                       "displayed within WEBPUSH_INFLUENCE_WINDOW."},
             **{k: _RATE for k in ("display_rate", "click_rate", "click_through_rate")},
+            "conversion_rate": {**_RATE, "description": "Direct conversions per delivery "
+                                "sent; null until one is sent."},
             "expected_finish_at": {
                 "type": ["string", "null"], "format": "date-time",
                 "description": "When a notification sent at rate_per_minute should be done, "
@@ -350,6 +361,11 @@ SCHEMAS: dict[str, Any] = {
                           "description": "Deliveries sent per language, for a notification "
                                          "written in several (else empty).",
                           "example": {"en": 812, "pl": 390}},
+            "revenue": {"type": "object", "propertyNames": {"pattern": "^[A-Z]{3}$"},
+                        "additionalProperties": _AMOUNT,
+                        "description": "The direct conversions' values per ISO 4217 "
+                                       "currency, exact decimal strings.",
+                        "example": {"EUR": "1520.40", "PLN": "89.99"}},
             "pruned": {"type": "boolean"},
         },
     },
@@ -457,6 +473,51 @@ SCHEMAS: dict[str, Any] = {
                                           "categories are off (WEBPUSH_CATEGORIES is None)."},
         },
     },
+    "ConversionRequest": {
+        "type": "object", "additionalProperties": False, "required": ["user_id"],
+        "properties": {
+            "user_id": _USER_ID_ITEM,
+            "value": {"anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1e12},
+                {"type": "string", "pattern": "^[0-9]{1,12}(\\.[0-9]{1,4})?$"},
+                {"type": "null"}],
+                "description": "The order's amount: a number or, to be sure it is kept "
+                               "exactly, a decimal string; at most 4 decimals. Needs "
+                               "currency."},
+            "currency": {"type": ["string", "null"], "pattern": "^[A-Z]{3}$",
+                         "description": "ISO 4217, such as EUR or PLN; needs value."},
+            "order_id": {"anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 200,
+                 "pattern": "^[^\\u0000]*\\S[^\\u0000]*$"},
+                {"type": "integer", "minimum": -MAX_ID - 1, "maximum": MAX_ID},
+                {"type": "null"}],
+                "description": "Your order's id: the same order counts once, however often "
+                               "it is reported."},
+            "at": {"type": ["string", "null"], "format": "date-time",
+                   "description": "When the customer converted (RFC 3339 with an offset); "
+                                  "now when absent. Not in the future."},
+        },
+    },
+    "Conversion": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "attributed", "kind", "notification_id", "delivery_id", "order_id",
+                     "duplicate", "replayed"],
+        "properties": {
+            "id": _ID,
+            "attributed": {"type": "boolean"},
+            "kind": {"type": ["string", "null"], "enum": ["direct", "influenced", None],
+                     "description": "direct: the user clicked the notification within "
+                                    "WEBPUSH_ATTRIBUTION_WINDOW before; influenced: it was "
+                                    "displayed within WEBPUSH_INFLUENCE_WINDOW; null: "
+                                    "neither (recorded, unattributed)."},
+            "notification_id": {"anyOf": [_ID, {"type": "null"}]},
+            "delivery_id": {"anyOf": [_ID, {"type": "null"}]},
+            "order_id": {"type": ["string", "null"]},
+            "duplicate": {"type": "boolean", "description": "The order was recorded before: "
+                          "counted once, this is the first attribution."},
+            "replayed": {"type": "boolean"},
+        },
+    },
     "PreferencesChange": {
         "type": "object", "additionalProperties": False, "required": ["preferences"],
         "properties": {
@@ -470,8 +531,9 @@ SCHEMAS: dict[str, Any] = {
 _STATS_EXAMPLE: dict[str, Any] = {
     "targeted_users": 4, "users_without_devices": 1, "opted_out": 1, "capped": 0,
     "deliveries": 3, "pending": 0, "held": 0, "sent": 3, "failed": 0, "gone": 0, "expired": 0,
-    "skipped": 0, "displayed": 2, "clicked": 1, "closed": 0, "display_rate": 0.6667,
-    "click_rate": 0.5, "click_through_rate": 0.3333, "expected_finish_at": None,
+    "skipped": 0, "displayed": 2, "clicked": 1, "closed": 0, "conversions": 1,
+    "influenced_conversions": 1, "display_rate": 0.6667, "click_rate": 0.5,
+    "click_through_rate": 0.3333, "conversion_rate": 0.3333, "expected_finish_at": None,
 }
 _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "id": 42, "status": "done", "title": "Flight LO123 boards at gate 12", "category": "travel",
@@ -479,7 +541,7 @@ _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-12-01T08:00:00+00:00", "send_at": None,
     "finished_at": "2026-12-01T08:00:03+00:00", "quiet_hours": None, "send_at_local": None,
     "rate_per_minute": None, "status_url": STATUS_URL,
-    "stats": {**_STATS_EXAMPLE, "pruned": False,
+    "stats": {**_STATS_EXAMPLE, "pruned": False, "revenue": {"EUR": "129.90"},
               "failure_reasons": [],
               "by_platform": [{"platform": "Firefox desktop", "deliveries": 2, "sent": 2,
                                "displayed": 2, "clicked": 1}]},
@@ -696,6 +758,43 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/conversions": {
+            "post": {
+                "operationId": "recordConversion",
+                "summary": "Report an order; it is attributed to the push that led to it "
+                           "(scope: conversions).",
+                "description": "Direct when the user clicked a push within "
+                               "WEBPUSH_ATTRIBUTION_WINDOW before `at` (the latest click), "
+                               "else influenced when one was displayed within "
+                               "WEBPUSH_INFLUENCE_WINDOW, else unattributed. A direct "
+                               "conversion's value adds to the notification's revenue. 201 "
+                               "for a new conversion; 200 for an order_id recorded before "
+                               "(counted once) or a replay.",
+                "parameters": [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "The same key with the same body answers the first "
+                                   "request again; with another body, 409.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                               "pattern": "^[!-~]+$"},
+                    "example": "order-10427"}],
+                "requestBody": {"required": True, "content": _json(
+                    _ref("ConversionRequest"), order={
+                        "user_id": "1042", "value": "129.90", "currency": "EUR",
+                        "order_id": "10427", "at": "2026-12-01T09:12:00+01:00"})},
+                "responses": {
+                    "201": {"description": "Recorded now.", "content": _json(
+                        _ref("Conversion"), direct={
+                            "id": 311, "attributed": True, "kind": "direct",
+                            "notification_id": 42, "delivery_id": 9071,
+                            "order_id": "10427", "duplicate": False, "replayed": False})},
+                    "200": {"description": "The order was recorded before, or a replay.",
+                            "content": _json(_ref("Conversion"))},
+                    **_errors("400", "401", "403", "409", "413", "422", "429",
+                              e400="unknown_field,naive_time", e409="idempotency",
+                              e413="body", e422="conversion"),
+                },
+            },
+        },
         "/users/{user_id}/devices": {
             "get": {
                 "operationId": "listUserDevices",
@@ -778,7 +877,8 @@ def openapi_document(base_path: str = "/webpush/api/v1", *,
             "securitySchemes": {"apiKey": {
                 "type": "http", "scheme": "bearer", "bearerFormat": "wpk_<id>_<secret>",
                 "description": "`flask webpush api-key create NAME --scope send` prints one, "
-                               "once. Scopes: send, stats, devices, preferences."}},
+                               "once. Scopes: send, stats, devices, preferences, "
+                               "conversions."}},
             "schemas": SCHEMAS,
         },
         "paths": _paths(),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import Conflict, RequestEntityTooLarge
 
 from ..exceptions import APIError, BadRequestError
 from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
@@ -39,6 +39,12 @@ _INT_FIELDS = tuple(n for n, kind in OPTION_KINDS.items() if kind == "integer")
 #: the body's fields that say who gets it: exactly one is given
 TARGETS = ("user_ids", "audience_id", "recipients")
 FIELDS = frozenset((*TARGETS, *OPTION_KINDS))
+
+
+class IdempotencyConflict(APIError, Conflict):
+    """An Idempotency-Key reused by the same API key with another request body."""
+
+    error = "idempotency_conflict"
 
 
 class TooManyUsers(APIError, RequestEntityTooLarge):

@@ -32,11 +32,12 @@ from ..limits import MAX_ID
 from ..notifications import notification_fields
 from ..targeting import users_without
 from ..web_input import add_user_id_converter, read_json_body
-from . import audiences
+from . import audiences, conversions
 from .access import answer as _answer
 from .access import authorize as _authorize
 from .openapi import openapi_document
 from .requests import (
+    IdempotencyConflict,
     NotifyRequest,
     check_user_id,
     idempotency_key,
@@ -52,16 +53,11 @@ API = "/api/v1"
 #: then the rates and expected_finish_at, which are null until they mean something
 FUNNEL = ("targeted_users", "users_without_devices", "opted_out", "capped", "deliveries",
           "pending", "held", "sent", "failed", "gone", "expired", "skipped", "displayed",
-          "clicked", "closed", "display_rate", "click_rate", "click_through_rate",
-          "expected_finish_at")
+          "clicked", "closed", "conversions", "influenced_conversions", "display_rate",
+          "click_rate", "click_through_rate", "conversion_rate", "expected_finish_at")
 #: the FUNNEL figures that are null rather than 0 when absent
-_NULLABLE = frozenset(("display_rate", "click_rate", "click_through_rate", "expected_finish_at"))
-
-
-class IdempotencyConflict(APIError, Conflict):
-    """An Idempotency-Key reused by the same API key with another request body."""
-
-    error = "idempotency_conflict"
+_NULLABLE = frozenset(("display_rate", "click_rate", "click_through_rate", "conversion_rate",
+                       "expected_finish_at"))
 
 
 class NotCancellable(APIError, Conflict):
@@ -88,6 +84,7 @@ def register(bp: Blueprint) -> None:
     bp.add_url_rule(user_preferences, "api_set_user_preferences", put_preferences,
                     methods=["PUT"])
     audiences.register(bp, API)
+    conversions.register(bp, API)
 
 
 def _status_url(notification_id: int) -> str:
@@ -104,6 +101,7 @@ def _notification_json(n: Any, figures: dict[str, Any], *, detail: bool) -> dict
         funnel.update(failure_reasons=figures.get("failure_reasons", []),
                       by_platform=figures.get("by_platform", []),
                       languages=figures.get("languages", {}),
+                      revenue=figures.get("revenue", {}),
                       pruned=bool(figures.get("pruned")))
         # Known once the worker fanned out (the choices then, not now); the list of
         # notifications leaves it out, as it leaves out the users without devices.

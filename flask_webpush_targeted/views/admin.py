@@ -20,6 +20,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     g,
     jsonify,
     redirect,
@@ -36,6 +37,7 @@ from .. import stats
 from ..categories import Category, quiet_window
 from ..charts import series_svg
 from ..clock import iso, utcnow
+from ..config import window
 from ..context import app_state
 from ..csrf import check_csrf, csrf_token
 from ..exceptions import (
@@ -282,6 +284,8 @@ FIGURE_LABELS = {
     "displayed": _l("Displayed"),
     "clicked": _l("Clicked"),
     "closed": _l("Closed"),
+    "conversions": _l("Conversions after a click"),
+    "influenced_conversions": _l("Conversions after a display only"),
 }
 
 
@@ -303,6 +307,10 @@ def _minutes(count: int) -> str:
 
 #: Units a validity period is said in, largest first: a period in one of them is whole.
 _DURATION_UNITS = ((7 * 86400, _weeks), (86400, _days), (3600, _hours), (60, _minutes))
+
+
+def _conversion_window_words(name: str) -> str:
+    return duration_words(int(window(current_app.config, name).total_seconds()))
 
 
 def duration_words(seconds: int) -> str:
@@ -544,6 +552,8 @@ def notification_page(nid: int) -> ResponseReturnValue:
         devices_words=devices_words(n), urgency_words=str(URGENCY_WORDS.get(n.urgency, n.urgency)),
         no_device_words=no_device_words(n, funnel), labels=FIGURE_LABELS,
         validity=duration_words(n.ttl), live=n.status in LIVE,
+        attribution_window=_conversion_window_words("WEBPUSH_ATTRIBUTION_WINDOW"),
+        influence_window=_conversion_window_words("WEBPUSH_INFLUENCE_WINDOW"),
         live_interval_ms=LIVE_INTERVAL_MS,
         title_of=lambda d: title_for(n.payload, n.vars, d.vars, d.language),
         audience_words=audience_words(n))

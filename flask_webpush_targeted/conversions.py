@@ -1,0 +1,213 @@
+"""Conversions: an order attributed to the push that led to it, counted on its notification.
+
+A conversion is ``direct`` when the customer clicked one of their pushes within
+WEBPUSH_ATTRIBUTION_WINDOW before it (the most recent click wins), ``influenced`` when
+none was clicked but one was displayed within WEBPUSH_INFLUENCE_WINDOW before it (the most
+recent display wins), and unattributed otherwise (stored, counted nowhere). The same
+``order_id`` counts once, whoever records it and however often. A direct conversion's
+value adds to its notification's revenue in its currency, kept exactly: values are whole
+numbers of ten-thousandths (``SCALE``), never floats.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from babel.numbers import list_currencies
+
+from .clock import iso, utcnow
+from .config import window as window
+from .counters import bump, new_increments
+from .exceptions import InvalidConversion
+from .models import Models
+from .sql import insert_for
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+#: values are kept in ten-thousandths: ISO 4217's finest minor unit is 4 decimals (CLF)
+SCALE = 10_000
+_FINEST = Decimal(1).scaleb(-4)
+#: the largest value of one conversion (a bigint of ten-thousandths holds 9.2e14)
+MAX_VALUE = Decimal(10) ** 12
+#: the longest order id kept (the column's size)
+ORDER_ID_SIZE = 200
+#: how far ahead of the clock a conversion's time may be (a host's clock running fast)
+FUTURE_SLACK = timedelta(hours=1)
+#: the earliest time a conversion may carry (windows before it would leave the calendar)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+#: what ``kind`` holds for a conversion attributed to no push
+UNATTRIBUTED = "none"
+
+_CURRENCIES = frozenset(list_currencies())
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A conversion's checked fields: amount in ten-thousandths, or None without a value."""
+
+    user_id: str
+    amount: int | None
+    currency: str | None
+    order_id: str | None
+    at: datetime
+
+
+def parse_value(value: Any) -> int | None:
+    """``value`` (a Decimal, an int, a decimal string or a float as written) in
+    ten-thousandths; InvalidConversion for anything else, negative, or not exact."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, str, float)):
+        raise InvalidConversion("value must be a decimal amount (a Decimal, an int or a "
+                                "string such as '19.99').")
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+        # Decimal() would take " 19.99", "1_999" and "1e3": a text must be plain digits.
+        raise InvalidConversion("value must be a decimal amount such as '19.99' (digits and "
+                                "a point, nothing else).")
+    try:
+        # A float's shortest repr is what the developer wrote (19.99, not 19.98999...).
+        amount = Decimal(repr(value) if isinstance(value, float) else value)
+    except (InvalidOperation, ValueError, TypeError) as exc:
+        raise InvalidConversion("value must be a decimal amount such as '19.99'.") from exc
+    if not amount.is_finite():
+        raise InvalidConversion("value must be a finite amount.")
+    if amount < 0:
+        raise InvalidConversion("value must not be negative (record a refund in your shop, "
+                                "not as a conversion).")
+    if amount >= MAX_VALUE:
+        raise InvalidConversion(f"value must be below {MAX_VALUE:,}.")
+    # Comparisons are exact whatever the context's precision; arithmetic is not.
+    kept = amount.quantize(_FINEST, rounding=ROUND_DOWN)
+    if kept != amount:
+        raise InvalidConversion("value has more than 4 decimal places.")
+    return int(kept.scaleb(4))
+
+
+def format_amount(amount: int) -> str:
+    """Ten-thousandths as a decimal string with at least 2 decimals: 199900 -> "19.99"."""
+    text = format(Decimal(amount) / SCALE, "f")
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def check(user_id: str, *, value: Any = None, currency: Any = None, order_id: Any = None,
+          at: Any = None) -> Conversion:
+    """The conversion's fields checked; InvalidConversion says what is wrong."""
+    amount = parse_value(value)
+    if currency is not None and (not isinstance(currency, str) or currency not in _CURRENCIES):
+        raise InvalidConversion("currency must be an ISO 4217 code such as 'EUR' or 'PLN' "
+                                "(three capital letters).")
+    if amount is not None and currency is None:
+        raise InvalidConversion("a value needs its currency (an ISO 4217 code such as 'EUR').")
+    if currency is not None and amount is None:
+        raise InvalidConversion("a currency needs a value.")
+    if order_id is not None:
+        if isinstance(order_id, int) and not isinstance(order_id, bool):
+            order_id = str(order_id)
+        if (not isinstance(order_id, str) or not order_id.strip()
+                or len(order_id) > ORDER_ID_SIZE or "\x00" in order_id
+                or not _encodable(order_id)):
+            raise InvalidConversion(f"order_id must be a non-empty text of at most "
+                                    f"{ORDER_ID_SIZE} characters (valid Unicode, no NUL).")
+    now = utcnow()
+    if at is None:
+        at = now
+    elif not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidConversion("at must be a timezone-aware datetime.")
+    elif not EARLIEST <= at <= now + FUTURE_SLACK:
+        raise InvalidConversion("at must be after 2000 and not in the future.")
+    return Conversion(user_id, amount, currency, order_id, at.astimezone(UTC))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: timedelta,
+           influence: timedelta) -> tuple[int, dict[str, Any] | None]:
+    """Store the conversion attributed to a push, count it, commit; return (its row's id,
+    the attribution or None). An order already recorded returns the first one's."""
+    C = m.Conversion
+    if conversion.order_id is not None:
+        earlier = db.session.scalar(sa.select(C).where(C.order_id == conversion.order_id))
+        if earlier is not None:
+            return earlier.id, attribution_of(earlier)
+    kind, notification_id, delivery_id = _attribute(db, m, conversion, attribution, influence)
+    values = {"user_id": conversion.user_id, "order_id": conversion.order_id, "kind": kind,
+              "notification_id": notification_id, "delivery_id": delivery_id,
+              "amount": conversion.amount, "currency": conversion.currency,
+              "converted_at": conversion.at, "created_at": utcnow()}
+    # ON CONFLICT DO NOTHING: two requests with one order id at once store one row, and the
+    # host's other changes in this session are never rolled back by an IntegrityError.
+    stmt = insert_for(db, C.__table__).values(**values)
+    if conversion.order_id is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["order_id"])
+    new_id = db.session.execute(stmt.returning(C.__table__.c.id)).scalar()
+    if new_id is None:  # the same order, recorded meanwhile (committed: the conflict waited)
+        earlier = db.session.scalar(sa.select(C).where(C.order_id == conversion.order_id))
+        assert earlier is not None  # the conflict was with it, and rows are never updated
+        return earlier.id, attribution_of(earlier)
+    if notification_id is not None:
+        inc = new_increments()
+        counter = "conversions" if kind == "direct" else "influenced_conversions"
+        inc[("total", "")][counter] += 1
+        if kind == "direct" and conversion.amount is not None and conversion.currency:
+            inc[("revenue", conversion.currency)]["conversions"] += 1
+            inc[("revenue", conversion.currency)]["amount"] += conversion.amount
+        bump(db, m, notification_id, inc)
+    db.session.commit()
+    return new_id, attribution_of(db.session.get(C, new_id))
+
+
+def attribution_of(row: Any) -> dict[str, Any] | None:
+    """What ``record_conversion`` returns for a stored conversion."""
+    if row is None or row.kind == UNATTRIBUTED or row.notification_id is None:
+        return None
+    return {"notification_id": row.notification_id, "delivery_id": row.delivery_id,
+            "kind": row.kind}
+
+
+def _attribute(db: SQLAlchemy, m: Models, conversion: Conversion, attribution: timedelta,
+               influence: timedelta) -> tuple[str, int | None, int | None]:
+    """(kind, notification id, delivery id): the latest click in the attribution window,
+    else the latest display in the influence window, else unattributed."""
+    D, at = m.Delivery, conversion.at
+    for kind, column, span in (("direct", D.clicked_at, attribution),
+                               ("influenced", D.displayed_at, influence)):
+        found = db.session.execute(
+            sa.select(D.id, D.notification_id)
+            .where(D.user_id == conversion.user_id, column.is_not(None),
+                   column >= at - span, column <= at)
+            .order_by(column.desc(), D.id.desc()).limit(1)).first()
+        if found is not None:
+            return kind, found.notification_id, found.id
+    return UNATTRIBUTED, None, None
+
+
+def revenue(db: SQLAlchemy, m: Models, notification_id: int) -> dict[str, str]:
+    """The direct conversions' revenue of a notification: currency -> decimal string."""
+    S = m.Stat
+    return {row.key: format_amount(row.amount) for row in db.session.scalars(
+        sa.select(S).where(S.notification_id == notification_id, S.dimension == "revenue")
+        .order_by(S.key))}
+
+
+def export(db: SQLAlchemy, m: Models, user_id: str) -> list[dict[str, Any]]:
+    """A user's conversions for the GDPR export."""
+    C = m.Conversion
+    return [{"order_id": c.order_id, "kind": c.kind, "notification_id": c.notification_id,
+             "value": None if c.amount is None else format_amount(c.amount),
+             "currency": c.currency, "at": iso(c.converted_at)}
+            for c in db.session.scalars(sa.select(C).where(C.user_id == user_id)
+                                        .order_by(C.id))]
