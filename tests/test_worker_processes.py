@@ -119,9 +119,10 @@ def test_processes_runs_that_many_app_workers_under_one_command_and_they_send(
         log = log_tail(proc)
     for user, sub in subs.items():
         got = sending.push_service.received_for(sub.endpoint)
+        requests = sending.push_service.request_count(sub.endpoint)
         assert [p for p in got if p.ok], (
-            f"{user}: delivery {rows.get(sub.id)}, {sending.push_service.request_count(sub.endpoint)}"
-            f" request(s), received {[(p.status, p.error) for p in got]}; the pool's log:\n{log}")
+            f"{user}: delivery {rows.get(sub.id)}, {requests} request(s), received "
+            f"{[(p.status, p.error) for p in got]}; the pool's log:\n{log}")
 
 
 def test_a_child_killed_with_sigkill_is_replaced_and_its_batch_sent_again_within_the_bound(
