@@ -91,8 +91,12 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     D = m.Delivery
     # Children first, in one transaction: no foreign key is left dangling on any database.
     # Conversions go whole (their order ids name purchases); the counters keep the counts.
-    erased_conversions = rowcount(db.session.execute(
-        sa.delete(m.Conversion).where(m.Conversion.user_id == user_id)))
+    C, R = m.Conversion, m.ApiRequest
+    own = sa.select(C.id).where(C.user_id == user_id)
+    # The API requests that recorded them, by hand: SQLite would keep them (no ON DELETE
+    # CASCADE) and a reused id would replay another customer's conversion.
+    db.session.execute(sa.delete(R).where(R.conversion_id.in_(own)))
+    erased_conversions = rowcount(db.session.execute(sa.delete(C).where(C.user_id == user_id)))
     gone = db.session.execute(sa.delete(D).where(D.user_id == user_id)
                               .returning(D.notification_id, D.status)).all()
     # A delivery erased before its result is counted as skipped: the counters, which

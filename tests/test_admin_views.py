@@ -210,9 +210,10 @@ def delivered(sending: SendingHost) -> Delivered:
 
 
 def test_each_list_row_shows_its_funnel_numbers(delivered: Delivered) -> None:
-    # status, category, targeted, sent, displayed, clicked, not sent (failed + gone + expired)
-    assert row(delivered.page("/notifications"), "data-notification-id", delivered.nid)[3:10] == [
-        "done", "travel", "3", "1", "1", "1", "1"]
+    # status, category, targeted, sent, displayed, clicked, orders (direct conversions),
+    # not sent (failed + gone + expired)
+    assert row(delivered.page("/notifications"), "data-notification-id", delivered.nid)[3:11] == [
+        "done", "travel", "3", "1", "1", "1", "0", "1"]
 
 
 def test_the_notification_page_shows_funnel_reasons_devices_chart_payload_and_schedule(
@@ -223,7 +224,8 @@ def test_the_notification_page_shows_funnel_reasons_devices_chart_payload_and_sc
     assert figures == {
         "targeted_users": "3", "users_without_devices": "1", "deliveries": "2", "sent": "1",
         "displayed": "1", "clicked": "1", "closed": "0", "pending": "0", "failed": "0",
-        "gone": "1", "expired": "0", "skipped": "0"}
+        "gone": "1", "expired": "0", "skipped": "0", "conversions": "0",
+        "influenced_conversions": "0"}
     reasons = re.search(r"Why some were not sent.*?</table>", html, re.DOTALL)
     assert reasons and cells(reasons.group(0))[:2] == ["gone", "410"]
     deliveries = delivered.by_user()

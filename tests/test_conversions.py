@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import SendingHost
+from conftest import SendingHost, admin_http
 from fuzz_strategies import (
     extreme_datetimes,
     fuzz_settings,
@@ -27,10 +27,12 @@ from fuzz_strategies import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from openapi_check import BASE, check_answer
 
 from flask_webpush_targeted import InvalidConversion, WebPushError
 from flask_webpush_targeted.clock import ManualClock, use_clock
 from flask_webpush_targeted.exceptions import ConfigurationError
+from flask_webpush_targeted.push_api.keys import create_key
 from flask_webpush_targeted.worker import make_worker
 
 EVENTS = "/webpush/events"
@@ -308,3 +310,162 @@ def test_a_window_outside_one_second_to_90_days_is_refused_at_init_app(
         make_app: Any, setting: Any) -> None:
     with pytest.raises(ConfigurationError, match="WEBPUSH_ATTRIBUTION_WINDOW"):
         make_app(WEBPUSH_ATTRIBUTION_WINDOW=setting)
+
+
+# -- the push API: POST /webpush/api/v1/conversions ---------------------------------------------
+
+CONVERSIONS = f"{BASE}/conversions"
+
+
+def post(shop: Shop, key: str | None, body: Any, **headers: str) -> Any:
+    """POST conversions; the answer checked against the OpenAPI document."""
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    client = shop.host.app.test_client()
+    if isinstance(body, bytes):
+        response = client.post(CONVERSIONS, data=body, headers=headers,
+                               content_type="application/json")
+    else:
+        response = client.post(CONVERSIONS, json=body, headers=headers)
+    response.body = check_answer("POST", CONVERSIONS, response)
+    return response
+
+
+def api_key(shop: Shop, *scopes: str) -> str:
+    with shop.host.app.app_context():
+        return create_key(shop.host.db, shop.host.webpush.models, "shop back end",
+                          scopes or ("conversions",))[1]
+
+
+def test_the_api_records_an_order_attributes_it_and_counts_it_once(shop: Shop) -> None:
+    nid = shop.send(["1042"])
+    shop.beacon(nid, "1042", "clicked")
+    shop.later(hours=1)
+    key = api_key(shop)
+    # a JSON number is read as an exact decimal, not a float
+    order = {"user_id": 1042, "value": 129.9, "currency": "EUR", "order_id": 10427}
+    first = post(shop, key, order)
+    assert first.status_code == 201, first.body
+    assert first.body == {"id": first.body["id"], "attributed": True, "kind": "direct",
+                          "notification_id": nid,
+                          "delivery_id": delivery_of(shop, nid, "1042"),
+                          "order_id": "10427", "duplicate": False, "replayed": False}
+    again = post(shop, key, {**order, "value": "129.90"})
+    assert again.status_code == 200 and again.body["duplicate"] is True
+    assert again.body["kind"] == "direct" and again.body["id"] == first.body["id"]
+    assert shop.stats(nid)["revenue"] == {"EUR": "129.90"}
+    assert shop.stats(nid)["conversions"] == 1
+    none = post(shop, key, {"user_id": "someone else"})
+    assert none.status_code == 201
+    assert (none.body["attributed"], none.body["kind"], none.body["notification_id"]) == (
+        False, None, None)
+
+
+def test_an_idempotency_key_replays_the_answer_and_refuses_another_body(shop: Shop) -> None:
+    nid = shop.send(["u"])
+    shop.beacon(nid, "u", "displayed")
+    key = api_key(shop)
+    body = {"user_id": "u", "value": "5", "currency": "PLN"}  # no order id: the key alone
+    first = post(shop, key, body, **{"Idempotency-Key": "checkout-77"})
+    assert first.status_code == 201 and first.body["kind"] == "influenced"
+    shop.later(minutes=5)  # a time not given is not part of the request
+    replay = post(shop, key, {"currency": "PLN", "value": "5.00", "user_id": "u"},
+                  **{"Idempotency-Key": "checkout-77"})
+    assert replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.body == {**first.body, "replayed": True}
+    other = post(shop, key, {**body, "value": "6"}, **{"Idempotency-Key": "checkout-77"})
+    assert (other.status_code, other.body["error"]) == (409, "idempotency_conflict")
+    assert shop.stats(nid)["influenced_conversions"] == 1 and len(shop.rows()) == 1
+    # another API key's same Idempotency-Key is its own
+    mine = post(shop, api_key(shop), body, **{"Idempotency-Key": "checkout-77"})
+    assert mine.status_code == 201 and len(shop.rows()) == 2
+
+
+@pytest.mark.parametrize(("body", "status", "error"), [
+    ({"value": "5", "currency": "EUR"}, 400, "bad_request"),  # no user_id
+    ({"user_id": "u", "colour": "red"}, 400, "bad_request"),
+    ({"user_id": "u", "value": True, "currency": "EUR"}, 400, "bad_request"),
+    ({"user_id": "u", "value": [5], "currency": "EUR"}, 400, "bad_request"),
+    ({"user_id": "u", "at": "2026-12-01T09:00:00"}, 400, "bad_request"),  # no offset
+    ({"user_id": "u", "order_id": {"id": 1}}, 400, "bad_request"),
+    ({"user_id": "", "order_id": "x"}, 400, "bad_request"),
+    ({"user_id": "a\u0000b"}, 400, "bad_request"),
+    (["u"], 400, "bad_request"),
+    (b'{"user_id": "u", "value": 1e400, "currency": "EUR"}', 422, "invalid_conversion"),
+    (b'{"user_id": "u", "value": NaN, "currency": "EUR"}', 400, "bad_request"),
+    ({"user_id": "u", "value": "5"}, 422, "invalid_conversion"),
+    ({"user_id": "u", "value": 1.23456, "currency": "EUR"}, 422, "invalid_conversion"),
+    ({"user_id": "u", "value": "5", "currency": "ZZZ"}, 422, "invalid_conversion"),
+    ({"user_id": "u", "order_id": "   "}, 422, "invalid_conversion"),
+    ({"user_id": "u", "at": "2999-01-01T00:00:00Z"}, 422, "invalid_conversion"),
+])
+def test_a_bad_request_is_refused_with_its_reason_and_stores_nothing(
+        shop: Shop, body: Any, status: int, error: str) -> None:
+    answer = post(shop, api_key(shop), body)
+    assert (answer.status_code, answer.body["error"]) == (status, error), answer.body
+    assert answer.body["message"]
+    assert shop.rows() == []
+
+
+def test_the_conversions_scope_is_needed(shop: Shop) -> None:
+    answer = post(shop, api_key(shop, "send", "stats"), {"user_id": "u"})
+    assert (answer.status_code, answer.body["error"]) == (403, "insufficient_scope")
+    assert post(shop, None, {"user_id": "u"}).status_code == 401
+    assert shop.rows() == []
+
+
+def test_the_notification_api_shows_the_conversions(shop: Shop) -> None:
+    nid = shop.send(["u"])
+    shop.beacon(nid, "u", "clicked")
+    shop.convert("u", value="19.99", currency="PLN", order_id="Z-1")
+    key = api_key(shop, "stats")
+    path = f"{BASE}/notifications/{nid}"
+    answer = shop.host.app.test_client().get(path, headers={"Authorization": f"Bearer {key}"})
+    body = check_answer("GET", path, answer)
+    assert body is not None
+    stats = body["stats"]
+    assert (stats["conversions"], stats["influenced_conversions"], stats["conversion_rate"],
+            stats["revenue"]) == (1, 0, 1.0, {"PLN": "19.99"})
+
+
+# -- the admin pages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("language", "words"), [("en", ["€1,520.40", "PLN89.99"]),
+                                                 ("pl", ["1\xa0520,40\xa0€", "89,99\xa0zł"])])
+def test_the_admin_page_shows_the_orders_and_revenue_in_the_staff_language(
+        shop: Shop, language: str, words: list[str]) -> None:
+    nid = shop.send(["u", "v"])
+    shop.beacon(nid, "u", "clicked")
+    shop.beacon(nid, "v", "displayed")
+    shop.convert("u", value="1520.40", currency="EUR", order_id="R-1")
+    shop.convert("u", value="89.99", currency="PLN", order_id="R-2")
+    shop.convert("v", value="7", currency="EUR", order_id="R-3")
+    http = admin_http(shop.host)
+    page = http.get(f"/webpush/admin/notifications/{nid}",
+                    headers={"Accept-Language": language}).get_data(as_text=True)
+    orders = page[page.index("data-conversions"):]
+    orders = orders[:orders.index("</dl>")]
+    assert 'data-figure="conversions">2<' in orders
+    assert 'data-figure="influenced_conversions">1<' in orders
+    assert "100.0%" in orders or "100,0%" in orders  # 2 direct conversions, 2 sent
+    for word in words:
+        assert word in orders, orders
+    listing = http.get("/webpush/admin/notifications").get_data(as_text=True)
+    row = listing[listing.index(f'data-notification-id="{nid}"'):]
+    assert "<td>2</td>" in row[:row.index("</tr>")]
+
+
+def test_after_an_erase_a_replayed_key_records_anew_and_never_shows_another_customer(
+        shop: Shop) -> None:
+    key = api_key(shop)
+    erased = post(shop, key, {"user_id": "gone", "order_id": "K-1"}, **{"Idempotency-Key": "k"})
+    assert erased.status_code == 201
+    with shop.host.app.app_context():
+        shop.host.webpush.forget_user("gone")
+    # the next conversion may get the erased one's id on SQLite
+    other = post(shop, key, {"user_id": "other", "order_id": "K-2"})
+    assert other.status_code == 201
+    again = post(shop, key, {"user_id": "gone", "order_id": "K-1"}, **{"Idempotency-Key": "k"})
+    assert again.status_code == 201 and again.body["order_id"] == "K-1"
+    assert again.body["replayed"] is False

@@ -84,7 +84,8 @@ def test_models_name_their_typed_mixins() -> None:
     assert typing.get_type_hints(Models) == {
         name: type[getattr(models, f"{name}Row")]
         for name in ("Subscription", "Consent", "Notification", "Delivery", "ApiKey",
-                     "ApiRequest", "Stat", "Preference", "Audience", "AudienceMember")
+                     "ApiRequest", "Stat", "Preference", "Audience", "AudienceMember",
+                         "Conversion")
     }
 
 

@@ -2,7 +2,8 @@
 
 Rules interleave notify (in a required or a capped category, keeping or ignoring quiet
 hours, throttled or not), customers changing their choice of category, cancel (between
-jobs and in the middle of a batch), jobs run,
+jobs and in the middle of a batch), jobs run, clicks and displays, orders (an order id
+reported more than once),
 workers killed mid-batch, time passing in the middle of a batch, jobs run while Redis is
 down or with receivers that raise, recover, scripted
 push-service faults per subscription (429 with any Retry-After, WNS's 406, 5xx, 404/410,
@@ -34,7 +35,11 @@ Invariants, after every step:
   (pl-PL and pl: Polish; en-GB, de-DE and none: English), and its ``languages`` figure
   counts exactly its sent deliveries by language (one text for everyone: empty);
 - a click through the click route (once or twice, any received notification) lands on
-  the notification's URL and counts once: clicked equals the rows clicked.
+  the notification's URL and counts once: clicked equals the rows clicked;
+- an order counts once whatever times it is reported (the same attribution each time);
+  each attributed conversion points at a delivery of its own customer clicked (direct) or
+  displayed (influenced) within the day before it, and each notification's conversions,
+  influenced conversions and revenue per currency equal its conversion rows.
 At the end, time runs on (recover every minute, jobs as they come due) for the longest
 validity plus 2 x WEBPUSH_CLAIM_TIMEOUT plus WEBPUSH_RETRY_MAX_DELAY: by then every
 delivery is final and every notification done or cancelled.
@@ -49,6 +54,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from unittest import mock
 from urllib.parse import urlsplit
@@ -71,6 +77,7 @@ from pipeline_driver import InProcessQueue
 
 from flask_webpush_targeted import delivery
 from flask_webpush_targeted.clock import ManualClock, use_clock
+from flask_webpush_targeted.conversions import format_amount
 from flask_webpush_targeted.local_time import in_window, parse_window
 from flask_webpush_targeted.payload import default_tag
 from flask_webpush_targeted.testing import LocalPushService
@@ -156,6 +163,7 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             self.timing_out: set[int] = set()  # subscriptions whose next answer is late
             self.cancelled_at: dict[int, tuple[int, int]] = {}  # nid -> received, allowance
             self.title_for: dict[tuple[int, str], str] = {}  # (nid, user) -> the filled title
+            self.orders: dict[str, Any] = {}  # order id -> its first attribution
 
         def teardown(self) -> None:
             try:
@@ -299,6 +307,33 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                     sa.select(D.clicked_at).where(D.id == read_token(message["token"])))
                 self.host.db.session.commit()
             assert clicked is not None, message
+
+        @precondition(lambda self: self.notifications)
+        @rule(pick=st.integers(0, 1000))
+        def displayed_beacon(self, pick: int) -> None:
+            """A browser shows a received notification and says so (not clicked)."""
+            pushes = [p for p in push_service.received if p.ok and p.payload is not None
+                      and p.endpoint in self.by_endpoint]
+            if not pushes:
+                return
+            token = pushes[pick % len(pushes)].notification()["token"]
+            answer = self.host.app.test_client(use_cookies=False).post(
+                "/webpush/events", json={"token": token, "event": "displayed"},
+                environ_base={"REMOTE_ADDR": "10.77.0.1"})
+            assert answer.status_code == 200, answer.get_json()
+
+        @rule(user=st.sampled_from(USERS), order=st.sampled_from(["o1", "o2", "o3", None]),
+              cents=st.integers(0, 10**9), currency=st.sampled_from(["EUR", "PLN"]))
+        def an_order(self, user: str, order: str | None, cents: int, currency: str) -> None:
+            """A customer orders (an order id the shop may report twice): the conversion
+            goes to their latest click, else their latest display, in the window."""
+            with self.host.app.app_context():
+                got = self.host.webpush.record_conversion(
+                    user, value=Decimal(cents).scaleb(-2), currency=currency, order_id=order)
+            if order in self.orders:
+                assert got == self.orders[order], (order, got, self.orders[order])
+            elif order is not None:
+                self.orders[order] = got
 
         @rule(user=st.sampled_from(USERS), on=st.booleans())
         def choose_offers(self, user: str, on: bool) -> None:
@@ -545,6 +580,38 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                     stats = self.host.webpush.stats(nid)
                     assert stats["clicked"] == clicked, (nid, stats["clicked"], clicked)
                     assert stats["displayed"] >= clicked, (nid, stats)
+                self.host.db.session.commit()
+
+        @invariant()
+        def conversions_count_once_each_where_they_are_attributed(self) -> None:
+            C, D = self.host.webpush.models.Conversion, self.host.webpush.models.Delivery
+            with self.host.app.app_context():
+                rows = self.host.db.session.execute(
+                    sa.select(C, D.user_id, D.clicked_at, D.displayed_at)
+                    .outerjoin(D, D.id == C.delivery_id)).all()
+                direct: Counter[int] = Counter()
+                influenced: Counter[int] = Counter()
+                revenue: dict[int, Counter[str]] = {}
+                for c, owner, clicked_at, displayed_at in rows:
+                    if c.kind == "none":
+                        assert c.notification_id is None and c.delivery_id is None, c
+                        continue
+                    assert owner == c.user_id, (c.id, owner, c.user_id)
+                    seen = clicked_at if c.kind == "direct" else displayed_at
+                    assert seen is not None and timedelta(0) <= c.converted_at - seen <= \
+                        timedelta(days=1), (c.id, c.kind, seen, c.converted_at)
+                    if c.kind == "direct":
+                        direct[c.notification_id] += 1
+                        revenue.setdefault(c.notification_id, Counter())[c.currency] += c.amount
+                    else:
+                        influenced[c.notification_id] += 1
+                for nid in self.notifications:
+                    stats = self.host.webpush.stats(nid)
+                    assert stats["conversions"] == direct[nid], (nid, stats, direct)
+                    assert stats["influenced_conversions"] == influenced[nid], (nid, stats)
+                    assert stats["revenue"] == {
+                        cur: format_amount(amount)
+                        for cur, amount in sorted(revenue.get(nid, Counter()).items())}
                 self.host.db.session.commit()
 
         @invariant()
