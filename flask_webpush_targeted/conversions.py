@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation, localcontext
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from .clock import iso, utcnow
 from .config import window as window
 from .counters import bump, new_increments
 from .exceptions import InvalidConversion
+from .limits import MAX_ID
 from .models import Models
 from .sql import insert_for
 
@@ -45,7 +46,9 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 UNATTRIBUTED = "none"
 
 _CURRENCIES = frozenset(list_currencies())
-_DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+_DECIMAL_TEXT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,4})?", re.ASCII)
+#: the most a notification's revenue row holds in one currency (a signed 64-bit sum)
+MAX_TOTAL = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,10 @@ def parse_value(value: Any) -> int | None:
         raise InvalidConversion("value must be a decimal amount (a Decimal, an int or a "
                                 "string such as '19.99').")
     if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
-        # Decimal() would take " 19.99", "1_999" and "1e3": a text must be plain digits.
-        raise InvalidConversion("value must be a decimal amount such as '19.99' (digits and "
-                                "a point, nothing else).")
+        # Decimal() would take " 19.99", "1_999" and "1e3": a text is what the API documents.
+        raise InvalidConversion("value must be a decimal amount such as '19.99': up to 12 "
+                                "digits, then a point and up to 4 decimals (no sign, no "
+                                "exponent, no spaces).")
     try:
         # A float's shortest repr is what the developer wrote (19.99, not 19.98999...).
         amount = Decimal(repr(value) if isinstance(value, float) else value)
@@ -83,11 +87,13 @@ def parse_value(value: Any) -> int | None:
                                 "not as a conversion).")
     if amount >= MAX_VALUE:
         raise InvalidConversion(f"value must be below {MAX_VALUE:,}.")
-    # Comparisons are exact whatever the context's precision; arithmetic is not.
-    kept = amount.quantize(_FINEST, rounding=ROUND_DOWN)
-    if kept != amount:
-        raise InvalidConversion("value has more than 4 decimal places.")
-    return int(kept.scaleb(4))
+    # Comparisons are exact whatever the context's precision; arithmetic is not, so it
+    # runs in a context of its own (a host's narrower one would raise InvalidOperation).
+    with localcontext(Context(prec=40)):
+        kept = amount.quantize(_FINEST, rounding=ROUND_DOWN)
+        if kept != amount:
+            raise InvalidConversion("value has more than 4 decimal places.")
+        return int(kept.scaleb(4))
 
 
 def format_amount(amount: int) -> str:
@@ -110,7 +116,10 @@ def check(user_id: str, *, value: Any = None, currency: Any = None, order_id: An
         raise InvalidConversion("a currency needs a value.")
     if order_id is not None:
         if isinstance(order_id, int) and not isinstance(order_id, bool):
-            order_id = str(order_id)
+            # bounded before str(): a huge int would raise ValueError there
+            order_id = str(int(order_id)) if -MAX_ID - 1 <= order_id <= MAX_ID else None
+            if order_id is None:
+                raise InvalidConversion("an integer order_id must fit in 64 bits.")
         if (not isinstance(order_id, str) or not order_id.strip()
                 or len(order_id) > ORDER_ID_SIZE or "\x00" in order_id
                 or not _encodable(order_id)):
@@ -118,12 +127,18 @@ def check(user_id: str, *, value: Any = None, currency: Any = None, order_id: An
                                     f"{ORDER_ID_SIZE} characters (valid Unicode, no NUL).")
     now = utcnow()
     if at is None:
-        at = now
-    elif not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        return Conversion(user_id, amount, currency, order_id, now)
+    try:
+        aware = (isinstance(at, datetime) and at.tzinfo is not None
+                 and at.utcoffset() is not None)
+        when = at.astimezone(UTC) if aware else None
+    except (ValueError, TypeError, OverflowError):  # a tzinfo of the caller's that misbehaves
+        when = None
+    if when is None:
         raise InvalidConversion("at must be a timezone-aware datetime.")
-    elif not EARLIEST <= at <= now + FUTURE_SLACK:
+    if not EARLIEST <= when <= now + FUTURE_SLACK:
         raise InvalidConversion("at must be after 2000 and not in the future.")
-    return Conversion(user_id, amount, currency, order_id, at.astimezone(UTC))
+    return Conversion(user_id, amount, currency, order_id, when)
 
 
 def _encodable(text: str) -> bool:
@@ -134,16 +149,28 @@ def _encodable(text: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What ``record`` did: the conversion's row id, its attribution, and whether this call
+    stored it (False: the order was recorded before)."""
+
+    row_id: int
+    attribution: dict[str, Any] | None
+    inserted: bool
+
+
 def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: timedelta,
-           influence: timedelta) -> tuple[int, dict[str, Any] | None]:
-    """Store the conversion attributed to a push, count it, commit; return (its row's id,
-    the attribution or None). An order already recorded returns the first one's."""
+           influence: timedelta, commit: bool = True) -> Recorded:
+    """Store the conversion attributed to a push and count it, in one transaction (committed
+    unless ``commit`` is False). An order already recorded answers the first one's."""
     C = m.Conversion
     if conversion.order_id is not None:
         earlier = db.session.scalar(sa.select(C).where(C.order_id == conversion.order_id))
         if earlier is not None:
-            return earlier.id, attribution_of(earlier)
+            return Recorded(earlier.id, attribution_of(earlier), False)
     kind, notification_id, delivery_id = _attribute(db, m, conversion, attribution, influence)
+    if kind == "direct" and notification_id is not None and conversion.amount:
+        _check_total(db, m, notification_id, conversion)
     values = {"user_id": conversion.user_id, "order_id": conversion.order_id, "kind": kind,
               "notification_id": notification_id, "delivery_id": delivery_id,
               "amount": conversion.amount, "currency": conversion.currency,
@@ -157,7 +184,7 @@ def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: ti
     if new_id is None:  # the same order, recorded meanwhile (committed: the conflict waited)
         earlier = db.session.scalar(sa.select(C).where(C.order_id == conversion.order_id))
         assert earlier is not None  # the conflict was with it, and rows are never updated
-        return earlier.id, attribution_of(earlier)
+        return Recorded(earlier.id, attribution_of(earlier), False)
     if notification_id is not None:
         inc = new_increments()
         counter = "conversions" if kind == "direct" else "influenced_conversions"
@@ -166,8 +193,22 @@ def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: ti
             inc[("revenue", conversion.currency)]["conversions"] += 1
             inc[("revenue", conversion.currency)]["amount"] += conversion.amount
         bump(db, m, notification_id, inc)
-    db.session.commit()
-    return new_id, attribution_of(db.session.get(C, new_id))
+    if commit:
+        db.session.commit()
+    return Recorded(new_id, attribution_of(db.session.get(C, new_id)), True)
+
+
+def _check_total(db: SQLAlchemy, m: Models, notification_id: int,
+                 conversion: Conversion) -> None:
+    """Refuse a value that would carry the notification's revenue past its 64-bit sum
+    (PostgreSQL would raise, SQLite turn it into an inexact float)."""
+    S = m.Stat
+    total = db.session.scalar(sa.select(S.amount).where(
+        S.notification_id == notification_id, S.dimension == "revenue",
+        S.key == conversion.currency)) or 0
+    if total + (conversion.amount or 0) > MAX_TOTAL:
+        raise InvalidConversion(f"notification {notification_id}'s revenue in "
+                                f"{conversion.currency} would exceed what is counted exactly.")
 
 
 def attribution_of(row: Any) -> dict[str, Any] | None:

@@ -266,14 +266,15 @@ class WebPush:
         """Record an order and attribute it to the push the user clicked (or saw) before it."""
         conversion = conversions.check(user_id_of(user), value=value, currency=currency,
                                        order_id=order_id, at=at)
-        return self._record(conversion)[1]
+        return self._record(conversion).attribution
 
-    def _record(self, conversion: conversions.Conversion) -> tuple[int, dict[str, Any] | None]:
+    def _record(self, conversion: conversions.Conversion, *,
+                commit: bool = True) -> conversions.Recorded:
         config = current_app.config
         return conversions.record(
             self.db, self.models, conversion,
             attribution=conversions.window(config, "WEBPUSH_ATTRIBUTION_WINDOW"),
-            influence=conversions.window(config, "WEBPUSH_INFLUENCE_WINDOW"))
+            influence=conversions.window(config, "WEBPUSH_INFLUENCE_WINDOW"), commit=commit)
 
     def prune(self, older_than: timedelta) -> dict[str, int]:
         """Delete deliveries of notifications finished before ``older_than`` ago, keeping totals."""

@@ -172,8 +172,10 @@ def money(amount: str, currency: str) -> str:
     """An exact amount (a decimal string) in its currency, as the current language writes
     it: "1520.40", "EUR" -> "€1,520.40" in English, "1520,40 €" in Polish."""
     try:
+        # Every decimal kept, as stored: not rounded to the currency's usual digits.
         return str(format_currency(Decimal(amount), currency,
-                                   locale=current_language().replace("-", "_")))
+                                   locale=current_language().replace("-", "_"),
+                                   currency_digits=False, decimal_quantization=False))
     except (ValueError, TypeError, ArithmeticError, UnknownLocaleError):
         return f"{amount} {currency}"
 

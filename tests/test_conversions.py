@@ -10,8 +10,8 @@ PostgreSQL, the real Redis.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal, localcontext
 from typing import Any
 
 import pytest
@@ -222,13 +222,52 @@ def test_values_are_added_exactly_per_currency(shop: Shop) -> None:
     assert amounts["H-0"] == (1000, "EUR") and amounts["H-2"] == (9999999999999999, "PLN")
 
 
+class BrokenZone(tzinfo):
+    """A tzinfo of a caller's that answers what no offset can be."""
+
+    def __init__(self, offset: Any) -> None:
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime | None) -> Any:
+        return self.offset
+
+
+def test_a_narrow_decimal_context_of_the_host_changes_nothing(shop: Shop) -> None:
+    nid = shop.send(["u"])
+    shop.beacon(nid, "u", "clicked")
+    with localcontext(prec=6):
+        shop.convert("u", value=Decimal("123456.78"), currency="EUR", order_id="N-1")
+    assert shop.stats(nid)["revenue"] == {"EUR": "123456.78"}
+
+
+def test_revenue_past_its_exact_sum_is_refused_and_counts_nothing(shop: Shop) -> None:
+    nid = shop.send(["u"])
+    shop.beacon(nid, "u", "clicked")
+    S = shop.host.webpush.models.Stat
+    near = 2**63 - 1 - 9999999999999999  # as if 922 orders of the largest value were counted
+    shop.convert("u", value="1", currency="EUR", order_id="M-0")
+    with shop.host.app.app_context():
+        shop.host.db.session.execute(sa.update(S).where(
+            S.notification_id == nid, S.dimension == "revenue").values(amount=near))
+        shop.host.db.session.commit()
+    shop.convert("u", value="999999999999.9999", currency="EUR", order_id="M-1")  # just fits
+    with pytest.raises(InvalidConversion, match="exceed"):
+        shop.convert("u", value="0.0001", currency="EUR", order_id="M-2")
+    assert [r.order_id for r in shop.rows()] == ["M-0", "M-1"]
+    assert shop.stats(nid)["conversions"] == 2
+    assert shop.stats(nid)["revenue"] == {"EUR": "922337203685477.5807"}
+
+
 @pytest.mark.parametrize(("kw", "words"), [
     ({"value": "10"}, "needs its currency"),
     ({"currency": "EUR"}, "needs a value"),
     ({"value": "10", "currency": "eur"}, "ISO 4217"),
     ({"value": "10", "currency": "XYZ"}, "ISO 4217"),
-    ({"value": "-1", "currency": "EUR"}, "negative"),
-    ({"value": "1.00001", "currency": "EUR"}, "4 decimal places"),
+    ({"value": Decimal("-1"), "currency": "EUR"}, "negative"),
+    ({"value": "-1", "currency": "EUR"}, "no sign"),
+    ({"value": Decimal("1.00001"), "currency": "EUR"}, "4 decimal places"),
+    ({"value": "1.00001", "currency": "EUR"}, "up to 4 decimals"),
+    ({"value": "0000000000001", "currency": "EUR"}, "up to 12"),
     ({"value": " 10", "currency": "EUR"}, "digits"),
     ({"value": "1_000", "currency": "EUR"}, "digits"),
     ({"value": "1e3", "currency": "EUR"}, "digits"),
@@ -241,10 +280,14 @@ def test_values_are_added_exactly_per_currency(shop: Shop) -> None:
     ({"order_id": "\ud800"}, "order_id"),
     ({"order_id": "x" * 201}, "order_id"),
     ({"order_id": ["A-1"]}, "order_id"),
+    ({"order_id": 10**5000}, "64 bits"),
+    ({"order_id": 2**63}, "64 bits"),
     ({"at": datetime(2026, 12, 1, 9, 0)}, "timezone-aware"),
     ({"at": "2026-12-01T09:00:00Z"}, "timezone-aware"),
     ({"at": datetime(1999, 12, 31, tzinfo=UTC)}, "after 2000"),
     ({"at": datetime.max.replace(tzinfo=UTC)}, "future"),
+    ({"at": datetime(2026, 12, 1, tzinfo=BrokenZone(timedelta(hours=30)))}, "timezone-aware"),
+    ({"at": datetime(2026, 12, 1, tzinfo=BrokenZone("+01:00"))}, "timezone-aware"),
 ])
 def test_a_bad_conversion_is_refused_saying_why_and_stores_nothing(
         shop: Shop, kw: dict[str, Any], words: str) -> None:
@@ -431,14 +474,14 @@ def test_the_notification_api_shows_the_conversions(shop: Shop) -> None:
 # -- the admin pages ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("language", "words"), [("en", ["€1,520.40", "PLN89.99"]),
-                                                 ("pl", ["1\xa0520,40\xa0€", "89,99\xa0zł"])])
+@pytest.mark.parametrize(("language", "words"), [("en", ["€1,520.4049", "PLN89.99"]),
+                                                 ("pl", ["1\xa0520,4049\xa0€", "89,99\xa0zł"])])
 def test_the_admin_page_shows_the_orders_and_revenue_in_the_staff_language(
         shop: Shop, language: str, words: list[str]) -> None:
     nid = shop.send(["u", "v"])
     shop.beacon(nid, "u", "clicked")
     shop.beacon(nid, "v", "displayed")
-    shop.convert("u", value="1520.40", currency="EUR", order_id="R-1")
+    shop.convert("u", value="1520.4049", currency="EUR", order_id="R-1")  # never rounded
     shop.convert("u", value="89.99", currency="PLN", order_id="R-2")
     shop.convert("v", value="7", currency="EUR", order_id="R-3")
     http = admin_http(shop.host)
@@ -469,3 +512,27 @@ def test_after_an_erase_a_replayed_key_records_anew_and_never_shows_another_cust
     again = post(shop, key, {"user_id": "gone", "order_id": "K-1"}, **{"Idempotency-Key": "k"})
     assert again.status_code == 201 and again.body["order_id"] == "K-1"
     assert again.body["replayed"] is False
+
+
+def test_two_requests_with_one_idempotency_key_at_once_count_one_conversion(shop: Shop) -> None:
+    nid = shop.send(["u"])
+    shop.beacon(nid, "u", "clicked")
+    key = api_key(shop)
+    start = threading.Barrier(3)
+    answers: list[Any] = []
+
+    def report() -> None:
+        start.wait()
+        with use_clock(shop.clock):
+            answers.append(post(shop, key, {"user_id": "u", "value": "10", "currency": "EUR"},
+                                **{"Idempotency-Key": "same"}))
+
+    threads = [threading.Thread(target=report) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(a.status_code for a in answers) == [200, 200, 201]  # one recorded, two replays
+    assert len({a.body["id"] for a in answers}) == 1
+    assert len(shop.rows()) == 1
+    assert shop.stats(nid)["conversions"] == 1 and shop.stats(nid)["revenue"] == {"EUR": "10.00"}

@@ -91,29 +91,29 @@ def record_conversion() -> ResponseReturnValue:
     idem = idempotency_key(request.headers.get("Idempotency-Key"))
     webpush = ext()
     db, m = webpush.db, webpush.models
-    R, C = m.ApiRequest, m.Conversion
+    R = m.ApiRequest
     digest = _digest(conversion, at_given) if idem is not None else None
     if idem is not None:
         replayed = _replay(key.id, idem, digest or "")
         if replayed is not None:
             return replayed
-    existing = (db.session.scalar(sa.select(sa.exists().where(C.order_id == conversion.order_id)))
-                if conversion.order_id is not None else False)
-    row_id, attributed = webpush._record(conversion)
+    # Under a key, the conversion, its counters and the key are one transaction: a
+    # concurrent request with the same key rolls all three back and replays the winner's.
+    recorded = webpush._record(conversion, commit=idem is None)
     if idem is not None:
         db.session.add(R(api_key_id=key.id, idempotency_key=idem, request_sha256=digest,
-                         conversion_id=row_id, created_at=utcnow()))
+                         conversion_id=recorded.row_id, created_at=utcnow()))
         try:
             db.session.commit()
         except sa.exc.IntegrityError:
-            # The same key, taken by a concurrent request meanwhile: answer as it did.
             db.session.rollback()
             replayed = _replay(key.id, idem, digest or "")
             if replayed is not None:
                 return replayed
             raise
-    return answer(_json(row_id, attributed, conversion.order_id, duplicate=existing,
-                        replayed=False), 200 if existing else 201)
+    duplicate = not recorded.inserted
+    return answer(_json(recorded.row_id, recorded.attribution, conversion.order_id,
+                        duplicate=duplicate, replayed=False), 200 if duplicate else 201)
 
 
 def _replay(key_id: int, idem: str, digest: str) -> ResponseReturnValue | None:
