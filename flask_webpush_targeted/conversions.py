@@ -168,7 +168,8 @@ def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: ti
         earlier = db.session.scalar(sa.select(C).where(C.order_id == conversion.order_id))
         if earlier is not None:
             return Recorded(earlier.id, attribution_of(earlier), False)
-    kind, notification_id, delivery_id = _attribute(db, m, conversion, attribution, influence)
+    kind, notification_id, delivery_id, variant = _attribute(db, m, conversion, attribution,
+                                                              influence)
     if kind == "direct" and notification_id is not None and conversion.amount:
         _check_total(db, m, notification_id, conversion)
     values = {"user_id": conversion.user_id, "order_id": conversion.order_id, "kind": kind,
@@ -189,9 +190,14 @@ def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: ti
         inc = new_increments()
         counter = "conversions" if kind == "direct" else "influenced_conversions"
         inc[("total", "")][counter] += 1
+        if variant is not None:
+            inc[("variant", str(variant))][counter] += 1
         if kind == "direct" and conversion.amount is not None and conversion.currency:
             inc[("revenue", conversion.currency)]["conversions"] += 1
             inc[("revenue", conversion.currency)]["amount"] += conversion.amount
+            if variant is not None:
+                inc[("vrevenue", f"{variant}|{conversion.currency}")]["amount"] += (
+                    conversion.amount)
         bump(db, m, notification_id, inc)
     if commit:
         db.session.commit()
@@ -220,20 +226,21 @@ def attribution_of(row: Any) -> dict[str, Any] | None:
 
 
 def _attribute(db: SQLAlchemy, m: Models, conversion: Conversion, attribution: timedelta,
-               influence: timedelta) -> tuple[str, int | None, int | None]:
-    """(kind, notification id, delivery id): the latest click in the attribution window,
-    else the latest display in the influence window, else unattributed."""
+               influence: timedelta) -> tuple[str, int | None, int | None, int | None]:
+    """(kind, notification id, delivery id, its A/B variant): the latest click in the
+    attribution window, else the latest display in the influence window, else
+    unattributed."""
     D, at = m.Delivery, conversion.at
     for kind, column, span in (("direct", D.clicked_at, attribution),
                                ("influenced", D.displayed_at, influence)):
         found = db.session.execute(
-            sa.select(D.id, D.notification_id)
+            sa.select(D.id, D.notification_id, D.variant)
             .where(D.user_id == conversion.user_id, column.is_not(None),
                    column >= at - span, column <= at)
             .order_by(column.desc(), D.id.desc()).limit(1)).first()
         if found is not None:
-            return kind, found.notification_id, found.id
-    return UNATTRIBUTED, None, None
+            return kind, found.notification_id, found.id, found.variant
+    return UNATTRIBUTED, None, None, None
 
 
 def revenue(db: SQLAlchemy, m: Models, notification_id: int) -> dict[str, str]:
@@ -242,6 +249,17 @@ def revenue(db: SQLAlchemy, m: Models, notification_id: int) -> dict[str, str]:
     return {row.key: format_amount(row.amount) for row in db.session.scalars(
         sa.select(S).where(S.notification_id == notification_id, S.dimension == "revenue")
         .order_by(S.key))}
+
+
+def variant_revenue(db: SQLAlchemy, m: Models, notification_id: int) -> dict[int, dict[str, str]]:
+    """Each A/B variant's revenue: variant -> currency -> decimal string."""
+    S = m.Stat
+    found: dict[int, dict[str, str]] = {}
+    for row in db.session.scalars(sa.select(S).where(S.notification_id == notification_id,
+                                                     S.dimension == "vrevenue").order_by(S.key)):
+        variant, _, currency = row.key.partition("|")
+        found.setdefault(int(variant), {})[currency] = format_amount(row.amount)
+    return found
 
 
 def export(db: SQLAlchemy, m: Models, user_id: str) -> list[dict[str, Any]]:

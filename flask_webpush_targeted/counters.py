@@ -65,10 +65,10 @@ def new_increments() -> Increments:
 def add(inc: Increments, counter: str, n: int = 1, *, at: tuple[str, str] | None = None,
         platform: str | None = None,
         reason: tuple[int | None, str | None] | None = None,
-        language: str | None = None) -> None:
+        language: str | None = None, variant: int | None = None) -> None:
     """Count ``n`` in the total, and in a time bucket, a platform (see ``platform_of``), a
-    failure reason (status code, reason) and a language (of a notification written in
-    several) when given."""
+    failure reason (status code, reason), a language (of a notification written in
+    several) and an A/B variant when given."""
     inc[("total", "")][counter] += n
     if at is not None:
         inc[at][counter] += n
@@ -78,6 +78,8 @@ def add(inc: Increments, counter: str, n: int = 1, *, at: tuple[str, str] | None
         inc[("reason", reason_key(*reason))][counter] += n
     if language is not None:
         inc[("language", language)][counter] += n
+    if variant is not None:
+        inc[("variant", str(variant))][counter] += n
 
 
 def reason_key(code: int | None, reason: str | None) -> str:

@@ -27,7 +27,7 @@ from . import signals
 from .categories import quiet_window
 from .clock import iso, monotonic, sleep, utcnow
 from .context import app_state
-from .counters import add, bucket, bump, new_increments, platform_of, send_start
+from .counters import COUNTERS, add, bucket, bump, new_increments, platform_of, send_start
 from .ledger import finish_if_complete, notification_status, skip_claimed, skip_pending
 from .local_time import Window, quiet_until, zone
 from .localized import TEXTS, claimed, language_for, localize
@@ -49,6 +49,7 @@ from .throttle import (
 )
 from .tracking import make_token, signing_key
 from .transport.sender import Message, PushResult
+from .variants import Split, assigned, best, in_test
 from .worker_state import sending_state
 
 if TYPE_CHECKING:  # the host's object, only annotated here
@@ -76,7 +77,7 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     # Only what a batch needs: the targeting of a large audience is megabytes of JSON.
     n = db.session.execute(sa.select(N.id, N.status, N.payload, N.ttl, N.urgency, N.topic,
                                      N.send_at, N.created_at, N.category, N.rate_per_minute,
-                                     N.quiet_hours, N.vars)
+                                     N.quiet_hours, N.vars, N.variants, N.winner)
                            .where(N.id == notification_id)).one_or_none()
     if n is None:
         return {}
@@ -153,27 +154,40 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     if held:
         _hold(db, m, nid, claim, held, first_id, last_id)
 
-    payload, urgency, topic = n.payload, n.urgency, n.topic
+    urgency, topic = n.urgency, n.topic
     form = message_format()
-    multilingual = bool(payload.get(TEXTS))
-    # One text, or each language's, encoded (or, with placeholders, filled per recipient:
-    # checked when notify_users ran) by what is made here once per batch and language.
-    encoders: dict[str | None, Any] = {}
-    fillers: dict[str | None, Any] = {}
-
-    def encoder(language: str | None) -> Any:
-        if language not in encoders:
-            encoders[language] = form.encoder(localize(payload, language))
-        return encoders[language]
-
-    def own_payload(language: str | None, own: Any) -> Any:
-        if language not in fillers:
-            fillers[language] = filler(localize(payload, language), n.vars)
-        return fillers[language](own)
-
     counts: dict[str, int] = {}
     notifier = _Notifier(current_app._get_current_object())  # type: ignore[attr-defined]
     batch = _Batch(deadline, notifier)
+    # The payload of each variant (an A/B test), else the notification's own; each row's
+    # variant is fixed by its notification and user (variants.py).
+    payloads = ([v["payload"] for v in n.variants["variants"]] if n.variants is not None
+                else [n.payload])
+    if n.variants is not None:
+        split = Split.of(n.variants)
+        winner = n.winner
+        for row, _ttl in to_send:
+            if in_test(split, nid, row.user_id):
+                batch.variants[row.id] = assigned(split, nid, row.user_id)
+            else:
+                if winner is None:
+                    winner = choose_winner(db, m, nid, split)
+                batch.variants[row.id] = winner
+    # One text, or each language's, encoded (or, with placeholders, filled per recipient:
+    # checked when notify_users ran) by what is made here once per batch, variant and
+    # language.
+    encoders: dict[tuple[int, str | None], Any] = {}
+    fillers: dict[tuple[int, str | None], Any] = {}
+
+    def encoder(variant: int, language: str | None) -> Any:
+        if (variant, language) not in encoders:
+            encoders[(variant, language)] = form.encoder(localize(payloads[variant], language))
+        return encoders[(variant, language)]
+
+    def own_payload(variant: int, language: str | None, own: Any) -> Any:
+        if (variant, language) not in fillers:
+            fillers[(variant, language)] = filler(localize(payloads[variant], language), n.vars)
+        return fillers[(variant, language)](own)
 
     def messages(part: list[tuple[Any, int]]) -> Iterator[Message]:
         # Built as the sender takes them, and no more once the notification is cancelled
@@ -194,12 +208,14 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
                 ttl = int(left)
             expiry = (own_deadline + TOKEN_GRACE).timestamp()
             token = make_token(row.id, expiry, key)
+            variant = batch.variants.get(row.id, 0)
+            payload = payloads[variant]
             language = None
-            if multilingual:
+            if payload.get(TEXTS):
                 language = language_for(payload, row.language)
                 batch.languages[row.id] = claimed(payload, language)
-            text = (encoder(language)(token) if n.vars is None
-                    else form.encoder(own_payload(language, row.vars))(token))
+            text = (encoder(variant, language)(token) if n.vars is None
+                    else form.encoder(own_payload(variant, language, row.vars))(token))
             if len(text) > MAX_PLAINTEXT:
                 # Checked when notify_users ran, in the format then: WEBPUSH_PAYLOAD_FORMAT
                 # or the site's URL changed while it waited. It cannot be sent as it is.
@@ -251,6 +267,21 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         _continue_throttled(db, m, nid, first_id, last_id, next_free)
     finish_if_complete(nid)
     return counts
+
+
+def choose_winner(db: SQLAlchemy, m: Models, nid: int, split: Split) -> int:
+    """The variant the users outside the test get: the best rate so far, chosen once (the
+    first batch to ask stores it; a concurrent one reads what was stored)."""
+    S, N = m.Stat, m.Notification
+    rows = {row.key: row for row in db.session.scalars(
+        sa.select(S).where(S.notification_id == nid, S.dimension == "variant"))}
+    figures = [{c: getattr(rows[str(i)], c) if str(i) in rows else 0 for c in COUNTERS}
+               for i in range(len(split.weights))]
+    db.session.execute(sa.update(N).where(N.id == nid, N.winner.is_(None))
+                       .values(winner=best(figures, split.winner_by))
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+    return int(db.session.scalar(sa.select(N.winner).where(N.id == nid)))
 
 
 def deadline_of(row: Any, start: datetime, deadline: datetime) -> datetime:
@@ -439,6 +470,8 @@ class _Batch:
     too_large: list[int] = field(default_factory=list)  # over the limit in the format sent
     #: delivery id -> the language of the texts it was sent with (several languages only)
     languages: dict[int, str | None] = field(default_factory=dict)
+    #: delivery id -> its A/B variant (a notification with variants only)
+    variants: dict[int, int] = field(default_factory=dict)
 
 
 # -- deciding what one flush's answers mean ---------------------------------------------------
@@ -471,6 +504,7 @@ class Written:
     claimed_by: str | None  # None lets the retry's batch claim it
     give_back: bool  # nothing was sent (a paused origin): the claim's attempt is undone
     language: str | None = None  # sent ones of a notification in several languages
+    variant: int | None = None  # the A/B variant it was sent in
 
 
 @dataclass(frozen=True)
@@ -482,6 +516,7 @@ class Count:
     platform: str | None = None  # sent ones
     language: str | None = None  # sent ones of a notification in several languages
     reason: tuple[int | None, str | None] | None = None  # status code, reason (the others)
+    variant: int | None = None  # the A/B variant it was sent in
 
 
 @dataclass(frozen=True)
@@ -530,7 +565,8 @@ def retry_delay(attempts: int, hinted: float | None, base: float, maximum: float
 def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
            results: Mapping[int, PushResult], *, now: datetime, start: datetime,
            deadline: datetime, claim: str, max_attempts: int, retry_base_delay: float,
-           retry_max_delay: float, languages: Mapping[int, str | None] | None = None) -> Plan:
+           retry_max_delay: float, languages: Mapping[int, str | None] | None = None,
+           variants: Mapping[int, int] | None = None) -> Plan:
     """Decide what one flush of answers means, without a database, an app or Redis.
 
     ``rows`` hold each claimed delivery's attempts (the claim's own included) and
@@ -581,19 +617,21 @@ def decide(notification_id: int, rows: Mapping[int, ClaimedRow],
             reason = reason[:REASON_SIZE]  # the column's size, whatever was added in front
         sent = status == DeliveryStatus.SENT
         language = (languages or {}).get(delivery_id) if sent else None
+        variant = (variants or {}).get(delivery_id)
         values = Written(status, result.status_code, reason, next_at,
                          now if sent else None,
                          None if status == DeliveryStatus.PENDING else claim,
-                         not result.requested, language)
+                         not result.requested, language, variant)
         written[delivery_id] = values
         # One UPDATE per distinct outcome (nearly always one: "sent, 201"), not one per row:
         # the database's work per delivery is what limits several workers on one server.
         groups.setdefault(values, []).append(delivery_id)
         if status == DeliveryStatus.SENT:
             counts[delivery_id] = Count(status, at=at, platform=platform_of(row.user_agent),
-                                        language=language)
+                                        language=language, variant=variant)
         elif status in FINAL:
-            counts[delivery_id] = Count(status, reason=(result.status_code, reason))
+            counts[delivery_id] = Count(status, reason=(result.status_code, reason),
+                                        variant=variant)
 
         sid = row.subscription_id  # None only for a skipped row: its subscription was deleted
         if sid is not None and outcome == Outcome.GONE:
@@ -639,7 +677,7 @@ def _record(nid: int, start: datetime, rows: Mapping[int, Any],
                   claim=claim, max_attempts=config["WEBPUSH_MAX_ATTEMPTS"],
                   retry_base_delay=config["WEBPUSH_RETRY_BASE_DELAY"],
                   retry_max_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
-                  languages=batch.languages)
+                  languages=batch.languages, variants=batch.variants)
     mine = _write(nid, plan, claim, batch)
     _after_commit(nid, plan, mine, batch)
     return plan.tally()
@@ -662,6 +700,8 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
             "sent_at": values.sent_at, "claimed_by": values.claimed_by}
         if values.language is not None:
             columns["language"] = values.language
+        if values.variant is not None:
+            columns["variant"] = values.variant
         if values.give_back:
             # Nothing was sent (the origin is paused): the claim's attempt is given back,
             # or a paused service would use up attempts it never received.
@@ -679,7 +719,7 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
     for delivery_id, count in plan.counts.items():
         if delivery_id in mine:
             add(inc, count.counter, at=count.at, platform=count.platform, reason=count.reason,
-                language=count.language)
+                language=count.language, variant=count.variant)
     bump(db, m, nid, inc)
     Sub = m.Subscription
     if plan.gone:

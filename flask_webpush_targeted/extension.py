@@ -199,6 +199,8 @@ class WebPush:
         data: Any = None, require_interaction: bool = False, silent: bool = False,
         quiet_hours: bool | None = None, send_at_local: str | None = None,
         rate_per_minute: int | None = None, vars: dict[str, Any] | None = None,  # noqa: A002
+        variants: list[dict[str, Any]] | None = None, test_share: float | None = None,
+        winner_after: int | timedelta | None = None, winner_by: str = "clicks",
     ) -> Any:
         """Send one Notification to many users (objects or ids), to an audience's members,
         or to ``recipients`` each with their own ``vars``; fan-out runs in a worker.
@@ -226,7 +228,9 @@ class WebPush:
             topic=topic, send_at=send_at, idempotency_key=idempotency_key, category=category,
             icon=icon, image=image, badge=badge, tag=tag, actions=actions, data=data,
             require_interaction=require_interaction, silent=silent, quiet_hours=quiet_hours,
-            send_at_local=send_at_local, rate_per_minute=rate_per_minute, vars=vars),
+            send_at_local=send_at_local, rate_per_minute=rate_per_minute, vars=vars,
+            variants=variants, test_share=test_share, winner_after=winner_after,
+            winner_by=winner_by),
             audience=audience, recipients=chosen)
 
     # -- audiences -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import contextlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -23,7 +23,7 @@ from .caps import CAPPED, capped_count, capped_users
 from .categories import Category, quiet_window
 from .clock import iso, utcnow
 from .context import app_state
-from .counters import add, bump, new_increments, platform_of
+from .counters import add, bump, new_increments, platform_of, send_start
 from .ledger import finish_if_complete, notification_status
 from .local_time import Window, next_local, parse_clock, quiet_until, zone
 from .models import Models, NotificationRow
@@ -39,6 +39,7 @@ from .redis_queue import (
 from .sql import dialect_of, insert_for, rowcount
 from .statuses import WAITING, DeliveryStatus, NotificationStatus
 from .targeting import Target, targets
+from .variants import Split, in_test
 
 if TYPE_CHECKING:  # the host's object, only annotated here
     from flask_sqlalchemy import SQLAlchemy
@@ -176,6 +177,10 @@ class Rules:
     now: datetime
     default_zone: str
     lock_key: str | None  # the category's cap lock, when it has a cap
+    #: an A/B test with a test share: who is outside waits until winner_at for the winner
+    split: Split | None = None
+    notification_id: int = 0
+    winner_at: datetime | None = None
 
     @classmethod
     def of(cls, n: NotificationRow, now: datetime) -> Rules:
@@ -185,9 +190,13 @@ class Rules:
         lock_key = None
         if category is not None and category.cap is not None:
             lock_key = f"webpush:{current_app.config['WEBPUSH_QUEUE']}:cap:{category.name}"
+        split = winner_at = None
+        if n.variants is not None and n.variants.get("test_share") is not None:
+            split = Split.of(n.variants)
+            winner_at = send_start(n) + timedelta(seconds=split.winner_after or 0)
         return cls(category, quiet_window(category, state.quiet_hours, n.quiet_hours),
                    parse_clock(n.send_at_local) if n.send_at_local else None, n.created_at,
-                   now, state.default_zone, lock_key)
+                   now, state.default_zone, lock_key, split, n.id, winner_at)
 
     def cap_lock(self) -> Any:
         """A lock held while a chunk is checked against the cap and written (or nothing)."""
@@ -195,9 +204,17 @@ class Rules:
             return contextlib.nullcontext()
         return redis_connection().lock(self.lock_key, timeout=120, blocking_timeout=120)
 
-    def due(self, zone_name: str | None) -> tuple[datetime | None, bool]:
-        """When a device in ``zone_name`` is due, if later than now, and whether quiet
-        hours hold it."""
+    def due(self, zone_name: str | None, user_id: str = "") -> tuple[datetime | None, bool]:
+        """When a device in ``zone_name`` of ``user_id`` is due, if later than now, and
+        whether quiet hours hold it (a user outside an A/B test waits for its winner)."""
+        due, held = self._due_locally(zone_name)
+        if (self.split is not None and self.winner_at is not None
+                and not in_test(self.split, self.notification_id, user_id)):
+            later = max(due or self.now, self.winner_at)
+            return (later, held) if later > self.now else (due, held)
+        return due, held
+
+    def _due_locally(self, zone_name: str | None) -> tuple[datetime | None, bool]:
         if self.quiet is None and self.local_at is None:
             return None, False
         try:
@@ -245,7 +262,7 @@ def _write_chunk(db: SQLAlchemy, m: Models, nid: int, now: datetime, found: list
     later: dict[tuple[datetime, bool], list[int]] = defaultdict(list)
     for sid, uid, _agent, zone_name in found:
         if sid in inserted and uid not in capped:
-            due, held = rules.due(zone_name)
+            due, held = rules.due(zone_name, uid)
             if due is not None:
                 later[(due, held)].append(sid)
     scheduled: list[tuple[datetime, list[int]]] = []

@@ -244,6 +244,11 @@ class NotificationRow(_Row):
     #: the audience sent to, or the one holding the recipients' vars (``recipients=``);
     #: no foreign key: an audience may be deleted once the fan-out has read it
     audience_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
+    #: A/B variants: {"variants": [{"payload", "weight"}...], "test_share", "winner_after"
+    #: (seconds), "winner_by"}; None: one payload for everyone
+    variants: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: the variant the users outside the test get, once chosen
+    winner: Mapped[int | None] = mapped_column(sa.SmallInteger)
 
 
 class DeliveryRow(_Row):
@@ -305,6 +310,8 @@ class DeliveryRow(_Row):
     #: the language whose text this delivery carries, for a notification written in several
     #: (None: one text for everyone)
     language: Mapped[str | None] = mapped_column(sa.String(35))
+    #: the A/B variant sent (None: the notification has none)
+    variant: Mapped[int | None] = mapped_column(sa.SmallInteger)
 
 
 class StatRow(_Row):
@@ -315,8 +322,9 @@ class StatRow(_Row):
     ``platform`` (key = browser family and form factor from the User-Agent, one of
     ``platforms.PLATFORMS``: never the label a customer typed); ``reason`` (key =
     ``status code|reason``); ``language`` (key = language sent); ``revenue`` (key =
-    currency of the conversions counted in it). Figures for a million deliveries are then a few rows
-    away, and survive pruning the deliveries and erasing a user.
+    currency of the conversions counted in it); ``variant`` (key = the A/B variant's
+    index); ``vrevenue`` (key = ``index|currency``). Figures for a million deliveries are
+    then a few rows away, and survive pruning the deliveries and erasing a user.
     """
 
     __tablename__ = "webpush_stat"

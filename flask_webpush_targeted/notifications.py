@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,6 +63,7 @@ from .redis_queue import (
 from .statuses import WAITING, NotificationStatus
 from .transport.text import clean_text
 from .users import user_id_of
+from .variants import MAX_VARIANTS, MAX_WEIGHT, MIN_VARIANTS, WINNER_BY
 
 if TYPE_CHECKING:  # the host's object, only annotated here
     from flask_sqlalchemy import SQLAlchemy
@@ -79,7 +80,7 @@ _CHUNK = 1000
 #: the JSON type of an option in the push API's body: ``json`` in the option's field metadata
 #: (None there for an option the body does not take)
 JsonKind = Literal["string", "text", "boolean", "integer", "date-time", "devices", "actions",
-                   "any", "vars"]
+                   "any", "vars", "variants", "number"]
 
 
 def _option(default: Any, json: JsonKind | None) -> Any:
@@ -125,9 +126,21 @@ class NotificationOptions:
     #: values for ``{name}`` placeholders in title, body, url and action titles, for every
     #: recipient (a recipient's own vars win); given, the texts are templates
     vars: dict[str, Any] | None = _option(None, "vars")
+    #: A/B variants: 2 to 5 dicts, each overriding payload fields (title, body, url, icon,
+    #: image, badge, tag, actions, data, require_interaction, silent), with a "weight"
+    variants: list[dict[str, Any]] | None = _option(None, "variants")
+    #: the share of the users in the test (the others get the winner after winner_after)
+    test_share: float | None = _option(None, "number")
+    #: how long the test runs before the winner goes to the others (seconds or timedelta)
+    winner_after: int | timedelta | None = _option(None, "integer")
+    #: what picks the winner: the rate of "clicks" or of "conversions", per delivery sent
+    winner_by: str = _option("clicks", "string")
 
-    def payload(self) -> dict[str, Any]:
-        """The service worker's payload these options make (validated, without its token)."""
+    def payload(self, **overrides: Any) -> dict[str, Any]:
+        """The service worker's payload these options make (validated, without its token),
+        with ``overrides`` of its fields (a variant's)."""
+        if overrides:
+            return replace(self, **overrides).payload()
         return build_payload(
             title=self.title, body=self.body, url=self.url, icon=self.icon, image=self.image,
             badge=self.badge, tag=self.tag, actions=self.actions, data=self.data,
@@ -176,14 +189,24 @@ def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: Notification
             raise InvalidNotification("devices must be 'all' or 'latest' with an audience.")
     templated = (wide is not None or recipients is not None
                  or (target is not None and bool(target.var_lengths)))
-    if not templated:
-        check_payload_size(payload)
-    elif recipients is not None:
-        _check_recipients(payload, wide or {}, recipients)
-    elif target is not None:
-        _check_audience(db, m, target, payload, wide or {})
-    else:
-        _check_filled(payload, wide or {}, "vars")
+    split = check_variants(options)
+    # Every variant's payload is checked as the notification's own is: its limit, and with
+    # placeholders each recipient's filled text.
+    for index, one in enumerate([payload] + [v["payload"] for v in (split or {}).get(
+            "variants", [])]):
+        try:
+            if not templated:
+                check_payload_size(one)
+            elif recipients is not None:
+                _check_recipients(one, wide or {}, recipients)
+            elif target is not None:
+                _check_audience(db, m, target, one, wide or {})
+            else:
+                _check_filled(one, wide or {}, "vars")
+        except InvalidNotification as exc:
+            if index == 0:
+                raise
+            raise _named(f"variants[{index - 1}]", exc) from exc
     existing = _existing(db, m, options.idempotency_key)
     if existing is not None:
         return existing
@@ -207,7 +230,7 @@ def submit(db: SQLAlchemy, m: Models, user_ids: list[str], options: Notification
         urgency=options.urgency, topic=options.topic, send_at=options.send_at,
         idempotency_key=options.idempotency_key, category=category,
         rules={**rules, "vars": (wide or {}) if templated else None,
-               "audience_id": audience_id},
+               "audience_id": audience_id, "variants": split},
         target_count=target.size if target is not None else None)
 
 
@@ -364,6 +387,67 @@ def check_rules(category: str | None, *, quiet_hours: Any, send_at_local: Any, s
             "rate_per_minute": rate_per_minute}
 
 
+#: what a variant may change of the payload, besides its weight
+VARIANT_FIELDS = ("title", "body", "url", "icon", "image", "badge", "tag", "actions", "data",
+                  "require_interaction", "silent")
+
+
+def check_variants(options: NotificationOptions) -> dict[str, Any] | None:
+    """The ``variants`` column for these options (each variant's payload built and checked),
+    or None without variants; InvalidNotification says what is wrong."""
+    given = options.variants
+    test_options = (options.test_share, options.winner_after)
+    if given is None:
+        if any(o is not None for o in test_options) or options.winner_by != "clicks":
+            raise InvalidNotification("test_share, winner_after and winner_by need variants.")
+        return None
+    if isinstance(given, (str, bytes, Mapping)) or not isinstance(given, (list, tuple)):
+        raise InvalidNotification("variants must be a list of 2 to 5 dicts of payload fields.")
+    if not MIN_VARIANTS <= len(given) <= MAX_VARIANTS:
+        raise InvalidNotification(f"variants must be {MIN_VARIANTS} to {MAX_VARIANTS}, not "
+                                  f"{len(given)}.")
+    stored = []
+    for index, variant in enumerate(given):
+        where = f"variants[{index}]"
+        if not isinstance(variant, Mapping):
+            raise InvalidNotification(f"{where} must be a dict of payload fields and a weight.")
+        unknown = sorted(str(k)[:40] for k in variant if k not in (*VARIANT_FIELDS, "weight"))
+        if unknown:
+            raise InvalidNotification(f"{where}: unknown field(s) {', '.join(unknown)} (a "
+                                      f"variant may set {', '.join(VARIANT_FIELDS)} and weight).")
+        weight = variant.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+            raise InvalidNotification(f"{where}: weight must be a whole number from 1 to "
+                                      f"{MAX_WEIGHT}.")
+        try:
+            one = options.payload(**{k: v for k, v in variant.items() if k != "weight"})
+        except InvalidNotification as exc:
+            raise _named(where, exc) from exc
+        stored.append({"payload": one, "weight": weight})
+    share = options.test_share
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                              or not 0 < share < 1):
+        raise InvalidNotification("test_share must be a number between 0 and 1 (0.2: a "
+                                  "fifth of the users get the test).")
+    after: Any = options.winner_after
+    if (share is None) != (after is None):
+        raise InvalidNotification("test_share and winner_after go together: the test's share, "
+                                  "and how long it runs before the winner goes to the rest.")
+    seconds = None
+    if after is not None:
+        if isinstance(after, timedelta):
+            after = after.total_seconds()
+        if (isinstance(after, bool) or not isinstance(after, (int, float))
+                or not math.isfinite(after) or not 60 <= after <= MAX_TTL):
+            raise InvalidNotification("winner_after must be a timedelta or seconds, from a "
+                                      "minute to 28 days.")
+        seconds = int(after)
+    if options.winner_by not in WINNER_BY:
+        raise InvalidNotification(f"winner_by must be one of {', '.join(WINNER_BY)}.")
+    return {"variants": stored, "test_share": None if share is None else float(share),
+            "winner_after": seconds, "winner_by": options.winner_by}
+
+
 def ttl_seconds(ttl: Any) -> int:
     """Validate a ttl (seconds or timedelta) and return whole seconds."""
     if ttl is None:
@@ -480,6 +564,10 @@ def store_and_enqueue(db: SQLAlchemy, m: Models, user_ids: list[str], *, payload
         return _enqueue_if_never_queued(db, existing)
     if "tag" not in n.payload:
         n.payload = {**payload, "tag": default_tag(n.id)}
+    if n.variants is not None:  # each variant without a tag of its own has the default one
+        n.variants = {**n.variants, "variants": [
+            {**v, "payload": {"tag": default_tag(n.id), **v["payload"]}}
+            for v in n.variants["variants"]]}
     if n.topic is None:
         n.topic = f"n{n.id}"
     db.session.commit()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import sqlalchemy as sa
 from sqlalchemy.orm import defer
 
-from . import conversions, counters
+from . import conversions, counters, variants
 from .audiences import delete_internal
 from .clock import iso, utcnow
 from .exceptions import NotificationNotFound
@@ -107,12 +107,46 @@ def notification_stats(db: SQLAlchemy, m: Models, notification_id: int) -> dict[
             sa.select(S).where(S.notification_id == n.id, S.dimension == "language")
             .order_by(S.sent.desc(), S.key))}
     stats["revenue"] = conversions.revenue(db, m, n.id)
+    stats["variants"] = _variants(db, m, n) if n.variants is not None else []
     stats["pruned"] = bool(n.totals)
     stats["failure_reasons"] = (n.totals.get("failure_reasons", []) if n.totals
                                 else _failure_reasons(db, m, n.id, stats))
     return stats
 
 
+
+
+def _variants(db: SQLAlchemy, m: Models, n: NotificationRow) -> list[dict[str, Any]]:
+    """Each A/B variant's funnel (the counts and rates of ``stats()``), its title, weight
+    and revenue, and the p-value of its difference from the first on the winner's rate."""
+    S = m.Stat
+    rows = {row.key: row for row in db.session.scalars(
+        sa.select(S).where(S.notification_id == n.id, S.dimension == "variant"))}
+    revenue = conversions.variant_revenue(db, m, n.id)
+    stored = n.variants or {}
+    winner_by = stored.get("winner_by") or "clicks"
+    counter = variants.WINNER_COUNTER[winner_by]
+    total_weight = sum(v["weight"] for v in stored.get("variants", [])) or 1
+    found: list[dict[str, Any]] = []
+    for index, variant in enumerate(stored.get("variants", [])):
+        row = rows.get(str(index))
+        counts = {c: getattr(row, c) if row is not None else 0 for c in counters.COUNTERS}
+        counts["deliveries"] = sum(counts[status] for status in FINAL)
+        figures: dict[str, Any] = {
+            "variant": index, "title": variant["payload"].get("title", ""),
+            "weight": variant["weight"], "share": round(variant["weight"] / total_weight, 4),
+            **counts, "display_rate": _rate(counts["displayed"], counts["sent"]),
+            "click_rate": _rate(counts["clicked"], counts["displayed"]),
+            "click_through_rate": _rate(counts["clicked"], counts["sent"]),
+            "conversion_rate": _rate(counts["conversions"], counts["sent"]),
+            "revenue": revenue.get(index, {}), "winner": n.winner == index}
+        first = found[0] if found else None
+        p = None if first is None else variants.p_value(
+            first[counter], first["sent"], counts[counter], counts["sent"])
+        figures["p_value"] = None if p is None else round(p, 4)
+        figures["significant"] = p is not None and p < variants.SIGNIFICANCE
+        found.append(figures)
+    return found
 
 
 def _failure_reasons(db: SQLAlchemy, m: Models, notification_id: int,

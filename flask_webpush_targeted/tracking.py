@@ -91,10 +91,13 @@ def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
     if event == "clicked" and action:
         # Only an action the notification offered is kept: the beacon's text is anyone's
         # who holds the token, and the admin pages and exports show what is stored.
-        payload = db.session.scalar(sa.select(N.payload).join(D, D.notification_id == N.id)
-                                    .where(D.id == delivery_id))
-        offered = {a.get("action") for a in (payload or {}).get("actions") or []
-                   if isinstance(a, dict)}
+        found = db.session.execute(sa.select(N.payload, N.variants)
+                                   .join(D, D.notification_id == N.id)
+                                   .where(D.id == delivery_id)).first()
+        payloads = [] if found is None else [found.payload] + [
+            v["payload"] for v in (found.variants or {}).get("variants", [])]
+        offered = {a.get("action") for payload in payloads
+                   for a in (payload or {}).get("actions") or [] if isinstance(a, dict)}
         action = action if action in offered else None
     events = [event] + (["displayed"] if event == "clicked" else [])
     counted = []
@@ -111,17 +114,17 @@ def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
             counted.append(kind)
     if counted:
         row = db.session.execute(
-            sa.select(D.notification_id, D.subscription_id, Sub.user_agent, N.send_at,
-                      N.created_at)
+            sa.select(D.notification_id, D.subscription_id, D.variant, Sub.user_agent,
+                      N.send_at, N.created_at)
             .join(N, N.id == D.notification_id).outerjoin(Sub, Sub.id == D.subscription_id)
             .where(D.id == delivery_id)).one()
         inc = new_increments()
         at = bucket(send_start(row), now)
         for kind in counted:
             if kind == "closed":
-                add(inc, kind)
+                add(inc, kind, variant=row.variant)
             else:
-                add(inc, kind, at=at, platform=platform_of(row.user_agent))
+                add(inc, kind, at=at, platform=platform_of(row.user_agent), variant=row.variant)
         bump(db, m, row.notification_id, inc)
         if row.subscription_id is not None:
             # The device was used: this is what the devices page shows as "last used".

@@ -119,6 +119,19 @@ OPTIONS: dict[str, st.SearchStrategy[Any]] = {
     "send_at_local": st.one_of(st.sampled_from(["09:00", "23:59", "24:00", "9:00", "09:60"]),
                                text_or_wrong()),
     "rate_per_minute": st.one_of(huge_integers(), nasty_floats(), wrong_types()),
+    "variants": st.one_of(
+        st.none(),
+        st.lists(st.dictionaries(
+            st.sampled_from(["title", "body", "url", "weight", "actions", "data", "colour"]),
+            st.one_of(titles(), urls(), huge_integers(), nasty_floats(), json_values(),
+                      wrong_types()), max_size=3), max_size=6),
+        wrong_types()),
+    "test_share": st.one_of(st.none(), st.sampled_from([0.2, 0.0, 1.0, -0.5]), nasty_floats(),
+                            huge_integers(), wrong_types()),
+    "winner_after": st.one_of(st.none(), huge_integers(), nasty_floats(), wrong_types(),
+                              st.sampled_from([timedelta.max, timedelta(hours=2),
+                                               timedelta(seconds=-1)])),
+    "winner_by": st.one_of(st.sampled_from(["clicks", "conversions", "opens"]), text_or_wrong()),
     "vars": st.one_of(
         st.dictionaries(hashable(st.one_of(st.sampled_from(["gate", "seat", "0", "a b", "_"]),
                                            nasty_text(), wrong_types())),

@@ -147,6 +147,9 @@ _AMOUNT = {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2,4}$"}
 _COUNTS = ("targeted_users", "users_without_devices", "opted_out", "capped", "deliveries",
            "pending", "held", "sent", "failed", "gone", "expired", "skipped", "displayed",
            "clicked", "closed", "conversions", "influenced_conversions")
+#: the counters each A/B variant has (deliveries: those with an outcome so far)
+_VARIANT_COUNTS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
+                   "clicked", "closed", "conversions", "influenced_conversions")
 _SEND_AT_LOCAL = {"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 
 _USER_ID_ITEM = {"anyOf": [
@@ -252,6 +255,40 @@ SCHEMAS: dict[str, Any] = {
                 "description": "At most this many deliveries in any minute, across all "
                                "workers; stats.expected_finish_at says when it should be "
                                "done."}),
+            "variants": _nullable({
+                "type": "array", "minItems": 2, "maxItems": 5,
+                "description": "A/B variants: each user gets one, by a hash of the "
+                               "notification and the user (the same on every device and "
+                               "retry), in proportion to the weights. Each variant overrides "
+                               "the notification's own payload fields; each is held to the "
+                               "payload limit.",
+                "items": {"type": "object", "additionalProperties": False, "properties": {
+                    "title": {"anyOf": [{"type": "string", "minLength": 1, "pattern": "\\S"},
+                                        _TEXTS]},
+                    "body": {"anyOf": [{"type": "string"}, _TEXTS]},
+                    "url": _URL, "icon": _URL, "image": _URL, "badge": _URL,
+                    "tag": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "actions": {"type": "array", "maxItems": 2, "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["action", "title"], "properties": {
+                            "action": {"type": "string"},
+                            "title": {"anyOf": [{"type": "string"}, _TEXTS]},
+                            "icon": {"type": "string"}}}},
+                    "data": {},
+                    "require_interaction": {"type": "boolean"}, "silent": {"type": "boolean"},
+                    "weight": {"type": "integer", "minimum": 1, "maximum": 10_000,
+                               "description": "Relative: 50/50 is 1/1. Default 1."}}}}),
+            "test_share": _nullable({
+                "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                "description": "Only this share of the users gets the test; the others get "
+                               "the winner once winner_after has passed. With winner_after."}),
+            "winner_after": _nullable({
+                "type": "integer", "minimum": 60, "maximum": MAX_TTL,
+                "description": "Seconds the test runs before the winner goes to the rest."}),
+            "winner_by": _nullable({
+                "type": "string", "enum": ["clicks", "conversions"],
+                "description": "What picks the winner: the rate of clicks, or of direct "
+                               "conversions, per delivery sent. Default clicks."}),
             "vars": _nullable({**_VARS, "description": "Values for {name} placeholders, for "
                                "every recipient; a recipient's or audience member's own vars "
                                "win. Given (or with recipients, or an audience with vars), "
@@ -366,7 +403,32 @@ SCHEMAS: dict[str, Any] = {
                         "description": "The direct conversions' values per ISO 4217 "
                                        "currency, exact decimal strings.",
                         "example": {"EUR": "1520.40", "PLN": "89.99"}},
+            "variants": {"type": "array", "items": _ref("VariantFigures"),
+                         "description": "Each A/B variant's funnel; empty without variants."},
             "pruned": {"type": "boolean"},
+        },
+    },
+    "VariantFigures": {
+        "type": "object", "additionalProperties": False,
+        "required": ["variant", "title", "weight", "share", *_VARIANT_COUNTS, "display_rate",
+                     "click_rate", "click_through_rate", "conversion_rate", "revenue",
+                     "winner", "p_value", "significant"],
+        "properties": {
+            "variant": {"type": "integer", "minimum": 0, "maximum": 4},
+            "title": {"anyOf": [{"type": "string"}, _TEXTS]},
+            "weight": {"type": "integer", "minimum": 1},
+            "share": {"type": "number", "minimum": 0, "maximum": 1},
+            **{k: _COUNT for k in _VARIANT_COUNTS},
+            **{k: _RATE for k in ("display_rate", "click_rate", "click_through_rate",
+                                  "conversion_rate")},
+            "revenue": {"type": "object", "additionalProperties": _AMOUNT},
+            "winner": {"type": "boolean", "description": "The variant the users outside the "
+                       "test got (with test_share)."},
+            "p_value": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                        "description": "Two-proportion z-test of its rate (winner_by) against "
+                                       "the first variant's; null for the first, or too few "
+                                       "sent."},
+            "significant": {"type": "boolean", "description": "p_value below 0.05."},
         },
     },
     "Notification": {
@@ -541,7 +603,7 @@ _NOTIFICATION_EXAMPLE: dict[str, Any] = {
     "created_at": "2026-12-01T08:00:00+00:00", "send_at": None,
     "finished_at": "2026-12-01T08:00:03+00:00", "quiet_hours": None, "send_at_local": None,
     "rate_per_minute": None, "status_url": STATUS_URL,
-    "stats": {**_STATS_EXAMPLE, "pruned": False, "revenue": {"EUR": "129.90"},
+    "stats": {**_STATS_EXAMPLE, "pruned": False, "revenue": {"EUR": "129.90"}, "variants": [],
               "failure_reasons": [],
               "by_platform": [{"platform": "Firefox desktop", "deliveries": 2, "sent": 2,
                                "displayed": 2, "clicked": 1}]},

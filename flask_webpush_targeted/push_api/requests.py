@@ -154,6 +154,46 @@ def _actions(value: Any) -> list[dict[str, str]]:
     return value
 
 
+#: a variant's fields and the JSON type each must have (the values are sending.py's to check)
+_VARIANT_KINDS = {"title": "text", "body": "text", "url": "string", "icon": "string",
+                  "image": "string", "badge": "string", "tag": "string", "actions": "actions",
+                  "data": "any", "require_interaction": "boolean", "silent": "boolean",
+                  "weight": "integer"}
+
+
+def _variants(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise BadRequestError("variants must be a list of objects of payload fields and a weight.")
+    for index, item in enumerate(value):
+        where = f"variants[{index}]"
+        if not isinstance(item, dict) or set(item) - set(_VARIANT_KINDS):
+            raise BadRequestError(f"{where} must be an object of the fields "
+                                  f"{', '.join(_VARIANT_KINDS)}.")
+        for name, kind in _VARIANT_KINDS.items():
+            if name not in item or item[name] is None or kind == "any":
+                continue
+            field_value = item[name]
+            wrong = {
+                "text": not _is_text(field_value),
+                "string": not isinstance(field_value, str),
+                "boolean": not isinstance(field_value, bool),
+                "integer": _integer(field_value) is None,
+                "actions": not isinstance(field_value, list),
+            }[kind]
+            if wrong:
+                raise BadRequestError(f"{where}.{name} must be {_KIND_WORDS[kind]}.")
+            if kind == "actions":
+                item[name] = _actions(field_value)
+            elif kind == "integer":
+                item[name] = _integer(field_value)
+    return value
+
+
+_KIND_WORDS = {"text": "a string or an object of strings by language", "string": "a string",
+               "boolean": "true or false", "integer": "an integer",
+               "actions": "a list of actions"}
+
+
 def _is_text(value: Any) -> bool:
     """A text, or an object of texts by language (their tags are sending.py's to check)."""
     return isinstance(value, str) or (isinstance(value, dict) and all(
@@ -219,6 +259,11 @@ def parse_notification(body: Any, max_users: int) -> NotifyRequest:
         given["send_at"] = parse_rfc3339(given["send_at"], "send_at")
     if "vars" in given and not isinstance(given["vars"], dict):
         raise BadRequestError("vars must be an object of name -> string or number.")
+    if "variants" in given:
+        given["variants"] = _variants(given["variants"])
+    if "test_share" in given and (isinstance(given["test_share"], bool)
+                                  or not isinstance(given["test_share"], (int, float))):
+        raise BadRequestError("test_share must be a number (0.2: a fifth of the users).")
     options.update(given)
     return NotifyRequest(user_ids, options, audience_id, recipients)
 

@@ -102,6 +102,7 @@ def _notification_json(n: Any, figures: dict[str, Any], *, detail: bool) -> dict
                       by_platform=figures.get("by_platform", []),
                       languages=figures.get("languages", {}),
                       revenue=figures.get("revenue", {}),
+                      variants=figures.get("variants", []),
                       pruned=bool(figures.get("pruned")))
         # Known once the worker fanned out (the choices then, not now); the list of
         # notifications leaves it out, as it leaves out the users without devices.

@@ -552,6 +552,9 @@ def notification_page(nid: int) -> ResponseReturnValue:
         devices_words=devices_words(n), urgency_words=str(URGENCY_WORDS.get(n.urgency, n.urgency)),
         no_device_words=no_device_words(n, funnel), labels=FIGURE_LABELS,
         validity=duration_words(n.ttl), live=n.status in LIVE,
+        variant_rate_words=(gettext("conversion rate")
+                            if (n.variants or {}).get("winner_by") == "conversions"
+                            else gettext("click-through rate")),
         attribution_window=_conversion_window_words("WEBPUSH_ATTRIBUTION_WINDOW"),
         influence_window=_conversion_window_words("WEBPUSH_INFLUENCE_WINDOW"),
         live_interval_ms=LIVE_INTERVAL_MS,
