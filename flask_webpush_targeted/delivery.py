@@ -166,12 +166,27 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
     if n.variants is not None:
         split = Split.of(n.variants)
         winner = n.winner
-        for row, _ttl in to_send:
+        outside = [row.id for row, _ttl in to_send if not in_test(split, nid, row.user_id)]
+        if outside and winner is None:
+            winner_at = start + timedelta(seconds=split.winner_after or 0)
+            if (now < winner_at + timedelta(seconds=n.ttl // 2)
+                    and _test_unfinished(db, m, nid, winner_at)):
+                # The test's own deliveries are not all out yet (throttled, held by quiet
+                # hours, retried): a winner now would be chosen on too little. The others
+                # wait, a minute at a time, while half their validity is left.
+                _postpone(db, m, nid, claim, outside, now + timedelta(seconds=60),
+                          first_id, last_id)
+                waiting = set(outside)
+                to_send = [item for item in to_send if item[0].id not in waiting]
+                outside = []
+            else:
+                winner = choose_winner(db, m, nid, split)
+        # Every row with an outcome in this batch counts under its variant (a skipped or
+        # expired one too); one outside the test has one once the winner is chosen.
+        for row in rows:
             if in_test(split, nid, row.user_id):
                 batch.variants[row.id] = assigned(split, nid, row.user_id)
-            else:
-                if winner is None:
-                    winner = choose_winner(db, m, nid, split)
+            elif winner is not None:
                 batch.variants[row.id] = winner
     # One text, or each language's, encoded (or, with placeholders, filled per recipient:
     # checked when notify_users ran) by what is made here once per batch, variant and
@@ -267,6 +282,34 @@ def send_batch(notification_id: int, first_id: int, last_id: int) -> dict[str, i
         _continue_throttled(db, m, nid, first_id, last_id, next_free)
     finish_if_complete(nid)
     return counts
+
+
+def _test_unfinished(db: SQLAlchemy, m: Models, nid: int, winner_at: datetime) -> bool:
+    """Whether deliveries of the test (those not held for the winner, whose due time is
+    ``winner_at``) are still to be sent, this claim's included: their results are not in."""
+    D = m.Delivery
+    return bool(db.session.scalar(sa.select(sa.exists().where(
+        D.notification_id == nid,
+        D.status.in_((DeliveryStatus.PENDING, DeliveryStatus.SENDING)),
+        sa.or_(D.due_at.is_(None), D.due_at != winner_at)))))
+
+
+def _postpone(db: SQLAlchemy, m: Models, nid: int, claim: str, ids: list[int], until: datetime,
+              first_id: int, last_id: int) -> None:
+    """Give back claimed rows, due again at ``until`` (their validity unchanged), and
+    schedule the batch then."""
+    D = m.Delivery
+    db.session.execute(
+        sa.update(D).where(D.id.in_(ids), D.claimed_by == claim)
+        .values(status=DeliveryStatus.PENDING, claimed_by=None, next_attempt_at=until,
+                attempts=D.attempts - 1)
+        .execution_options(synchronize_session=False))
+    db.session.commit()
+    try:
+        enqueue_at(get_queue(), until, SEND_BATCH, nid, first_id, last_id)
+    except redis.exceptions.RedisError:
+        log.warning("webpush: Redis unavailable; deliveries of notification %s waiting for "
+                    "the winner of its test are left to recover", nid)
 
 
 def choose_winner(db: SQLAlchemy, m: Models, nid: int, split: Split) -> int:

@@ -437,8 +437,9 @@ def check_variants(options: NotificationOptions) -> dict[str, Any] | None:
     if after is not None:
         if isinstance(after, timedelta):
             after = after.total_seconds()
+        # compared as given: math.isfinite() of a huge int raises OverflowError
         if (isinstance(after, bool) or not isinstance(after, (int, float))
-                or not math.isfinite(after) or not 60 <= after <= MAX_TTL):
+                or not 60 <= after <= MAX_TTL):
             raise InvalidNotification("winner_after must be a timedelta or seconds, from a "
                                       "minute to 28 days.")
         seconds = int(after)

@@ -91,13 +91,17 @@ def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
     if event == "clicked" and action:
         # Only an action the notification offered is kept: the beacon's text is anyone's
         # who holds the token, and the admin pages and exports show what is stored.
-        found = db.session.execute(sa.select(N.payload, N.variants)
+        found = db.session.execute(sa.select(N.payload, N.variants, D.variant)
                                    .join(D, D.notification_id == N.id)
                                    .where(D.id == delivery_id)).first()
-        payloads = [] if found is None else [found.payload] + [
-            v["payload"] for v in (found.variants or {}).get("variants", [])]
-        offered = {a.get("action") for payload in payloads
-                   for a in (payload or {}).get("actions") or [] if isinstance(a, dict)}
+        payload = None if found is None else found.payload
+        if found is not None and found.variants is not None:
+            # The delivery's own variant's actions (none before it was sent)
+            chosen = found.variants["variants"]
+            payload = (chosen[found.variant]["payload"]
+                       if found.variant is not None and found.variant < len(chosen) else None)
+        offered = {a.get("action") for a in (payload or {}).get("actions") or []
+                   if isinstance(a, dict)}
         action = action if action in offered else None
     events = [event] + (["displayed"] if event == "clicked" else [])
     counted = []

@@ -82,9 +82,10 @@ def best(figures: Sequence[Mapping[str, int]], winner_by: str) -> int:
 
 
 def p_value(hits_a: int, sent_a: int, hits_b: int, sent_b: int) -> float | None:
-    """The two-sided p-value of a two-proportion z-test (pooled), or None when it cannot be
-    computed (nothing sent to one, or no difference possible)."""
-    if not sent_a or not sent_b:
+    """The two-sided p-value of a two-proportion z-test (pooled), or None when it does not
+    apply: nothing sent to one, no difference possible, or more hits than sent (orders:
+    a customer may order twice after one push, and a proportion is at most 1)."""
+    if not sent_a or not sent_b or not 0 <= hits_a <= sent_a or not 0 <= hits_b <= sent_b:
         return None
     pooled = (hits_a + hits_b) / (sent_a + sent_b)
     spread = math.sqrt(pooled * (1 - pooled) * (1 / sent_a + 1 / sent_b))

@@ -2,8 +2,8 @@
 
 Rules interleave notify (in a required or a capped category, keeping or ignoring quiet
 hours, throttled or not), customers changing their choice of category, cancel (between
-jobs and in the middle of a batch), jobs run, clicks and displays, orders (an order id
-reported more than once),
+jobs and in the middle of a batch), A/B tests (with and without a test share), jobs run,
+clicks and displays, orders (an order id reported more than once),
 workers killed mid-batch, time passing in the middle of a batch, jobs run while Redis is
 down or with receivers that raise, recover, scripted
 push-service faults per subscription (429 with any Retry-After, WNS's 406, 5xx, 404/410,
@@ -39,7 +39,10 @@ Invariants, after every step:
 - an order counts once whatever times it is reported (the same attribution each time);
   each attributed conversion points at a delivery of its own customer clicked (direct) or
   displayed (influenced) within the day before it, and each notification's conversions,
-  influenced conversions and revenue per currency equal its conversion rows.
+  influenced conversions and revenue per currency equal its conversion rows;
+- in an A/B test each device of a user in the test gets that user's variant (by the hash),
+  each user outside it only the winner stored on the notification, and never before the
+  wait is over; each variant's sent figure equals its rows.
 At the end, time runs on (recover every minute, jobs as they come due) for the longest
 validity plus 2 x WEBPUSH_CLAIM_TIMEOUT plus WEBPUSH_RETRY_MAX_DELAY: by then every
 delivery is final and every notification done or cancelled.
@@ -82,6 +85,7 @@ from flask_webpush_targeted.local_time import in_window, parse_window
 from flask_webpush_targeted.payload import default_tag
 from flask_webpush_targeted.testing import LocalPushService
 from flask_webpush_targeted.tracking import read_token
+from flask_webpush_targeted.variants import WINNER_BY, Split, assigned, in_test
 
 FINAL = ("sent", "failed", "gone", "expired", "skipped")
 CONCURRENCY = 4
@@ -97,6 +101,8 @@ LANGUAGES = ["pl-PL", "en-GB", None, "pl", "de-DE"]
 #: a notification's texts in two languages, and the one each device language gets
 TEXTS = {"en": "Sale", "pl": "Wyprzedaż"}
 EXPECTED_LANGUAGE = {"pl-PL": "pl", "pl": "pl", "en-GB": "en", "de-DE": "en", None: "en"}
+#: how long an A/B test with a test share runs before the winner goes to the rest
+WINNER_AFTER = 120
 START = datetime(2026, 12, 1, 20, 59, 30, tzinfo=UTC)
 QUIET = ("21:00", "21:20")
 CAP = (1, timedelta(minutes=30))
@@ -164,6 +170,8 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             self.cancelled_at: dict[int, tuple[int, int]] = {}  # nid -> received, allowance
             self.title_for: dict[tuple[int, str], str] = {}  # (nid, user) -> the filled title
             self.orders: dict[str, Any] = {}  # order id -> its first attribution
+            #: A/B tests: nid -> (titles, split, when notify_users was called)
+            self.tests: dict[int, tuple[list[str], Split, datetime]] = {}
 
         def teardown(self) -> None:
             try:
@@ -283,6 +291,30 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
             if category == "offers":
                 self.quiet_kept.add(nid)
             self.max_ttl = max(self.max_ttl, 300 + 25 * 60)
+
+        @rule(users=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
+              share=st.sampled_from([None, 0.5]), winner_by=st.sampled_from(WINNER_BY),
+              category=st.sampled_from(["orders", "offers"]))
+        def notify_with_variants(self, users: list[str], share: float | None, winner_by: str,
+                                 category: str) -> None:
+            """An A/B test of two or three titles; with a test share, the others wait
+            WINNER_AFTER for the winner."""
+            titles = ["Sale A", "Sale B", "Sale C"][:2 + len(users) % 2]
+            with self.host.app.app_context():
+                n = self.host.webpush.notify_users(
+                    users, title="Sale", ttl=300, category=category,
+                    variants=[{"title": t, "weight": 1 + i} for i, t in enumerate(titles)],
+                    test_share=share, winner_after=None if share is None else WINNER_AFTER,
+                    winner_by=winner_by)
+                nid = int(n.id)
+            self.notifications.append(nid)
+            self.category_of[nid] = category
+            if category == "offers":
+                self.quiet_kept.add(nid)
+            self.tests[nid] = (titles, Split(tuple(1 + i for i in range(len(titles))), share,
+                                             None if share is None else WINNER_AFTER,
+                                             winner_by), self.clock.now)
+            self.max_ttl = max(self.max_ttl, 300 + 25 * 60 + (WINNER_AFTER if share else 0))
 
         @precondition(lambda self: self.notifications)
         @rule(pick=st.integers(0, 1000), twice=st.booleans())
@@ -554,6 +586,48 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                     wanted = EXPECTED_LANGUAGE[self.language_of[sub.id]]
                     assert (message["title"], message["lang"]) == (TEXTS[wanted], wanted), (
                         sub.id, message)
+
+        @invariant()
+        def each_user_gets_its_own_variant_and_the_rest_only_the_winner_after_the_wait(
+                self) -> None:
+            N = self.host.webpush.models.Notification
+            tags = {default_tag(nid): nid for nid in self.tests}
+            for push in push_service.received:
+                sub = self.by_endpoint.get(push.endpoint)
+                if sub is None or not push.ok or push.payload is None:
+                    continue
+                message = push.notification()
+                nid = tags.get(message.get("tag"))
+                if nid is None:
+                    continue
+                titles, split, called = self.tests[nid]
+                if in_test(split, nid, sub.user_id):
+                    assert message["title"] == titles[assigned(split, nid, sub.user_id)], (
+                        nid, sub.user_id, message["title"])
+                else:
+                    with self.host.app.app_context():
+                        winner = self.host.db.session.scalar(
+                            sa.select(N.winner).where(N.id == nid))
+                        self.host.db.session.commit()
+                    assert winner is not None and message["title"] == titles[winner], (
+                        nid, winner, message["title"])
+            D = self.host.webpush.models.Delivery
+            with self.host.app.app_context():
+                for nid, (titles, split, called) in self.tests.items():
+                    rows = self.host.db.session.execute(
+                        sa.select(D.user_id, D.sent_at, D.variant, D.status)
+                        .where(D.notification_id == nid)).all()
+                    per_variant: Counter[int] = Counter()
+                    for row in rows:
+                        if row.status == "sent":
+                            per_variant[row.variant] += 1
+                        if row.sent_at is not None and not in_test(split, nid, row.user_id):
+                            assert row.sent_at >= called + timedelta(seconds=WINNER_AFTER), (
+                                nid, row.user_id, row.sent_at, called)
+                    figures = self.host.webpush.stats(nid)["variants"]
+                    assert [f["sent"] for f in figures] == [
+                        per_variant[i] for i in range(len(titles))], (nid, figures, per_variant)
+                self.host.db.session.commit()
 
         @invariant()
         def languages_count_what_was_sent(self) -> None:

@@ -242,3 +242,73 @@ def test_the_push_api_sends_variants_and_shows_each_variants_figures(lab: Lab) -
     bad = http.post(path, json={**body, "variants": [{"title": "A"}, {"weight": "heavy"}]},
                     headers=headers)
     assert check_answer("POST", path, bad) is not None and bad.status_code == 400
+
+
+def test_more_orders_than_pushes_leave_no_test_and_no_error(lab: Lab) -> None:
+    users = lab.users(4)
+    nid = lab.notify(users, variants=[{"title": "A"}, {"title": "B"}],
+                     winner_by="conversions")
+    for user in users:
+        lab.click(user)
+        for order in range(5):
+            with lab.host.app.app_context():
+                lab.host.webpush.record_conversion(user, order_id=f"{user}-{order}")
+    variants = lab.stats(nid)["variants"]
+    assert sum(v["conversions"] for v in variants) == 20
+    assert variants[1]["p_value"] is None and not variants[1]["significant"]
+    page = admin_http(lab.host).get(f"/webpush/admin/notifications/{nid}")
+    assert page.status_code == 200
+    assert "no test possible yet" in page.get_data(as_text=True)
+
+
+def test_a_huge_winner_after_is_refused(lab: Lab) -> None:
+    with lab.host.app.app_context(), pytest.raises(InvalidNotification, match="winner_after"):
+        lab.host.webpush.notify_users(["u0"], title="S", variants=[{"title": "A"},
+                                                                   {"title": "B"}],
+                                      test_share=0.5, winner_after=10**400)
+
+
+def test_a_click_keeps_only_an_action_its_own_variant_offered(lab: Lab) -> None:
+    users = lab.users(30)
+    nid = lab.notify(users, variants=[
+        {"title": "A", "actions": [{"action": "buy", "title": "Buy"}]},
+        {"title": "B", "actions": [{"action": "later", "title": "Later"}]}])
+    D = lab.host.webpush.models.Delivery
+    for user in users:
+        own = "buy" if lab.titles(user) == ["A"] else "later"
+        other = "later" if own == "buy" else "buy"
+        answer = lab.host.app.test_client(use_cookies=False).post(
+            EVENTS, json={"token": lab.token(user), "event": "clicked", "action": other},
+            environ_base={"REMOTE_ADDR": f"10.7.{len(user)}.{hash(user) % 250}"})
+        assert answer.status_code == 200
+    with lab.host.app.app_context():
+        actions = set(lab.host.db.session.scalars(sa.select(D.action).where(
+            D.notification_id == nid)))
+    assert actions == {None}  # each asked for the other variant's action: not kept
+
+
+def test_the_rest_waits_while_the_test_is_still_being_sent(lab: Lab) -> None:
+    users = lab.users(30)
+    nid = lab.notify(users, variants=[{"title": "A"}, {"title": "B"}], test_share=0.5,
+                     winner_after=60, rate_per_minute=2)
+    split = Split((1, 1), 0.5, 60)
+    tested = [u for u in users if in_test(split, nid, u)]
+    rest = [u for u in users if u not in tested]
+    lab.clock.advance(61)
+    lab.queue.run_all()
+    N = lab.host.webpush.models.Notification
+    with lab.host.app.app_context():
+        assert lab.host.db.session.scalar(sa.select(N.winner).where(N.id == nid)) is None
+    assert not any(lab.titles(u) for u in rest)  # no winner chosen on two sends
+    while not all(lab.titles(u) for u in tested):  # the test's throttled sends go on
+        with lab.host.app.app_context():
+            assert lab.host.db.session.scalar(sa.select(N.winner).where(N.id == nid)) is None
+        lab.clock.advance(30)
+        lab.queue.run_all()
+    for _ in range(30):  # then the winner goes to the rest, at the same rate
+        lab.clock.advance(60)
+        lab.queue.run_all()
+    with lab.host.app.app_context():
+        winner = lab.host.db.session.scalar(sa.select(N.winner).where(N.id == nid))
+    assert winner is not None
+    assert all(lab.titles(u) == [["A", "B"][winner]] for u in rest)

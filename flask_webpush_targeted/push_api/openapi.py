@@ -150,6 +150,22 @@ _COUNTS = ("targeted_users", "users_without_devices", "opted_out", "capped", "de
 #: the counters each A/B variant has (deliveries: those with an outcome so far)
 _VARIANT_COUNTS = ("deliveries", "sent", "failed", "gone", "expired", "skipped", "displayed",
                    "clicked", "closed", "conversions", "influenced_conversions")
+#: what a variant may set (null: the notification's own), and weight
+_VARIANT_FIELDS: dict[str, Any] = {
+    "title": {"anyOf": [{"type": "string", "minLength": 1, "pattern": "\\S"}, _TEXTS]},
+    "body": {"anyOf": [{"type": "string"}, _TEXTS]},
+    "url": _URL, "icon": _URL, "image": _URL, "badge": _URL,
+    "tag": {"type": "string", "minLength": 1, "maxLength": 64},
+    "actions": {"type": "array", "maxItems": 2, "items": {
+        "type": "object", "additionalProperties": False,
+        "required": ["action", "title"], "properties": {
+            "action": {"type": "string"},
+            "title": {"anyOf": [{"type": "string"}, _TEXTS]},
+            "icon": {"type": "string"}}}},
+    "data": {},
+    "require_interaction": {"type": "boolean"}, "silent": {"type": "boolean"},
+    "weight": {"type": "integer", "minimum": 1, "maximum": 10_000,
+               "description": "Relative: 50/50 is 1/1. Default 1."}}
 _SEND_AT_LOCAL = {"type": ["string", "null"], "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 
 _USER_ID_ITEM = {"anyOf": [
@@ -263,21 +279,7 @@ SCHEMAS: dict[str, Any] = {
                                "the notification's own payload fields; each is held to the "
                                "payload limit.",
                 "items": {"type": "object", "additionalProperties": False, "properties": {
-                    "title": {"anyOf": [{"type": "string", "minLength": 1, "pattern": "\\S"},
-                                        _TEXTS]},
-                    "body": {"anyOf": [{"type": "string"}, _TEXTS]},
-                    "url": _URL, "icon": _URL, "image": _URL, "badge": _URL,
-                    "tag": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "actions": {"type": "array", "maxItems": 2, "items": {
-                        "type": "object", "additionalProperties": False,
-                        "required": ["action", "title"], "properties": {
-                            "action": {"type": "string"},
-                            "title": {"anyOf": [{"type": "string"}, _TEXTS]},
-                            "icon": {"type": "string"}}}},
-                    "data": {},
-                    "require_interaction": {"type": "boolean"}, "silent": {"type": "boolean"},
-                    "weight": {"type": "integer", "minimum": 1, "maximum": 10_000,
-                               "description": "Relative: 50/50 is 1/1. Default 1."}}}}),
+                    name: _nullable(schema) for name, schema in _VARIANT_FIELDS.items()}}}),
             "test_share": _nullable({
                 "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
                 "description": "Only this share of the users gets the test; the others get "
@@ -419,6 +421,8 @@ SCHEMAS: dict[str, Any] = {
             "weight": {"type": "integer", "minimum": 1},
             "share": {"type": "number", "minimum": 0, "maximum": 1},
             **{k: _COUNT for k in _VARIANT_COUNTS},
+            "deliveries": {**_COUNT, "description": "Its deliveries with an outcome so far "
+                           "(the variant of one still waiting is not known yet)."},
             **{k: _RATE for k in ("display_rate", "click_rate", "click_through_rate",
                                   "conversion_rate")},
             "revenue": {"type": "object", "additionalProperties": _AMOUNT},
