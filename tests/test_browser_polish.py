@@ -49,9 +49,24 @@ def shop(push_service: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             ["1"], title={"pl": "Paczka jest w drodze", "de": "Ihr Paket ist unterwegs"},
             body={"pl": "Dotrze w czwartek.", "de": "Kommt am Donnerstag."}, url="/",
             category="orders").id
+        # An A/B test with an order after a click: the page shows the variants and revenue.
+        vid = host.webpush.notify_users(
+            ["1", "3"], title="Paczka", url="/", category="orders", variants=[
+                {"title": "Paczka jest w drodze – A"}, {"title": "Paczka jest w drodze – B"}])
+        vid = int(vid.id)
+    host.subscribe("3", "Laptop Jana")
     host.run_worker()
+    with host.app.app_context():
+        D = host.webpush.models.Delivery
+        first = host.db.session.scalar(sa.select(D.id).where(D.notification_id == vid,
+                                                             D.user_id == "1"))
+        from flask_webpush_targeted.tracking import record_event
+
+        record_event(host.db, host.webpush.models, first, "clicked")
+        host.webpush.record_conversion("1", value="129.90", currency="PLN", order_id="Z-1")
     server = LiveServer(host.app)
     server.nid = int(nid)
+    server.vid = vid
     yield server
     server.stop()
     host.close()
@@ -145,13 +160,14 @@ def test_the_devices_page_is_polish(chromium_pl: Any, shop: Any) -> None:
 
 
 @pytest.mark.parametrize(("path", "shown"), [
-    ("/webpush/admin/notifications", "1 powiadomienie."),
+    ("/webpush/admin/notifications", "2 powiadomienia."),
     ("/webpush/admin/notifications/{nid}", "Według języka"),
     ("/webpush/admin/users/1", "wyłączone (usunięte przez klienta)"),
+    ("/webpush/admin/notifications/{vid}", "129,90\xa0zł"),
 ])
 def test_the_admin_pages_are_polish(chromium_pl: Any, shop: Any, path: str, shown: str) -> None:
     page = logged_in(chromium_pl, shop, "9")
-    response = page.goto(shop.url + path.format(nid=shop.nid))
+    response = page.goto(shop.url + path.format(nid=shop.nid, vid=shop.vid))
     assert response.ok, response.status
     text = page.inner_text("main")
     assert shown in text, text
@@ -167,7 +183,7 @@ def test_the_admin_pages_are_polish(chromium_pl: Any, shop: Any, path: str, show
         box = table.bounding_box()
         assert box and box["x"] + box["width"] <= view, (path, box, view)
     shot(page, "admin-" + (re.sub(r"[^a-z]+", "-", path.split("/admin/")[1]).strip("-")
-                           or "index"))
+                           or "index") + ("-variants" if "vid" in path else ""))
     assert_accessible(page)
     page.close()
 
