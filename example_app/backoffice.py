@@ -88,7 +88,7 @@ TTL_ZERO_WARNING = ("Valid for 0 seconds: a device that is offline at the moment
                     "validity period if it must reach every customer.")
 FORM_FIELDS = ("title", "body", "url", "devices", "ttl", "ttl_custom", "urgency", "topic",
                "category", "when", "send_at", "tz_offset", "send_at_local", "quiet_hours",
-               "rate_per_minute", "nonce")
+               "rate_per_minute", "nonce", "title_b", "body_b")
 FORM_DEFAULTS = {"url": "/", "devices": "all", "ttl": "86400", "urgency": "normal",
                  "when": "now", "quiet_hours": ""}
 #: The quiet-hours choices: form value, notify_users' quiet_hours, label.
@@ -322,7 +322,16 @@ def _notify_arguments(form: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         raise FormError(f"Unknown customer id(s): {', '.join(unknown)}.")
     if form["devices"] not in ("all", "latest"):
         raise FormError("Choose the devices: all of them, or each customer's latest.")
+    variants = None
+    if form["title_b"].strip():
+        # An A/B test: half the customers get each wording (the same one on every device).
+        variants = [{"title": form["title"].strip(), "body": form["body"].strip()},
+                    {"title": form["title_b"].strip(),
+                     "body": form["body_b"].strip() or form["body"].strip()}]
+    elif form["body_b"].strip():
+        raise FormError("Give the second wording a title too, or leave both empty.")
     return users, {
+        "variants": variants,
         "title": form["title"].strip(), "body": form["body"].strip(),
         "url": form["url"].strip() or "/", "devices": form["devices"], "ttl": _ttl(form),
         "urgency": form["urgency"], "topic": form["topic"].strip() or None,
@@ -378,8 +387,9 @@ def notifications() -> ResponseReturnValue:
         query = query.where(N.id < before)
     rows = list(db.session.scalars(query))
     older = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
-    return render_template("admin/notifications.html", notifications=rows[:PAGE_SIZE],
-                           older=older)
+    shown = rows[:PAGE_SIZE]
+    return render_template("admin/notifications.html", notifications=shown, older=older,
+                           figures={n.id: webpush.stats(n.id) for n in shown})
 
 
 @bp.route("/notifications/<int:notification_id>")

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import re
+from datetime import date
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_login import login_required, login_user, logout_user
+from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.security import check_password_hash
 
 from flask_webpush_targeted.csrf import check_csrf
 from flask_webpush_targeted.exceptions import CSRFError
 
-from . import db
-from .models import Customer, Product
+from . import db, webpush
+from .models import Customer, Order, Product
 
 bp = Blueprint("shop", __name__)
 
@@ -47,6 +49,30 @@ def index() -> ResponseReturnValue:
 def product(product_id: int) -> ResponseReturnValue:
     item = db.session.get(Product, product_id) or abort(404)
     return render_template("product.html", product=item)
+
+
+def buy(product_id: int) -> ResponseReturnValue:
+    """Order a product (the demo's checkout): the order is reported to the push it followed."""
+    try:
+        check_csrf()
+    except CSRFError:
+        abort(400, "The form expired; reload the page.")
+    item = db.session.get(Product, product_id) or abort(404)
+    order = Order(customer_id=int(current_user.get_id()), product_id=item.id,
+                  ordered_on=date.today())
+    db.session.add(order)
+    db.session.commit()
+    # Attributed to the push the customer clicked (or saw) before: its page in the
+    # back-office shows the order and its revenue.
+    attributed = webpush.record_conversion(
+        current_user, value=Decimal(item.price_cents).scaleb(-2), currency="PLN",
+        order_id=f"shop-{order.id}")
+    return render_template("ordered.html", product=item, order=order, attributed=attributed)
+
+
+# Wrapped by a call, as account below: Flask-Login's decorator would untype the view.
+bp.add_url_rule("/products/<int:product_id>/buy", view_func=login_required(buy),
+                methods=["POST"])
 
 
 @bp.route("/login", methods=["GET", "POST"])

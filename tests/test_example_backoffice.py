@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -689,3 +690,80 @@ def test_customers_who_turned_the_category_off_are_named_and_not_sent_to(
     assert stat(html, "opted_out") == 1 and stat(html, "sent") == 1
     assert stat(html, "deliveries") == 1
     assert 'data-field="opted-out">Alice Kowalska<' in html
+
+
+# -- orders and A/B tests ---------------------------------------------------------------------
+
+
+def subscribe_through_the_widgets_api(shop: Flask, account: tuple[str, str],
+                                      push_service: Any) -> tuple[Any, dict[str, Any]]:
+    """A logged-in customer's client and the subscription it stored, as the widget does."""
+    client = client_of(shop, account)
+    token = re.search(r'data-csrf-token="([^"]+)"', client.get("/account").get_data(as_text=True))
+    assert token
+    subscription = push_service.new_subscription()
+    response = client.post("/webpush/subscriptions", headers={"X-CSRF-Token": token.group(1)},
+                           json={"subscription": subscription,
+                                 "consent": {"notifications": True, "link_to_account": True,
+                                             "text_version": "1"}})
+    assert response.status_code == 201
+    return client, subscription
+
+
+def test_an_ab_test_from_the_back_office_and_an_order_after_a_click_show_on_its_page(
+        make_shop: Callable[..., Flask], push_service: Any) -> None:
+    """Back-office A/B send -> worker -> push service; a click, then a purchase in the shop:
+    the notification's page shows both wordings, the order and its revenue."""
+    from flask_webpush_targeted.worker import make_worker
+
+    shop = make_shop(WEBPUSH_EXTRA_PUSH_SERVICES=[push_service.origin])
+    ids = ids_by_email(shop)
+    customers = {}
+    for account in (ALICE, ("bob@example.com", "bob-pass"), ("carol@example.com", "carol-pass")):
+        customers[account[0]] = subscribe_through_the_widgets_api(shop, account, push_service)
+    admin = client_of(shop, ADMIN)
+    data = send_form(admin) | {"user": list(ids[e] for e in customers),
+                               "title": "Rain jackets: 20% off", "title_b": "Stay dry this week",
+                               "body_b": "", "url": "/products/2"}
+    response = admin.post("/admin/send", data=data)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    page = response.location
+    make_worker(shop, simple=True).work(burst=True)
+
+    titles = {}
+    for email, (_client, subscription) in customers.items():
+        [push] = push_service.wait_for(1, endpoint_or_id=subscription, timeout=10)
+        message = push.notification()
+        titles[email] = message["title"]
+        assert message["title"] in ("Rain jackets: 20% off", "Stay dry this week")
+    alice, _ = customers["alice@example.com"]
+    [push] = push_service.received_for(customers["alice@example.com"][1])
+    assert alice.get(urlsplit(push.notification()["navigate"]).path).status_code == 302  # a click
+    product = alice.get("/products/2").get_data(as_text=True)
+    bought = alice.post("/products/2/buy", data={"csrf_token": csrf_of(product)})
+    assert bought.status_code == 200 and "It followed notification" in bought.get_data(
+        as_text=True)
+
+    html = admin.get(page).get_data(as_text=True)
+    assert 'data-variants' in html
+    assert "Rain jackets: 20% off" in html and "Stay dry this week" in html
+    orders = html[html.index("data-orders"):]
+    assert "1 order after a click" in orders and "PLN499.00" in orders
+    listing = admin.get("/admin/notifications").get_data(as_text=True)
+    assert "PLN499.00" in listing and "(A/B)" in listing
+    with shop.app_context():
+        [n] = [n for n in notifications(shop) if n.variants]
+        variants = webpush.stats(n.id)["variants"]
+    won = variants[["Rain jackets: 20% off", "Stay dry this week"].index(
+        titles["alice@example.com"])]
+    assert won["conversions"] == 1 and won["revenue"] == {"PLN": "499.00"}
+
+
+def test_buying_needs_a_login_and_its_csrf_token(shop: Flask) -> None:
+    anonymous = shop.test_client()
+    assert anonymous.post("/products/1/buy").status_code in (302, 401)
+    alice = client_of(shop, ALICE)
+    assert alice.post("/products/1/buy", data={}).status_code == 400
+    with shop.app_context():
+        C = webpush.models.Conversion
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(C)) == 0
