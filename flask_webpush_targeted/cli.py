@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from .clock import utcnow
 from .context import app_state
 from .counters import fold_old_platform_rows
 from .exceptions import (
+    BadRequestError,
     InvalidNotification,
     InvalidPreferences,
     InvalidUserId,
@@ -26,7 +28,10 @@ from .exceptions import (
     WebPushError,
 )
 from .notifications import DEVICE_WORDS, MAX_RATE_PER_MINUTE, URGENCIES, NotificationOptions
+from .push_api.events import dump as dump_events
+from .push_api.events import parse_cursor
 from .push_api.keys import SCOPES, create_key, find_keys, list_keys, revoke_key
+from .push_api.requests import parse_rfc3339
 from .targeting import users_without
 from .transport.text import storable
 from .transport.vapid import generate_vapid_keys
@@ -316,6 +321,23 @@ def stats_command(notification_id: int | None, limit: int) -> None:
     click.echo(f"{len(items)} of {total} notifications.")
 
 
+@webpush_cli.command("export-events")
+@click.option("--since", default=None,
+              help="Only events from this time on (RFC 3339 with an offset, e.g. "
+                   "2026-12-01T00:00:00Z).")
+@click.option("--cursor", default=None,
+              help="Only events after this one (the id of the last event read before).")
+def export_events_command(since: str | None, cursor: str | None) -> None:
+    """Write the event log to stdout as NDJSON, oldest first (a line per event)."""
+    try:
+        when = parse_rfc3339(since, "--since") if since else None
+        after = parse_cursor(cursor)
+    except BadRequestError as exc:
+        raise click.BadParameter(str(exc.description)) from exc
+    written = dump_events(sys.stdout, after=after, since=when)
+    click.echo(f"{written} events.", err=True)
+
+
 @webpush_cli.command("prune")
 @click.option("--older-than", "days", type=click.IntRange(1, MAX_PRUNE_DAYS), required=True,
               help="Remove deliveries of notifications finished more than DAYS days ago.")
@@ -324,7 +346,7 @@ def prune_command(days: int) -> None:
 
     done = current_app.extensions["webpush"].prune(timedelta(days=days))
     click.echo(f"{done['deliveries']} deliveries of {done['notifications']} notifications "
-               "removed; their totals are kept.")
+               f"removed, and {done['events']} events of the log; their totals are kept.")
 
 
 # -- keys of the push API (docs/api.md) ---------------------------------------------------------

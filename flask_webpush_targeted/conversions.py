@@ -23,6 +23,8 @@ from babel.numbers import list_currencies
 from .clock import iso, utcnow
 from .config import window as window
 from .counters import bump, new_increments
+from .event_log import event
+from .event_log import write as write_events
 from .exceptions import InvalidConversion
 from .limits import MAX_ID
 from .models import Models
@@ -199,6 +201,11 @@ def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: ti
                 inc[("vrevenue", f"{variant}|{conversion.currency}")]["amount"] += (
                     conversion.amount)
         bump(db, m, notification_id, inc)
+    write_events(db, m, [event(
+        "conversion", notification_id=notification_id, user_id=conversion.user_id,
+        at=conversion.at, conversion_id=new_id, kind=kind, delivery_id=delivery_id,
+        order_id=conversion.order_id, currency=conversion.currency, variant=variant,
+        value=None if conversion.amount is None else format_amount(conversion.amount))])
     if commit:
         db.session.commit()
     return Recorded(new_id, attribution_of(db.session.get(C, new_id)), True)

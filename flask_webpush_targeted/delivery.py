@@ -28,6 +28,8 @@ from .categories import quiet_window
 from .clock import iso, monotonic, sleep, utcnow
 from .context import app_state
 from .counters import COUNTERS, add, bucket, bump, new_increments, platform_of, send_start
+from .event_log import OUTCOME_EVENTS, event
+from .event_log import write as write_events
 from .ledger import finish_if_complete, notification_status, skip_claimed, skip_pending
 from .local_time import Window, quiet_until, zone
 from .localized import TEXTS, claimed, language_for, localize
@@ -721,12 +723,13 @@ def _record(nid: int, start: datetime, rows: Mapping[int, Any],
                   retry_base_delay=config["WEBPUSH_RETRY_BASE_DELAY"],
                   retry_max_delay=config["WEBPUSH_RETRY_MAX_DELAY"],
                   languages=batch.languages, variants=batch.variants)
-    mine = _write(nid, plan, claim, batch)
+    mine = _write(nid, plan, claim, batch, rows)
     _after_commit(nid, plan, mine, batch)
     return plan.tally()
 
 
-def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
+def _write(nid: int, plan: Plan, claim: str, batch: _Batch,
+           rows: Mapping[int, Any] | None = None) -> set[int]:
     """Apply the plan in one transaction and commit; return the ids still this claim's.
 
     Only rows the claim still holds are written and counted. The notification's status
@@ -759,11 +762,23 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch) -> set[int]:
         mine = set(db.session.scalars(sa.select(table.c.id).where(
             table.c.id.in_(mine), table.c.claimed_by == claim)))
     inc = new_increments()
+    events = []
     for delivery_id, count in plan.counts.items():
         if delivery_id in mine:
             add(inc, count.counter, at=count.at, platform=count.platform, reason=count.reason,
                 language=count.language, variant=count.variant)
+            kind = OUTCOME_EVENTS.get(count.counter.value)
+            if kind is not None:
+                row = (rows or {}).get(delivery_id)
+                values = plan.rows[delivery_id]
+                events.append(event(
+                    kind, notification_id=nid, at=plan.now,
+                    user_id=getattr(row, "user_id", None), delivery_id=delivery_id,
+                    subscription_id=getattr(row, "subscription_id", None),
+                    status_code=values.status_code, reason=values.reason,
+                    language=values.language, variant=values.variant))
     bump(db, m, nid, inc)
+    write_events(db, m, events)
     Sub = m.Subscription
     if plan.gone:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(plan.gone), Sub.revoked_at.is_(None))

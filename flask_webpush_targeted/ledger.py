@@ -17,6 +17,8 @@ from rq.job import Job
 from .clock import utcnow
 from .context import app_state
 from .counters import add, bump, new_increments, totals
+from .event_log import event
+from .event_log import write as write_events
 from .exceptions import NotificationNotFound
 from .models import Models
 from .redis_queue import get_queue
@@ -60,12 +62,17 @@ def finish_if_complete(notification_id: int, *, exact: bool = False) -> bool:
         open_rows = counted["deliveries"] > sum(counted[s] for s in FINAL)
     if open_rows:
         return False
+    now = utcnow()
     result = db.session.execute(
         sa.update(N).where(N.id == notification_id, N.status == NotificationStatus.SENDING,
                            N.fanned_out_at.is_not(None))
-        .values(status=NotificationStatus.DONE, finished_at=utcnow()))
+        .values(status=NotificationStatus.DONE, finished_at=now))
+    done = bool(rowcount(result))
+    if done:  # in the same transaction: logged once, by whoever finished it
+        write_events(db, m, [event("notification.done", notification_id=notification_id,
+                                   at=now)])
     db.session.commit()
-    return bool(rowcount(result))
+    return done
 
 
 def finish_cancelled(db: SQLAlchemy, m: Models, stale: datetime) -> int:

@@ -453,6 +453,32 @@ class ConversionRow(_Row):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
+class EventRow(_Row):
+    """One thing that happened, for the CRM: a delivery's outcome or event, a conversion, a
+    notification done. Append-only; its id orders the log and is the export's cursor."""
+
+    __tablename__ = "webpush_event"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> _TableArgs:
+        """Ids never reused (a cursor must not see a new event under an old id); erase
+        finds a user's events."""
+        return (sa.Index("ix_webpush_event_user", "user_id"),
+                sa.Index("ix_webpush_event_created", "created_at"),
+                {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    #: delivery.sent, delivery.failed, delivery.gone, delivery.expired, delivery.displayed,
+    #: delivery.clicked, delivery.closed, conversion, notification.done
+    type: Mapped[str] = mapped_column(sa.String(24), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    notification_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: whom it is about (None: a notification's own event); erase deletes by it
+    user_id: Mapped[str | None] = mapped_column(USER_ID)
+    #: the rest of what the event says (delivery id, status code, action, value...)
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
+
+
 class ApiRequestRow(_Row):
     """A notification created through the push API: by which key, with which body."""
 
@@ -503,6 +529,8 @@ class Models:
     AudienceMember: type[AudienceMemberRow]
     #: orders attributed to the pushes that led to them
     Conversion: type[ConversionRow]
+    #: the log of what happened, for webhooks and the event export
+    Event: type[EventRow]
 
 
 _built: WeakKeyDictionary[SQLAlchemy, Models] = WeakKeyDictionary()
@@ -546,4 +574,5 @@ def _build(db: SQLAlchemy) -> Models:
         Audience=_model(AudienceRow, base),
         AudienceMember=_model(AudienceMemberRow, base),
         Conversion=_model(ConversionRow, base),
+        Event=_model(EventRow, base),
     )

@@ -1,10 +1,10 @@
 """GDPR: export and erase what the extension holds about one user.
 
 Erasing leaves nothing that names the person: their deliveries, conversions (with their
-order ids), consents, category choices, audience memberships (with their vars) and devices
-go, and their id leaves every
-notification's lists (the targeting's ``user_ids`` and ``subscription_ids``,
-``users_without_devices`` and ``users_opted_out``).
+order ids), events of the log, consents, category choices, audience memberships (with
+their vars) and devices go, and their id leaves every notification's lists (the
+targeting's ``user_ids`` and ``subscription_ids``, ``users_without_devices`` and
+``users_opted_out``).
 What stays is anonymous: the running counters, and the sizes ``target_count`` and
 ``without_count`` of a notification already fanned out, which say how many were targeted
 and reached then. A notification not fanned out yet loses the person from its audience, and its
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import conversions
+from . import conversions, event_log
 from .audiences import forget_member, memberships
 from .clock import iso
 from .context import app_state
@@ -97,6 +97,7 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
     # CASCADE) and a reused id would replay another customer's conversion.
     db.session.execute(sa.delete(R).where(R.conversion_id.in_(own)))
     erased_conversions = rowcount(db.session.execute(sa.delete(C).where(C.user_id == user_id)))
+    erased_events = event_log.forget(db, m, user_id)
     gone = db.session.execute(sa.delete(D).where(D.user_id == user_id)
                               .returning(D.notification_id, D.status)).all()
     # A delivery erased before its result is counted as skipped: the counters, which
@@ -109,7 +110,8 @@ def forget_user(db: SQLAlchemy, m: Models, user_id: str) -> dict[str, int]:
         inc = new_increments()
         add(inc, DeliveryStatus.SKIPPED, count, reason=(None, ERASED))
         bump(db, m, notification_id, inc)
-    counts = {"deliveries": len(gone), "conversions": erased_conversions}
+    counts = {"deliveries": len(gone), "conversions": erased_conversions,
+              "events": erased_events}
     result = db.session.execute(sa.delete(m.Consent).where(m.Consent.user_id == user_id))
     counts["consents"] = rowcount(result)
     result = db.session.execute(sa.delete(m.Preference).where(m.Preference.user_id == user_id))

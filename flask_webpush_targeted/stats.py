@@ -295,4 +295,7 @@ def prune(db: SQLAlchemy, m: Models, older_than: timedelta) -> dict[str, int]:
         deleted += rowcount(db.session.execute(sa.delete(D).where(D.notification_id == nid)))
         db.session.commit()
         pruned += 1
-    return {"notifications": pruned, "deliveries": deleted}
+    # The event log goes by the same age: what the CRM had time to read.
+    events = rowcount(db.session.execute(sa.delete(m.Event).where(m.Event.created_at < cutoff)))
+    db.session.commit()
+    return {"notifications": pruned, "deliveries": deleted, "events": events}

@@ -19,6 +19,8 @@ from flask import current_app
 
 from .clock import utcnow
 from .counters import add, bucket, bump, new_increments, platform_of, send_start
+from .event_log import event as log_event
+from .event_log import write as write_events
 from .sql import rowcount
 from .transport.b64url import b64url_decode, b64url_encode
 
@@ -118,8 +120,8 @@ def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
             counted.append(kind)
     if counted:
         row = db.session.execute(
-            sa.select(D.notification_id, D.subscription_id, D.variant, Sub.user_agent,
-                      N.send_at, N.created_at)
+            sa.select(D.notification_id, D.subscription_id, D.variant, D.user_id,
+                      Sub.user_agent, N.send_at, N.created_at)
             .join(N, N.id == D.notification_id).outerjoin(Sub, Sub.id == D.subscription_id)
             .where(D.id == delivery_id)).one()
         inc = new_increments()
@@ -130,6 +132,11 @@ def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
             else:
                 add(inc, kind, at=at, platform=platform_of(row.user_agent), variant=row.variant)
         bump(db, m, row.notification_id, inc)
+        write_events(db, m, [log_event(
+            f"delivery.{kind}", notification_id=row.notification_id, user_id=row.user_id,
+            at=now, delivery_id=delivery_id, subscription_id=row.subscription_id,
+            action=action if kind == "clicked" else None, variant=row.variant)
+            for kind in counted])
         if row.subscription_id is not None:
             # The device was used: this is what the devices page shows as "last used".
             db.session.execute(sa.update(Sub).where(Sub.id == row.subscription_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,6 +87,14 @@ def check_answer(method: str, path: str, response: Any) -> dict[str, Any] | None
             assert not problems, f"{method} {path} {status} {header}: {problems}"
     if "content" not in documented:
         return None
+    if response.mimetype == "application/x-ndjson":
+        # One document per line, each an instance of the line's schema: the lines come back.
+        schema = documented["content"]["application/x-ndjson"]["schema"]
+        lines = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+        for line in lines:
+            problems = errors_of(schema, line)
+            assert not problems, f"{method} {path} {status}: {problems}\n{line}"
+        return {"lines": lines}
     assert response.mimetype == "application/json", response.mimetype
     body = response.get_json()
     schema = documented["content"]["application/json"]["schema"]

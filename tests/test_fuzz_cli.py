@@ -91,6 +91,15 @@ def test_fuzz_stats_and_prune(cli: Any, notification_id: str, limit: str, days: 
     run(runner, ["webpush", "prune", "--older-than", days])
 
 
+@given(since=arg(), cursor=arg())
+@fuzz_settings()
+def test_fuzz_export_events(cli: Any, since: str, cursor: str) -> None:
+    _app, runner = cli
+    run(runner, ["webpush", "export-events", "--since", since])
+    run(runner, ["webpush", "export-events", "--cursor", cursor])
+    run(runner, ["webpush", "export-events", "--since", since, "--cursor", cursor])
+
+
 @given(user_id=arg())
 @fuzz_settings()
 def test_fuzz_export_and_forget_user(cli: Any, user_id: str) -> None:

@@ -85,7 +85,7 @@ def test_models_name_their_typed_mixins() -> None:
         name: type[getattr(models, f"{name}Row")]
         for name in ("Subscription", "Consent", "Notification", "Delivery", "ApiKey",
                      "ApiRequest", "Stat", "Preference", "Audience", "AudienceMember",
-                         "Conversion")
+                         "Conversion", "Event")
     }
 
 

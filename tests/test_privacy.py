@@ -122,8 +122,8 @@ def test_forget_user_deletes_only_that_users_subscriptions_consents_and_deliveri
     with signals.user_forgotten.connected_to(
             lambda sender, **kw: forgotten.append(kw), app), app.app_context():
         counts = webpush.forget_user("1")
-    assert counts == {"deliveries": 2, "conversions": 0, "consents": 3, "preferences": 0,
-                      "audiences": 0, "subscriptions": 2}
+    assert counts == {"deliveries": 2, "conversions": 0, "events": 0, "consents": 3,
+                      "preferences": 0, "audiences": 0, "subscriptions": 2}
     assert forgotten == [{"user_id": "1", "counts": counts}]
     assert user_rows(app, db, "1") == {"webpush_subscription": [], "webpush_consent": [],
                                        "webpush_delivery": []}
@@ -150,8 +150,8 @@ def test_forgetting_the_new_owner_of_a_moved_device_keeps_the_old_owners_history
 
     with app.app_context():
         counts = webpush.forget_user("2")
-    assert counts == {"deliveries": 1, "conversions": 0, "consents": 1, "preferences": 0,
-                      "audiences": 0, "subscriptions": 1}
+    assert counts == {"deliveries": 1, "conversions": 0, "events": 0, "consents": 1,
+                      "preferences": 0, "audiences": 0, "subscriptions": 1}
     assert rows(app, db, "webpush_subscription") == []
     Delivery, Consent = webpush.models.Delivery, webpush.models.Consent
     with app.app_context():
@@ -343,8 +343,8 @@ def test_cli_forget_user_with_yes_deletes(
     user2_before = user_rows(app, db, "2")
     result = app.test_cli_runner().invoke(args=["webpush", "forget-user", "1", "--yes"])
     assert result.exit_code == 0, result.output
-    assert ("1 deliveries, 0 conversions, 1 consents, 0 preferences, 0 audiences, 1 subscriptions "
-            "deleted."
+    assert ("1 deliveries, 0 conversions, 0 events, 1 consents, 0 preferences, 0 audiences, "
+            "1 subscriptions deleted."
             in result.output)
     assert all(not r for r in user_rows(app, db, "1").values())
     assert user_rows(app, db, "2") == user2_before

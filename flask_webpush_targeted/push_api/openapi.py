@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ..event_log import EVENT_TYPES
 from ..limits import LATEST, MAX_ID, MAX_PAGE, MAX_PER_PAGE
 from ..notifications import DEVICE_WORDS, MAX_RATE_PER_MINUTE, MAX_TTL, URGENCIES
 from ..placeholders import MAX_VALUE_LENGTH, MAX_VARS
@@ -584,6 +585,22 @@ SCHEMAS: dict[str, Any] = {
             "replayed": {"type": "boolean"},
         },
     },
+    "Event": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "type", "created_at", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$",
+                   "description": "Increasing; the cursor of the next page is the last id."},
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "created_at": _TIME,
+            "data": {"type": "object", "required": ["notification_id"],
+                     "description": "notification_id, and as the type has them: user_id, "
+                                    "delivery_id, subscription_id, status_code, reason, "
+                                    "action, kind, order_id, value, currency, variant, "
+                                    "language.",
+                     "properties": {"notification_id": {"anyOf": [_ID, {"type": "null"}]}}},
+        },
+    },
     "PreferencesChange": {
         "type": "object", "additionalProperties": False, "required": ["preferences"],
         "properties": {
@@ -858,6 +875,35 @@ def _paths() -> dict[str, Any]:
                     **_errors("400", "401", "403", "409", "413", "422", "429",
                               e400="unknown_field,naive_time", e409="idempotency",
                               e413="body", e422="conversion"),
+                },
+            },
+        },
+        "/events": {
+            "get": {
+                "operationId": "exportEvents",
+                "summary": "The event log as NDJSON, oldest first (scope: stats).",
+                "description": "A line per event: each delivery's outcome (sent, failed, "
+                               "gone, expired), each first displayed, clicked and closed, "
+                               "each conversion and each notification done. A full page "
+                               "carries Webpush-Next-Cursor: ask again with it as cursor.",
+                "parameters": [
+                    {"name": "cursor", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                     "description": "Webpush-Next-Cursor of the page before; absent: from "
+                                    "the start."},
+                    {"name": "since", "in": "query", "required": False, "schema": _TIME_IN,
+                     "description": "Only events from this time on."},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
+                                "default": 10_000}}],
+                "responses": {
+                    "200": {"description": "NDJSON: one Event a line.",
+                            "headers": {"Webpush-Next-Cursor": {
+                                "description": "When the page is full: the cursor of the "
+                                               "next one.", "required": False,
+                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+                            "content": {"application/x-ndjson": {"schema": _ref("Event")}}},
+                    **_errors("400", "401", "403", "429", e400="naive_time"),
                 },
             },
         },

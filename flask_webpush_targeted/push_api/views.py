@@ -32,7 +32,7 @@ from ..limits import MAX_ID
 from ..notifications import notification_fields
 from ..targeting import users_without
 from ..web_input import add_user_id_converter, read_json_body
-from . import audiences, conversions
+from . import audiences, conversions, events
 from .access import answer as _answer
 from .access import authorize as _authorize
 from .openapi import openapi_document
@@ -85,6 +85,7 @@ def register(bp: Blueprint) -> None:
                     methods=["PUT"])
     audiences.register(bp, API)
     conversions.register(bp, API)
+    events.register(bp, API)
 
 
 def _status_url(notification_id: int) -> str:
