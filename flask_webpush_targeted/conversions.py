@@ -203,7 +203,7 @@ def record(db: SQLAlchemy, m: Models, conversion: Conversion, *, attribution: ti
         bump(db, m, notification_id, inc)
     write_events(db, m, [event(
         "conversion", notification_id=notification_id, user_id=conversion.user_id,
-        at=conversion.at, conversion_id=new_id, kind=kind, delivery_id=delivery_id,
+        converted_at=iso(conversion.at), conversion_id=new_id, kind=kind, delivery_id=delivery_id,
         order_id=conversion.order_id, currency=conversion.currency, variant=variant,
         value=None if conversion.amount is None else format_amount(conversion.amount))])
     if commit:

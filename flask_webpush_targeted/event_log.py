@@ -11,7 +11,7 @@ time, so memory stays flat however long the log.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -31,6 +31,11 @@ OUTCOME_EVENTS = {"sent": "delivery.sent", "failed": "delivery.failed",
                   "gone": "delivery.gone", "expired": "delivery.expired"}
 #: rows read at a time by an export
 CHUNK = 1000
+#: how old an event must be to be read: ids are taken as rows are inserted but committed
+#: as their transactions end, so on PostgreSQL id 9 can become visible after id 10; a
+#: reader that only goes as far as events this old never moves its cursor past one still
+#: being committed (the log's transactions are a flush of a batch: milliseconds)
+SETTLE = timedelta(seconds=5)
 
 
 def event(name: str, /, *, notification_id: int | None, user_id: str | None = None,
@@ -58,10 +63,16 @@ def as_json(row: Any) -> dict[str, Any]:
             "data": data}
 
 
+def settled() -> datetime:
+    """The newest time an event may have to be read now (``SETTLE`` ago)."""
+    return utcnow() - SETTLE
+
+
 def read(db: SQLAlchemy, m: Models, *, after: int = 0, since: datetime | None = None,
-         limit: int | None = None, types: Iterable[str] | None = None) -> Iterator[Any]:
-    """The events after id ``after`` (and from ``since``), oldest first, at most ``limit``:
-    read a chunk at a time, each chunk by its index, so that nothing grows with the log."""
+         until: datetime | None = None, limit: int | None = None,
+         types: Iterable[str] | None = None) -> Iterator[Any]:
+    """The events after id ``after`` (from ``since``, up to ``until``), oldest first, at most
+    ``limit``: read a chunk at a time, each by its index, so that nothing grows with the log."""
     E = m.Event
     wanted = sorted(set(types)) if types is not None else None
     left = limit
@@ -71,6 +82,8 @@ def read(db: SQLAlchemy, m: Models, *, after: int = 0, since: datetime | None = 
             .where(E.id > after).order_by(E.id).limit(size)
         if since is not None:
             query = query.where(E.created_at >= since)
+        if until is not None:
+            query = query.where(E.created_at <= until)
         if wanted is not None:
             query = query.where(E.type.in_(wanted))
         rows = db.session.execute(query).all()
@@ -84,13 +97,15 @@ def read(db: SQLAlchemy, m: Models, *, after: int = 0, since: datetime | None = 
 
 
 def last_id(db: SQLAlchemy, m: Models, *, after: int, since: datetime | None,
-            limit: int) -> int | None:
+            until: datetime | None, limit: int) -> int | None:
     """The id of the last event a page of ``limit`` after ``after`` holds, or None when
     the page is not full (nothing follows it yet)."""
     E = m.Event
     query = sa.select(E.id).where(E.id > after).order_by(E.id).offset(limit - 1).limit(1)
     if since is not None:
         query = query.where(E.created_at >= since)
+    if until is not None:
+        query = query.where(E.created_at <= until)
     found: int | None = db.session.scalar(query)
     return found
 

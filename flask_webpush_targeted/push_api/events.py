@@ -1,6 +1,7 @@
 """The push API's event export: ``GET events``, the log as NDJSON, a page at a time.
 
-Each line is one event, ``{"id", "type", "created_at", "data"}``, oldest first. A page holds
+Each line is one event, ``{"id", "type", "created_at", "data"}``, oldest first, once it is
+``event_log.SETTLE`` (5 seconds) old. A page holds
 at most ``limit`` events (10,000 by default, 1,000,000 at most); when it is full, the
 ``Webpush-Next-Cursor`` header (and a ``Link: rel="next"``) gives the cursor of the next
 one, known before the first line is sent. The page is streamed from the database a chunk
@@ -54,7 +55,8 @@ def export_events() -> ResponseReturnValue:
                      MAX_LIMIT)
     webpush = ext()
     db, m = webpush.db, webpush.models
-    last = event_log.last_id(db, m, after=after, since=since, limit=limit)
+    until = event_log.settled()  # the same bound for the cursor and the lines
+    last = event_log.last_id(db, m, after=after, since=since, until=until, limit=limit)
     headers = {"Cache-Control": "no-store"}
     if last is not None:
         following = url_for("webpush.api_events", _external=True,
@@ -62,7 +64,7 @@ def export_events() -> ResponseReturnValue:
         headers.update({"Webpush-Next-Cursor": str(last), "Link": f'<{following}>; rel="next"'})
 
     def lines() -> Iterator[str]:
-        for row in event_log.read(db, m, after=after, since=since, limit=limit):
+        for row in event_log.read(db, m, after=after, since=since, until=until, limit=limit):
             yield json.dumps(event_log.as_json(row), ensure_ascii=False,
                              separators=(",", ":")) + "\n"
 
@@ -75,7 +77,8 @@ def dump(stream: Any, *, after: int = 0, since: Any = None) -> int:
     many events were written (the CLI's export-events)."""
     webpush = ext()
     written = 0
-    for row in event_log.read(webpush.db, webpush.models, after=after, since=since):
+    for row in event_log.read(webpush.db, webpush.models, after=after, since=since,
+                              until=event_log.settled()):
         stream.write(json.dumps(event_log.as_json(row), ensure_ascii=False,
                                 separators=(",", ":")) + "\n")
         written += 1
