@@ -778,7 +778,6 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch,
                     status_code=values.status_code, reason=values.reason,
                     language=values.language, variant=values.variant))
     bump(db, m, nid, inc)
-    write_events(db, m, events)
     Sub = m.Subscription
     if plan.gone:
         db.session.execute(sa.update(Sub).where(Sub.id.in_(plan.gone), Sub.revoked_at.is_(None))
@@ -793,6 +792,7 @@ def _write(nid: int, plan: Plan, claim: str, batch: _Batch,
         N = m.Notification
         batch.cancelled = db.session.scalar(
             sa.select(N.status).where(N.id == nid)) == NotificationStatus.CANCELLED
+    write_events(db, m, events)  # last: it holds the log's order until the commit
     db.session.commit()
     return mine
 

@@ -3,21 +3,23 @@
 Each delivery's outcome (sent, failed, gone, expired) and each first displayed, clicked or
 closed, each conversion and each notification done is one row of ``webpush_event``, written
 in the transaction of the change itself: an event is logged if and only if the change was
-committed. The id orders the log and is the cursor of the export: ids are never reused
-(AUTOINCREMENT on SQLite, a sequence on PostgreSQL), and a reader goes by id, a chunk at a
+committed, as the transaction's last statement. The id orders the log and is the cursor
+of the export: ids are never reused (AUTOINCREMENT on SQLite, a sequence on PostgreSQL)
+and become visible in their order (``write``), and a reader goes by id, a chunk at a
 time, so memory stays flat however long the log.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .clock import iso, utcnow
 from .models import Models
+from .sql import dialect_of
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -31,11 +33,8 @@ OUTCOME_EVENTS = {"sent": "delivery.sent", "failed": "delivery.failed",
                   "gone": "delivery.gone", "expired": "delivery.expired"}
 #: rows read at a time by an export
 CHUNK = 1000
-#: how old an event must be to be read: ids are taken as rows are inserted but committed
-#: as their transactions end, so on PostgreSQL id 9 can become visible after id 10; a
-#: reader that only goes as far as events this old never moves its cursor past one still
-#: being committed (the log's transactions are a flush of a batch: milliseconds)
-SETTLE = timedelta(seconds=5)
+#: the advisory lock that orders the log on PostgreSQL (any 64-bit number of our own)
+ORDER_LOCK = 0x77656270757368  # "webpush"
 
 
 def event(name: str, /, *, notification_id: int | None, user_id: str | None = None,
@@ -47,10 +46,18 @@ def event(name: str, /, *, notification_id: int | None, user_id: str | None = No
 
 
 def write(db: SQLAlchemy, m: Models, events: Iterable[dict[str, Any]]) -> None:
-    """Add the events to the log, in the caller's transaction (one statement)."""
+    """Add the events to the log, in the caller's transaction (one statement), which
+    commits at once after: it holds the log's order until then."""
     rows = list(events)
-    if rows:
-        db.session.execute(sa.insert(m.Event.__table__), rows)
+    if not rows:
+        return
+    if dialect_of(db) == "postgresql":
+        # Ids are taken as rows are inserted and seen as transactions commit: without
+        # this, id 10 could be read before id 9 and a reader's cursor would pass 9 for
+        # ever. Held from here to the commit (the writer's last statement), it makes the
+        # log's ids come in the order of the commits. SQLite has one writer at a time.
+        db.session.execute(sa.select(sa.func.pg_advisory_xact_lock(ORDER_LOCK)))
+    db.session.execute(sa.insert(m.Event.__table__), rows)
 
 
 def as_json(row: Any) -> dict[str, Any]:
@@ -63,16 +70,11 @@ def as_json(row: Any) -> dict[str, Any]:
             "data": data}
 
 
-def settled() -> datetime:
-    """The newest time an event may have to be read now (``SETTLE`` ago)."""
-    return utcnow() - SETTLE
-
-
 def read(db: SQLAlchemy, m: Models, *, after: int = 0, since: datetime | None = None,
-         until: datetime | None = None, limit: int | None = None,
+         up_to: int | None = None, limit: int | None = None,
          types: Iterable[str] | None = None) -> Iterator[Any]:
-    """The events after id ``after`` (from ``since``, up to ``until``), oldest first, at most
-    ``limit``: read a chunk at a time, each by its index, so that nothing grows with the log."""
+    """The events after id ``after`` (from ``since``, up to id ``up_to``), oldest first, at
+    most ``limit``: a chunk at a time, each by its index, so that nothing grows with the log."""
     E = m.Event
     wanted = sorted(set(types)) if types is not None else None
     left = limit
@@ -82,8 +84,8 @@ def read(db: SQLAlchemy, m: Models, *, after: int = 0, since: datetime | None = 
             .where(E.id > after).order_by(E.id).limit(size)
         if since is not None:
             query = query.where(E.created_at >= since)
-        if until is not None:
-            query = query.where(E.created_at <= until)
+        if up_to is not None:
+            query = query.where(E.id <= up_to)
         if wanted is not None:
             query = query.where(E.type.in_(wanted))
         rows = db.session.execute(query).all()
@@ -97,15 +99,13 @@ def read(db: SQLAlchemy, m: Models, *, after: int = 0, since: datetime | None = 
 
 
 def last_id(db: SQLAlchemy, m: Models, *, after: int, since: datetime | None,
-            until: datetime | None, limit: int) -> int | None:
+            limit: int) -> int | None:
     """The id of the last event a page of ``limit`` after ``after`` holds, or None when
     the page is not full (nothing follows it yet)."""
     E = m.Event
     query = sa.select(E.id).where(E.id > after).order_by(E.id).offset(limit - 1).limit(1)
     if since is not None:
         query = query.where(E.created_at >= since)
-    if until is not None:
-        query = query.where(E.created_at <= until)
     found: int | None = db.session.scalar(query)
     return found
 

@@ -132,14 +132,14 @@ def record_event(db: SQLAlchemy, m: Models, delivery_id: int, event: str,
             else:
                 add(inc, kind, at=at, platform=platform_of(row.user_agent), variant=row.variant)
         bump(db, m, row.notification_id, inc)
-        write_events(db, m, [log_event(
-            f"delivery.{kind}", notification_id=row.notification_id, user_id=row.user_id,
-            at=now, delivery_id=delivery_id, subscription_id=row.subscription_id,
-            action=action if kind == "clicked" else None, variant=row.variant)
-            for kind in counted])
         if row.subscription_id is not None:
             # The device was used: this is what the devices page shows as "last used".
             db.session.execute(sa.update(Sub).where(Sub.id == row.subscription_id)
                                .values(last_seen_at=now))
+        write_events(db, m, [log_event(
+            f"delivery.{kind}", notification_id=row.notification_id, user_id=row.user_id,
+            at=now, delivery_id=delivery_id, subscription_id=row.subscription_id,
+            action=action if kind == "clicked" else None, variant=row.variant)
+            for kind in counted])  # last: it holds the log's order until the commit
     db.session.commit()
     return event in counted

@@ -1,7 +1,6 @@
 """The push API's event export: ``GET events``, the log as NDJSON, a page at a time.
 
-Each line is one event, ``{"id", "type", "created_at", "data"}``, oldest first, once it is
-``event_log.SETTLE`` (5 seconds) old. A page holds
+Each line is one event, ``{"id", "type", "created_at", "data"}``, oldest first. A page holds
 at most ``limit`` events (10,000 by default, 1,000,000 at most); when it is full, the
 ``Webpush-Next-Cursor`` header (and a ``Link: rel="next"``) gives the cursor of the next
 one, known before the first line is sent. The page is streamed from the database a chunk
@@ -55,16 +54,19 @@ def export_events() -> ResponseReturnValue:
                      MAX_LIMIT)
     webpush = ext()
     db, m = webpush.db, webpush.models
-    until = event_log.settled()  # the same bound for the cursor and the lines
-    last = event_log.last_id(db, m, after=after, since=since, until=until, limit=limit)
+    last = event_log.last_id(db, m, after=after, since=since, limit=limit)
     headers = {"Cache-Control": "no-store"}
     if last is not None:
+        # Only the parameters this route reads: another name could be url_for's own.
+        kept = {name: args[name] for name in ("since", "limit") if args.get(name)}
         following = url_for("webpush.api_events", _external=True,
-                            **{**args, "cursor": str(last)})
+                            **{**kept, "cursor": str(last)})
         headers.update({"Webpush-Next-Cursor": str(last), "Link": f'<{following}>; rel="next"'})
 
     def lines() -> Iterator[str]:
-        for row in event_log.read(db, m, after=after, since=since, until=until, limit=limit):
+        # Up to the cursor given: events erased or pruned meanwhile must not make this page
+        # run past it (the next page would repeat them).
+        for row in event_log.read(db, m, after=after, since=since, up_to=last, limit=limit):
             yield json.dumps(event_log.as_json(row), ensure_ascii=False,
                              separators=(",", ":")) + "\n"
 
@@ -77,8 +79,7 @@ def dump(stream: Any, *, after: int = 0, since: Any = None) -> int:
     many events were written (the CLI's export-events)."""
     webpush = ext()
     written = 0
-    for row in event_log.read(webpush.db, webpush.models, after=after, since=since,
-                              until=event_log.settled()):
+    for row in event_log.read(webpush.db, webpush.models, after=after, since=since):
         stream.write(json.dumps(event_log.as_json(row), ensure_ascii=False,
                                 separators=(",", ":")) + "\n")
         written += 1
