@@ -29,6 +29,7 @@ from .exceptions import InvalidConversion
 from .limits import MAX_ID
 from .models import Models
 from .sql import insert_for
+from .transport.text import storable
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -123,8 +124,7 @@ def check(user_id: str, *, value: Any = None, currency: Any = None, order_id: An
             if order_id is None:
                 raise InvalidConversion("an integer order_id must fit in 64 bits.")
         if (not isinstance(order_id, str) or not order_id.strip()
-                or len(order_id) > ORDER_ID_SIZE or "\x00" in order_id
-                or not _encodable(order_id)):
+                or len(order_id) > ORDER_ID_SIZE or not storable(order_id)):
             raise InvalidConversion(f"order_id must be a non-empty text of at most "
                                     f"{ORDER_ID_SIZE} characters (valid Unicode, no NUL).")
     now = utcnow()
@@ -141,14 +141,6 @@ def check(user_id: str, *, value: Any = None, currency: Any = None, order_id: An
     if not EARLIEST <= when <= now + FUTURE_SLACK:
         raise InvalidConversion("at must be after 2000 and not in the future.")
     return Conversion(user_id, amount, currency, order_id, when)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -659,6 +659,15 @@ _PREFERENCES_EXAMPLE = {
          "required": False, "default": False}]}
 
 
+def _idempotency_key(description: str, example: str) -> dict[str, Any]:
+    """The optional Idempotency-Key header of a POST (requests.idempotency_key's rules)."""
+    return {"name": "Idempotency-Key", "in": "header", "required": False,
+            "description": description,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                       "pattern": "^[!-~]+$"},
+            "example": example}
+
+
 def _paths() -> dict[str, Any]:
     return {
         "/openapi.json": {"get": {
@@ -673,14 +682,10 @@ def _paths() -> dict[str, Any]:
                 "description": "Stores and queues the notification; workers send it. Answers "
                                "at once with its id, its status URL and which users have no "
                                "consented device.",
-                "parameters": [{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "description": "The same key with the same body answers the first "
-                                   "notification again (no second send); with another body, "
-                                   "409. Keys are scoped to the API key.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 200,
-                               "pattern": "^[!-~]+$"},
-                    "example": "crm-campaign-2026-12-01-gate-change"}],
+                "parameters": [_idempotency_key(
+                    "The same key with the same body answers the first notification again "
+                    "(no second send); with another body, 409. Keys are scoped to the API "
+                    "key.", "crm-campaign-2026-12-01-gate-change")],
                 "requestBody": {"required": True, "content": _json(
                     _ref("NotificationRequest"), gate_change=_SEND_EXAMPLE,
                     scheduled={"user_ids": ["1042"], "title": "Your table is ready at 19:30",
@@ -853,13 +858,9 @@ def _paths() -> dict[str, Any]:
                                "conversion's value adds to the notification's revenue. 201 "
                                "for a new conversion; 200 for an order_id recorded before "
                                "(counted once) or a replay.",
-                "parameters": [{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "description": "The same key with the same body answers the first "
-                                   "request again; with another body, 409.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 200,
-                               "pattern": "^[!-~]+$"},
-                    "example": "order-10427"}],
+                "parameters": [_idempotency_key(
+                    "The same key with the same body answers the first request again; "
+                    "with another body, 409.", "order-10427")],
                 "requestBody": {"required": True, "content": _json(
                     _ref("ConversionRequest"), order={
                         "user_id": "1042", "value": "129.90", "currency": "EUR",
