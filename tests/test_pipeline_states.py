@@ -40,6 +40,8 @@ Invariants, after every step:
   each attributed conversion points at a delivery of its own customer clicked (direct) or
   displayed (influenced) within the day before it, and each notification's conversions,
   influenced conversions and revenue per currency equal its conversion rows;
+- the event log holds each delivery outcome and first event, each order and each
+  finished notification once: its counts equal the counters and the conversion rows;
 - in an A/B test each device of a user in the test gets that user's variant (by the hash),
   each user outside it only the winner stored on the notification, and never before the
   wait is over; each variant's sent figure equals its rows.
@@ -687,6 +689,30 @@ def make_machine(db_url: str, push_service: Any) -> type[RuleBasedStateMachine]:
                         cur: format_amount(amount)
                         for cur, amount in sorted(revenue.get(nid, Counter()).items())}
                 self.host.db.session.commit()
+
+        @invariant()
+        def the_event_log_has_each_outcome_event_and_order_once(self) -> None:
+            """Written with the change it records: a killed batch, a retry, a replayed beacon
+            or a repeated order adds no second event and loses none."""
+            E, C = self.host.webpush.models.Event, self.host.webpush.models.Conversion
+            with self.host.app.app_context():
+                logged = Counter(self.host.db.session.execute(
+                    sa.select(E.notification_id, E.type).where(
+                        E.notification_id.in_(self.notifications))).all())
+                orders = self.host.db.session.scalar(
+                    sa.select(sa.func.count()).select_from(C))
+                order_events = self.host.db.session.scalar(
+                    sa.select(sa.func.count()).select_from(E).where(E.type == "conversion"))
+                for nid in self.notifications:
+                    stats = self.host.webpush.stats(nid)
+                    for counter in ("sent", "failed", "gone", "expired", "displayed",
+                                    "clicked", "closed"):
+                        assert logged[(nid, f"delivery.{counter}")] == stats[counter], (
+                            nid, counter, logged, stats[counter])
+                    done = int(stats["status"] == "done")
+                    assert logged[(nid, "notification.done")] == done, (nid, logged)
+                self.host.db.session.commit()
+            assert order_events == orders, (order_events, orders)
 
         @invariant()
         def counters_equal_rows(self) -> None:
